@@ -1,0 +1,76 @@
+"""What every pruning method is: a name, an attach point, its settings, and the budget it enforces.
+
+Methods attach at one of two points that every model adapter exposes:
+- "vision": before the projector. The adapter hands over the feature layer's patch tokens per frame (and the
+  [CLS] scores when the method asks for them); the method returns the tokens the LLM will see.
+- "llm": inside the language model (FastV). The adapter hands the LLM all visual tokens plus a mask of where
+  they are; the method drops tokens from layer K on.
+Methods never import an adapter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+
+from fastervlm.selection import resolve_keep
+
+Stage = Literal["vision", "llm"]
+
+
+@dataclass
+class VisualSelection:
+    """The visual tokens a vision-stage method hands to the projector.
+
+    features: (K, C) kept tokens, frame after frame. kept_indices: one ascending tensor of patch indices per
+    frame ([CLS] excluded), or None for methods that merge patches instead of selecting them (pool).
+    """
+
+    features: torch.Tensor
+    kept_indices: list[torch.Tensor] | None
+    tokens_per_frame: list[int]
+
+
+@dataclass
+class Pruner:
+    """Base of all methods. `keep` is the per-frame budget L, `reduction` the same as a fraction dropped."""
+
+    name: ClassVar[str] = ""
+    stage: ClassVar[Stage] = "vision"
+    needs_cls_scores: ClassVar[bool] = False
+    summary: ClassVar[str] = ""
+
+    keep: int | None = None
+    reduction: float | None = None
+
+    def per_frame_budget(self, num_patches: int) -> int:
+        """L for a model with `num_patches` patches per frame (all of them when no budget is set)."""
+        return resolve_keep(num_patches, self.keep, self.reduction)
+
+    def settings(self) -> dict[str, Any]:
+        """Everything that identifies this configuration, for JSON output and run directories."""
+        return {"method": self.name, **asdict(self)}
+
+    @property
+    def prunes(self) -> bool:
+        return self.keep is not None or self.reduction is not None
+
+
+@dataclass
+class VisionPruner(Pruner):
+    """A method that chooses visual tokens before the projector."""
+
+    stage: ClassVar[Stage] = "vision"
+
+    def select(self, features: torch.Tensor, cls_scores: torch.Tensor | None) -> VisualSelection:
+        """features: (T, N, C) patch tokens of one video; cls_scores: (T, N) or None."""
+        raise NotImplementedError
+
+
+@dataclass
+class LLMPruner(Pruner):
+    """A method that drops visual tokens inside the LLM (see methods/fastv.py)."""
+
+    stage: ClassVar[Stage] = "llm"

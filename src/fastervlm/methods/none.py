@@ -1,0 +1,27 @@
+"""No pruning: every patch of every frame reaches the LLM (the 0% baseline row)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fastervlm.errors import BudgetError
+from fastervlm.methods.base import VisionPruner, VisualSelection
+from fastervlm.methods.registry import register
+
+
+@register
+@dataclass
+class NoPruning(VisionPruner):
+    name = "none"
+    summary = "no pruning: all patches of all frames reach the LLM"
+
+    def __post_init__(self) -> None:
+        if self.prunes:
+            raise BudgetError("method 'none' keeps every token: drop --keep/--reduction or choose another method.")
+
+    def select(self, features: torch.Tensor, cls_scores: torch.Tensor | None) -> VisualSelection:
+        frames, patches, _ = features.shape
+        every = torch.arange(patches, device=features.device)
+        return VisualSelection(features.reshape(-1, features.shape[-1]), [every] * frames, [patches] * frames)

@@ -1,0 +1,211 @@
+"""The public API: load a model once, then answer questions about videos (or images) with a pruning method.
+
+    import fastervlm
+    vlm = fastervlm.load("ckpts/Video-LLaVA-7B", video_tower="ckpts/LanguageBind_Video_merge")
+    ans = vlm.answer("What is the man doing?", video="clip.mp4", method="fastervlm", reduction=0.9)
+    ans.text, ans.kept_indices, ans.visual_tokens, ans.timings
+
+The CLI, the evaluation harness, the benchmark and the web page all go through this module.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fastervlm import media
+from fastervlm.errors import FasterVLMError
+from fastervlm.methods import Pruner, create_pruner
+from fastervlm.models.base import GenerationSettings, ModelAdapter, adapter_for
+from fastervlm.timing import StageTimer
+
+
+@dataclass
+class Answer:
+    """One answered question: the text, what the LLM saw, and where the time went."""
+
+    text: str
+    output_ids: list[int]
+    visual_tokens: int
+    kept_indices: list[list[int]] | None
+    prompt_tokens: int
+    timings: dict[str, float]
+    method: dict[str, Any]
+    frame_indices: list[int] | None = None
+    cls_scores: torch.Tensor | None = field(default=None, repr=False)
+    """(T, N) [CLS] attention per frame when the method computed it (for pictures); not in JSON."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The `--json` object (fields of conventions.md)."""
+        out = asdict(self)
+        out.pop("cls_scores")
+        return out
+
+
+@dataclass
+class Frames:
+    """Preprocessed pixels of one sample plus the source frame numbers they came from."""
+
+    pixels: torch.Tensor
+    frame_indices: list[int] | None
+    decode_seconds: float
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """'cuda' when a GPU is present and nothing was asked for, else the CPU; a clear error for a bad name."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise FasterVLMError(f"--device {device!r} is not a device name; use cpu, cuda or cuda:N.") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise FasterVLMError(f"--device {device} asks for a GPU but torch sees none; use --device cpu.")
+    return resolved
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """A dtype from its name; None leaves the choice to the adapter (fp32 on CPU, the checkpoint's on CUDA)."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise FasterVLMError(f"--dtype {dtype!r} is not supported; use one of {', '.join(sorted(_DTYPES))}.")
+    return _DTYPES[dtype]
+
+
+class Pipeline:
+    """A loaded model plus the steps around it: media decoding, preprocessing, pruning, generation."""
+
+    def __init__(self, adapter: ModelAdapter, path: Path) -> None:
+        self.adapter = adapter
+        self.path = path
+
+    @property
+    def num_frames(self) -> int:
+        return self.adapter.num_frames
+
+    @property
+    def num_patches(self) -> int:
+        return self.adapter.num_patches
+
+    def pruner(self, method: str | Pruner | None = None, **settings: Any) -> Pruner:
+        """A method instance from a name (default fastervlm, or none when no budget is given) or as given."""
+        if isinstance(method, Pruner):
+            if settings:
+                raise FasterVLMError("pass settings either to create_pruner or to answer(), not both.")
+            return method
+        if method is None:
+            method = "fastervlm" if settings.get("keep") is not None or settings.get("reduction") is not None else "none"
+        return create_pruner(method, **settings)
+
+    def frames(
+        self,
+        video: str | os.PathLike | None = None,
+        image: str | os.PathLike | None = None,
+        pixels: torch.Tensor | None = None,
+        *,
+        flip: bool = False,
+    ) -> Frames:
+        """Decode and preprocess exactly one of video / image / already preprocessed pixels (T, 3, H, W)."""
+        given = [name for name, value in (("video", video), ("image", image), ("pixels", pixels)) if value is not None]
+        if len(given) != 1:
+            raise FasterVLMError(f"give exactly one of video, image or pixels (got {', '.join(given) or 'none'}).")
+        if pixels is not None:
+            return Frames(self._check_pixels(pixels), None, 0.0)
+        if image is not None and self.adapter.media == "video":
+            raise FasterVLMError(f"{self.adapter.family} answers questions about videos: pass --video, not --image.")
+        if video is not None and self.adapter.media == "image":
+            raise FasterVLMError(f"{self.adapter.family} answers questions about images: pass --image, not --video.")
+        timer = StageTimer()
+        with timer("decode"):
+            if video is not None:
+                sampled = media.read_video_frames(video, self.num_frames)
+                frames, indices = sampled.frames, sampled.indices
+            else:
+                frames, indices = media.read_image(image), None
+        with timer("preprocess"):
+            tensor = self.adapter.preprocess(frames, flip=flip)
+        return Frames(tensor, indices, timer.seconds["decode"] + timer.seconds["preprocess"])
+
+    def _check_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        expected = self.num_frames
+        if pixels.ndim != 4 or pixels.shape[0] != expected or pixels.shape[1] != 3:
+            raise FasterVLMError(
+                f"pixels must have shape ({expected}, 3, H, W) for {self.adapter.family}, got {tuple(pixels.shape)}; "
+                "preprocess with Pipeline.frames(video=...) or pass video= instead."
+            )
+        return pixels
+
+    def answer(
+        self,
+        question: str,
+        *,
+        video: str | os.PathLike | None = None,
+        image: str | os.PathLike | None = None,
+        pixels: torch.Tensor | None = None,
+        method: str | Pruner | None = None,
+        generation: GenerationSettings | None = None,
+        flip: bool = False,
+        **method_settings: Any,
+    ) -> Answer:
+        """Answer one question; `method_settings` (keep=, reduction=, ...) configure `method` by name."""
+        frames = self.frames(video, image, pixels, flip=flip)
+        return self.answer_frames([frames], [question], self.pruner(method, **method_settings), generation)[0]
+
+    def answer_frames(
+        self,
+        frames: list[Frames],
+        questions: list[str],
+        pruner: Pruner,
+        generation: GenerationSettings | None = None,
+    ) -> list[Answer]:
+        """Answer a batch of already decoded samples (one question each) with one pruning configuration."""
+        if len(frames) != len(questions):
+            raise FasterVLMError(f"{len(frames)} samples but {len(questions)} questions: give one question per sample.")
+        if any(not q or not q.strip() for q in questions):
+            raise FasterVLMError("the question is empty: type a question about the video.")
+        settings = generation or GenerationSettings()
+        timer = StageTimer(self.adapter.device)
+        pixels = torch.stack([f.pixels for f in frames])
+        generated = self.adapter.generate(pixels, questions, pruner, settings, timer)
+        per_sample = {stage: seconds / len(frames) for stage, seconds in timer.seconds.items()}
+        return [
+            Answer(
+                text=g.text,
+                output_ids=g.output_ids,
+                visual_tokens=g.visual_tokens,
+                kept_indices=g.kept_indices,
+                prompt_tokens=g.prompt_tokens,
+                timings={"decode_video": f.decode_seconds, **per_sample},
+                method=pruner.settings(),
+                frame_indices=f.frame_indices,
+                cls_scores=g.cls_scores,
+            )
+            for f, g in zip(frames, generated)
+        ]
+
+
+def load(
+    model: str | os.PathLike,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    **options: Any,
+) -> Pipeline:
+    """Load a checkpoint directory once; the family is detected from its config.json.
+
+    options are family-specific, e.g. `video_tower=` for original-format Video-LLaVA.
+    """
+    path = Path(model).expanduser()
+    adapter_cls = adapter_for(path)
+    adapter = adapter_cls.load(path, device=resolve_device(device), dtype=resolve_dtype(dtype), **options)
+    return Pipeline(adapter, path)
+
