@@ -10,6 +10,7 @@ Methods never import an adapter.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Literal
 
@@ -71,6 +72,25 @@ class VisionPruner(Pruner):
 
 @dataclass
 class LLMPruner(Pruner):
-    """A method that drops visual tokens inside the LLM (see methods/fastv.py)."""
+    """A method that drops visual tokens inside the LLM. Every visual token reaches the LLM; the method
+    installs itself in the decoder stack for one `generate` call."""
 
     stage: ClassVar[Stage] = "llm"
+
+    def attach(self, decoder: torch.nn.Module, visual_mask: torch.Tensor) -> AbstractContextManager[None]:
+        """Install inside `decoder` (a Llama-style model with .layers) while the context is open.
+
+        visual_mask: (B, S) bool, True at the prompt's visual-token positions (S = padded prompt length).
+        """
+        raise NotImplementedError
+
+    def kept_visual_tokens(self, frames: int, num_patches: int) -> int:
+        """Visual tokens the LLM keeps from the pruning layer on (the table's "# Token")."""
+        return frames * self.per_frame_budget(num_patches)
+
+
+def keep_all_tokens(features: torch.Tensor) -> VisualSelection:
+    """Every patch of every frame, in order: the selection of no pruning (and of LLM-stage methods)."""
+    frames, patches, width = features.shape
+    every = torch.arange(patches, device=features.device)
+    return VisualSelection(features.reshape(-1, width), [every] * frames, [patches] * frames)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from fastervlm.errors import BudgetError
-from fastervlm.methods.base import VisionPruner, VisualSelection
+from fastervlm.methods.base import VisionPruner, VisualSelection, keep_all_tokens
 from fastervlm.methods.registry import register
 
 
@@ -22,6 +22,4 @@ class NoPruning(VisionPruner):
             raise BudgetError("method 'none' keeps every token: drop --keep/--reduction or choose another method.")
 
     def select(self, features: torch.Tensor, cls_scores: torch.Tensor | None) -> VisualSelection:
-        frames, patches, _ = features.shape
-        every = torch.arange(patches, device=features.device)
-        return VisualSelection(features.reshape(-1, features.shape[-1]), [every] * frames, [patches] * frames)
+        return keep_all_tokens(features)
