@@ -1,0 +1,44 @@
+"""The `fastervlm` command: argument parsing only; every command calls the library's public API.
+
+Each command group lives in its own module exposing `add_parser(subparsers)`; modules import torch and the
+library inside their handlers, so `fastervlm --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from fastervlm import __version__
+
+COMMAND_MODULES = ("answer", "methods")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastervlm",
+        description="Training-free visual token pruning for video VLMs ([CLS] attention, FasterVLM), "
+        "with an evaluation harness, a benchmark and pictures of the kept tokens.",
+    )
+    parser.add_argument("--version", action="version", version=f"fastervlm {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"fastervlm.cli.{name}").add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; FasterVLMError becomes a one-line message and exit code 2, Ctrl-C exit code 130."""
+    from fastervlm.errors import FasterVLMError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except FasterVLMError as err:
+        print(f"fastervlm: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fastervlm: interrupted; work already written is kept.", file=sys.stderr)
+        return 130

@@ -1,0 +1,91 @@
+"""Arguments shared by several commands: model loading, pruning method and budget, decoding."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", required=required, help="checkpoint folder (original Video-LLaVA or a transformers VLM)")
+    group.add_argument("--video-tower", help="LanguageBind_Video_merge folder (default: the checkpoint's mm_video_tower when local)")
+    group.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    group.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
+                       help="default: float32 on CPU, the checkpoint's dtype on CUDA")
+
+
+def add_method_arguments(parser: argparse.ArgumentParser) -> None:
+    """--method and the budget flags; per-method settings via --method-option KEY=VALUE or their own flags."""
+    group = parser.add_argument_group("pruning")
+    group.add_argument("--method", help="pruning method (see `fastervlm methods`); default fastervlm when a budget "
+                       "is given, else none")
+    budget = group.add_mutually_exclusive_group()
+    budget.add_argument("--keep", type=int, metavar="L", help="visual tokens kept per frame (an image is one frame)")
+    budget.add_argument("--reduction", type=float, metavar="R",
+                        help="fraction of visual tokens dropped: L = round(N * (1 - R)), e.g. 0.9 -> 26 of 256")
+    group.add_argument("--global-budget", action="store_true",
+                       help="fastervlm: keep the best frames*L patches over the whole video instead of L per frame")
+    group.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="any other setting of the method, e.g. --method-option layer=3 (repeatable)")
+
+
+def _parse_value(text: str) -> Any:
+    """'3' -> 3, '0.5' -> 0.5, 'true' -> True, anything else stays text."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def method_settings(args: argparse.Namespace) -> tuple[str | None, dict[str, Any]]:
+    """The method name and its settings from the parsed flags (only those the user gave)."""
+    from fastervlm.errors import BudgetError
+
+    settings: dict[str, Any] = {}
+    if args.keep is not None:
+        settings["keep"] = args.keep
+    if args.reduction is not None:
+        settings["reduction"] = args.reduction
+    if args.global_budget:
+        settings["global_budget"] = True
+    for option in args.method_option:
+        key, sep, value = option.partition("=")
+        if not sep or not key:
+            raise BudgetError(f"--method-option {option!r} is not KEY=VALUE, e.g. --method-option layer=3.")
+        settings[key.replace("-", "_")] = _parse_value(value)
+    return args.method, settings
+
+
+def add_generation_arguments(parser: argparse.ArgumentParser, *, max_new_tokens: int = 1024) -> None:
+    group = parser.add_argument_group("decoding")
+    group.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="bound on the answer's length (default %(default)s)")
+    group.add_argument("--sample", action="store_true",
+                       help="sample as the original does (temperature 0.1, top_p from generation_config.json) instead of greedy")
+    group.add_argument("--temperature", type=float, default=0.1, help="with --sample (default %(default)s)")
+    group.add_argument("--seed", type=int, default=0, help="random seed for sampling and random methods (default %(default)s)")
+    group.add_argument("--flip", action="store_true", help="flip the frames horizontally (the original flips at random, p = 0.5)")
+
+
+def generation_settings(args: argparse.Namespace) -> Any:
+    from fastervlm.errors import FasterVLMError
+    from fastervlm.models.base import GenerationSettings
+
+    if args.max_new_tokens < 1:
+        raise FasterVLMError(f"--max-new-tokens must be at least 1 (got {args.max_new_tokens}).")
+    if args.sample and args.temperature <= 0:
+        raise FasterVLMError("--temperature must be above 0 with --sample; leave out --sample for greedy decoding.")
+    return GenerationSettings(max_new_tokens=args.max_new_tokens, sample=args.sample, temperature=args.temperature, seed=args.seed)
+
+
+def load_model(args: argparse.Namespace) -> Any:
+    """fastervlm.load with the model flags (family-specific options only when given)."""
+    import fastervlm
+
+    options = {"video_tower": args.video_tower} if args.video_tower else {}
+    return fastervlm.load(args.model, device=args.device, dtype=args.dtype, **options)
