@@ -39,9 +39,11 @@ class TinySpec:
     patch_size: int = 14
     num_frames: int = 8
     vision_width: int = 32
+    vision_intermediate: int = 64
     vision_layers: int = 3
     vision_heads: int = 2
     llm_width: int = 64
+    llm_intermediate: int = 128
     llm_layers: int = 4
     llm_heads: int = 4
     vocab_size: int = 384
@@ -51,6 +53,12 @@ class TinySpec:
     def real_shape() -> TinySpec:
         """224 px, patch 14: 256 patches per frame, 2048 video tokens, as Video-LLaVA-7B; tiny widths."""
         return TinySpec(image_size=224)
+
+    @staticmethod
+    def video_llava_7b(llm_layers: int = 2, vision_layers: int = 3) -> TinySpec:
+        """Video-LLaVA-7B's real widths, heads and token counts with fewer layers (benchmarks: per-layer costs are real)."""
+        return TinySpec(image_size=224, vision_width=1024, vision_intermediate=4096, vision_layers=vision_layers,
+                        vision_heads=16, llm_width=4096, llm_intermediate=11008, llm_layers=llm_layers, llm_heads=32)
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
@@ -100,7 +108,7 @@ def _randomize(state: dict[str, torch.Tensor], generator: torch.Generator) -> di
 def vision_config(spec: TinySpec) -> dict:
     """The tower's vision_config, with the field names of LanguageBind's published config.json."""
     return {
-        "hidden_size": spec.vision_width, "intermediate_size": 2 * spec.vision_width,
+        "hidden_size": spec.vision_width, "intermediate_size": spec.vision_intermediate,
         "num_hidden_layers": spec.vision_layers, "num_attention_heads": spec.vision_heads,
         "image_size": spec.image_size, "patch_size": spec.patch_size, "num_channels": 3, "hidden_act": "gelu",
         "layer_norm_eps": 1e-5, "attention_dropout": 0.0, "add_time_attn": True, "num_frames": spec.num_frames,
@@ -114,7 +122,7 @@ def llm_config(spec: TinySpec, tower_path: str) -> dict:
     """config.json of the LLM checkpoint: the Llama fields plus the original's mm_* fields."""
     return {
         "architectures": ["LlavaLlamaForCausalLM"], "model_type": "llava", "hidden_size": spec.llm_width,
-        "intermediate_size": 2 * spec.llm_width, "num_hidden_layers": spec.llm_layers,
+        "intermediate_size": spec.llm_intermediate, "num_hidden_layers": spec.llm_layers,
         "num_attention_heads": spec.llm_heads, "num_key_value_heads": spec.llm_heads, "hidden_act": "silu",
         "rms_norm_eps": 1e-5, "vocab_size": spec.vocab_size, "max_position_embeddings": 4096,
         "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "tie_word_embeddings": False,
