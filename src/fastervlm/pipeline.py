@@ -40,10 +40,10 @@ class Answer:
     """(T, N) [CLS] attention per frame when the method computed it (for pictures); not in JSON."""
 
     def to_json(self) -> dict[str, Any]:
-        """The `--json` object (fields of conventions.md)."""
+        """The `--json` object (fields of conventions.md): the text is under "answer"."""
         out = asdict(self)
         out.pop("cls_scores")
-        return out
+        return {"answer": out.pop("text"), **out}
 
 
 @dataclass

@@ -1,0 +1,193 @@
+"""Original-format Video-LLaVA: loading every on-disk layout, the prompt, and pruning's effect on the LLM input."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+import fastervlm
+from fastervlm.errors import CheckpointError, FasterVLMError
+from fastervlm.models.base import GenerationSettings
+from fastervlm.models.languagebind import LanguageBindVideoTower, vision_config_from_dict
+from fastervlm.models.videollava import (
+    IMAGE_TOKEN_INDEX,
+    VideoLlavaAdapter,
+    build_projector,
+    llava_v1_prompt,
+    tokenize_with_placeholders,
+)
+from fastervlm.pipeline import Pipeline
+from fastervlm.tiny import TinySpec, llm_config, tiny_weights, vision_config, write_tiny_checkpoint
+
+SHORT = GenerationSettings(max_new_tokens=6)
+
+
+def _pixels(pipeline: Pipeline, seed: int = 0) -> torch.Tensor:
+    size = pipeline.adapter.tower.config.image_size
+    return torch.randn(pipeline.num_frames, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def prefill_logits(pipeline: Pipeline, pixels: torch.Tensor, **method) -> tuple[torch.Tensor, list[int]]:
+    """The logits of the LLM's first forward (the prefill) and the greedy tokens, for one answer."""
+    captured: list[torch.Tensor] = []
+    handle = pipeline.adapter.llm.register_forward_hook(
+        lambda module, args, output: captured.append(output.logits[:, -1].clone()) if not captured else None
+    )
+    try:
+        answer = pipeline.answer("What happens?", pixels=pixels, generation=SHORT, **method)
+    finally:
+        handle.remove()
+    return captured[0], answer.output_ids
+
+
+def test_keeping_every_patch_equals_no_pruning(tiny_pipeline) -> None:
+    pixels = _pixels(tiny_pipeline)
+    baseline, baseline_ids = prefill_logits(tiny_pipeline, pixels, method="none")
+    kept_all, kept_ids = prefill_logits(tiny_pipeline, pixels, method="fastervlm", keep=tiny_pipeline.num_patches)
+    reduction_zero, _ = prefill_logits(tiny_pipeline, pixels, method="fastervlm", reduction=0.0)
+    torch.testing.assert_close(kept_all, baseline, atol=0, rtol=0)
+    torch.testing.assert_close(reduction_zero, baseline, atol=0, rtol=0)
+    assert kept_ids == baseline_ids
+    pruned, _ = prefill_logits(tiny_pipeline, pixels, method="fastervlm", keep=2)
+    assert not torch.allclose(pruned, baseline)  # pruning does change what the LLM sees
+
+
+def test_per_frame_budget_counts_and_prompt_length(tiny_pipeline) -> None:
+    pixels = _pixels(tiny_pipeline)
+    full = tiny_pipeline.answer("What happens?", pixels=pixels, generation=SHORT)
+    pruned = tiny_pipeline.answer("What happens?", pixels=pixels, reduction=0.9, generation=SHORT)
+    keep = round(tiny_pipeline.num_patches * 0.1)
+    assert pruned.visual_tokens == tiny_pipeline.num_frames * keep
+    assert [len(frame) for frame in pruned.kept_indices] == [keep] * tiny_pipeline.num_frames
+    assert all(frame == sorted(frame) for frame in pruned.kept_indices)
+    assert full.prompt_tokens - pruned.prompt_tokens == full.visual_tokens - pruned.visual_tokens
+    # the kept patches are the ones the [CLS] row ranks highest in each frame
+    for frame, kept in zip(pruned.cls_scores, pruned.kept_indices):
+        assert set(kept) == set(torch.sort(frame, descending=True, stable=True).indices[:keep].tolist())
+
+
+def test_zero_tokens_gives_a_text_only_prompt_that_generates(tiny_pipeline) -> None:
+    result = tiny_pipeline.answer("What happens?", pixels=_pixels(tiny_pipeline), keep=0, generation=SHORT)
+    text_only = tokenize_with_placeholders(tiny_pipeline.adapter.tokenizer, llava_v1_prompt("What happens?", 8))
+    assert result.visual_tokens == 0
+    assert result.kept_indices == [[] for _ in range(tiny_pipeline.num_frames)]
+    assert result.prompt_tokens == len([t for t in text_only if t != IMAGE_TOKEN_INDEX])
+    assert 1 <= len(result.output_ids) <= SHORT.max_new_tokens
+
+
+def test_prompt_is_llava_v1_with_one_marker_per_frame(tiny_pipeline) -> None:
+    tokenizer = tiny_pipeline.adapter.tokenizer
+    prompt = llava_v1_prompt("what is the video doing?", 8)
+    assert prompt.startswith("A chat between a curious human and an artificial intelligence assistant.")
+    assert prompt.endswith(" USER: " + "<image>" * 8 + "\nwhat is the video doing? ASSISTANT:")
+    ids = tokenize_with_placeholders(tokenizer, prompt)
+    head, tail = prompt.split("<image>" * 8)
+    expected = tokenizer(head).input_ids + [IMAGE_TOKEN_INDEX] * 8 + tokenizer(tail).input_ids[1:]
+    assert ids == expected
+    assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
+
+
+def test_batched_answers_equal_one_at_a_time(tiny_pipeline) -> None:
+    questions = ["What happens?", "Which object moves from the left to the right of the picture?"]
+    frames = [tiny_pipeline.frames(pixels=_pixels(tiny_pipeline, seed)) for seed in (1, 2)]
+    pruner = tiny_pipeline.pruner("fastervlm", reduction=0.5)
+    batched = tiny_pipeline.answer_frames(frames, questions, pruner, SHORT)
+    single = [tiny_pipeline.answer_frames([f], [q], pruner, SHORT)[0] for f, q in zip(frames, questions)]
+    assert [b.output_ids for b in batched] == [s.output_ids for s in single]
+    assert [b.kept_indices for b in batched] == [s.kept_indices for s in single]
+
+
+def test_sampling_is_reproducible_with_a_seed(tiny_pipeline) -> None:
+    pixels = _pixels(tiny_pipeline)
+    sample = GenerationSettings(max_new_tokens=8, sample=True, temperature=1.0, seed=7)
+    first = tiny_pipeline.answer("What happens?", pixels=pixels, generation=sample)
+    again = tiny_pipeline.answer("What happens?", pixels=pixels, generation=sample)
+    assert first.output_ids == again.output_ids
+
+
+def _in_memory_adapter(spec: TinySpec, checkpoint: Path) -> VideoLlavaAdapter:
+    """The model the tiny checkpoint was written from, built without reading any weight file."""
+    weights = tiny_weights(spec)
+    config = llm_config(spec, "")
+    llm = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in config.items() if k in LlamaConfig.__dataclass_fields__}))
+    llm.load_state_dict(weights.llm)
+    tower = LanguageBindVideoTower(vision_config_from_dict(vision_config(spec)))
+    tower.load_state_dict(weights.tower)
+    projector = build_projector(config)
+    projector.load_state_dict(weights.projector)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    return VideoLlavaAdapter(llm.eval(), projector.eval(), tower.eval(), tokenizer, config, GenerationConfig())
+
+
+@pytest.mark.parametrize("weights_format, shards", [("safetensors", 2), ("bin", 2), ("safetensors", 1)])
+def test_checkpoint_on_disk_equals_the_in_memory_model(tmp_path: Path, weights_format: str, shards: int) -> None:
+    spec = TinySpec()
+    checkpoint = write_tiny_checkpoint(tmp_path, spec, weights_format=weights_format, shards=shards)
+    loaded = fastervlm.load(checkpoint, device="cpu")
+    memory = Pipeline(_in_memory_adapter(spec, checkpoint), checkpoint)
+    pixels = _pixels(loaded)
+    for method in ({"method": "none"}, {"reduction": 0.75}):
+        disk_logits, disk_ids = prefill_logits(loaded, pixels, **method)
+        memory_logits, memory_ids = prefill_logits(memory, pixels, **method)
+        torch.testing.assert_close(disk_logits, memory_logits, atol=0, rtol=0)
+        assert disk_ids == memory_ids
+
+
+# ----- checkpoints that cannot be used get a clear error ------------------------------------------------------
+@pytest.fixture()
+def checkpoint_copy(tiny_checkpoint: Path, tmp_path: Path) -> Path:
+    """A writable copy of both tiny folders; returns the LLM folder."""
+    shutil.copytree(tiny_checkpoint.parent, tmp_path / "copy")
+    return tmp_path / "copy" / tiny_checkpoint.name
+
+
+def test_missing_config(checkpoint_copy: Path) -> None:
+    (checkpoint_copy / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="no config.json"):
+        fastervlm.load(checkpoint_copy, device="cpu")
+
+
+def test_missing_weights(checkpoint_copy: Path) -> None:
+    for shard in checkpoint_copy.glob("model-*.safetensors"):
+        shard.unlink()
+    with pytest.raises(CheckpointError, match="finish the download"):
+        fastervlm.load(checkpoint_copy, device="cpu")
+
+
+def test_missing_tokenizer(checkpoint_copy: Path) -> None:
+    (checkpoint_copy / "tokenizer.model").unlink()
+    with pytest.raises(CheckpointError, match="tokenizer"):
+        fastervlm.load(checkpoint_copy, device="cpu")
+
+
+def test_hub_tower_name_asks_for_video_tower(checkpoint_copy: Path) -> None:
+    config = (checkpoint_copy / "config.json").read_text().replace("../LanguageBind_Video_merge", "LanguageBind/LanguageBind_Video_merge")
+    (checkpoint_copy / "config.json").write_text(config)
+    with pytest.raises(CheckpointError, match="--video-tower"):
+        fastervlm.load(checkpoint_copy, device="cpu")
+    loaded = fastervlm.load(checkpoint_copy, device="cpu", video_tower=checkpoint_copy.parent / "LanguageBind_Video_merge")
+    assert loaded.num_frames == 8
+
+
+def test_tower_whose_frame_count_disagrees(checkpoint_copy: Path) -> None:
+    tower_config = checkpoint_copy.parent / "LanguageBind_Video_merge" / "config.json"
+    tower_config.write_text(tower_config.read_text().replace('"num_frames": 8', '"num_frames": 4'))
+    with pytest.raises(CheckpointError, match="num_frames=4"):
+        fastervlm.load(checkpoint_copy, device="cpu")
+
+
+def test_unsupported_config(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"model_type": "bert", "architectures": ["BertModel"]}')
+    with pytest.raises(CheckpointError, match="not a model fastervlm supports"):
+        fastervlm.load(tmp_path, device="cpu")
+
+
+def test_pixels_of_the_wrong_shape(tiny_pipeline) -> None:
+    with pytest.raises(FasterVLMError, match=r"pixels must have shape \(8, 3"):
+        tiny_pipeline.answer("What happens?", pixels=torch.zeros(4, 3, 112, 112))
+    with pytest.raises(FasterVLMError, match="question is empty"):
+        tiny_pipeline.answer("  ", pixels=_pixels(tiny_pipeline))
