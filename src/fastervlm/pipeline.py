@@ -10,6 +10,7 @@ The CLI, the evaluation harness, the benchmark and the web page all go through t
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -206,6 +207,11 @@ def load(
     """
     path = Path(model).expanduser()
     adapter_cls = adapter_for(path)
+    accepted = inspect.signature(adapter_cls.load).parameters
+    for option in options:
+        if option not in accepted:
+            flag = "--" + option.replace("_", "-")
+            raise FasterVLMError(f"{flag} does not apply to {adapter_cls.family} checkpoints ({path}); leave it out.")
     adapter = adapter_cls.load(path, device=resolve_device(device), dtype=resolve_dtype(dtype), **options)
     return Pipeline(adapter, path)
 
