@@ -7,7 +7,6 @@ llava_v1 prompt with one placeholder per frame, and generation with the kept tok
 
 from __future__ import annotations
 
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,17 +15,18 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM, LogitsProcessor
+from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 from transformers import logging as hf_logging
 
 from fastervlm import media
 from fastervlm.errors import CheckpointError
 from fastervlm.methods.base import LLMPruner, Pruner, VisualSelection, keep_all_tokens
 from fastervlm.models.base import Generated, GenerationSettings, ModelAdapter, read_config, register_adapter
+from fastervlm.models.generation import StepClock, generation_config
 from fastervlm.models.languagebind import LanguageBindVideoTower, load_video_tower
 from fastervlm.models.weights import load_into, load_prefix, weight_files
 from fastervlm.scoring import cls_patch_scores
-from fastervlm.timing import StageTimer, synchronize
+from fastervlm.timing import StageTimer
 
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -64,19 +64,6 @@ def build_projector(config: dict[str, Any]) -> nn.Module:
         raise CheckpointError(f"mm_projector_type {kind!r} is not supported (Video-LLaVA uses 'mlp2x_gelu').")
     hidden, vision = config["hidden_size"], config["mm_hidden_size"]
     return nn.Sequential(nn.Linear(vision, hidden), nn.GELU(), nn.Linear(hidden, hidden))
-
-
-class _StepClock(LogitsProcessor):
-    """Timestamps every decoding step: the first marks the end of the prefill (time to first token)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.stamps: list[float] = []
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        synchronize(self.device)
-        self.stamps.append(time.perf_counter())
-        return scores
 
 
 @dataclass
@@ -228,41 +215,20 @@ class VideoLlavaAdapter(ModelAdapter):
             embeds[row, longest - len(prompt.embeds):] = prompt.embeds
             attention[row, longest - len(prompt.embeds):] = 1
             visual[row, longest - len(prompt.embeds):] = prompt.visual_mask
-        clock = _StepClock(self.device)
+        clock = StepClock(self.device)
         attach = pruner.attach(self.llm.model, visual) if isinstance(pruner, LLMPruner) else nullcontext()
         torch.manual_seed(settings.seed)
-        synchronize(self.device)
-        start = time.perf_counter()
+        clock.start()
         with attach:
             out = self.llm.generate(
                 inputs_embeds=embeds,
                 attention_mask=attention,
-                generation_config=self._generation_config(settings),
+                generation_config=generation_config(settings, self.tokenizer, self.generation_defaults),
                 logits_processor=[clock],
             )
-        if clock.stamps:
-            timer.add("llm_prefill", clock.stamps[0] - start)
-            timer.add("llm_decode", clock.stamps[-1] - clock.stamps[0])
+        clock.report(timer)
         outputs = [self._trim(row.tolist()) for row in out]
         return outputs, lengths
-
-    def _generation_config(self, settings: GenerationSettings) -> GenerationConfig:
-        """Greedy by default; sampling as the original (T = 0.1, top_p/top_k from generation_config.json)."""
-        special = dict(
-            max_new_tokens=settings.max_new_tokens,
-            eos_token_id=self.tokenizer.eos_token_id,
-            pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0,
-            bos_token_id=self.tokenizer.bos_token_id,
-        )
-        if not settings.sample:
-            return GenerationConfig(do_sample=False, **special)
-        return GenerationConfig(
-            do_sample=True,
-            temperature=settings.temperature,
-            top_p=self.generation_defaults.top_p if self.generation_defaults.top_p is not None else 1.0,
-            top_k=self.generation_defaults.top_k if self.generation_defaults.top_k is not None else 50,
-            **special,
-        )
 
     def _trim(self, ids: list[int]) -> list[int]:
         """Generated ids up to and including the first EOS (padding after it removed)."""
