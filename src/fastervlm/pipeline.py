@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from fastervlm import media
@@ -135,6 +136,10 @@ class Pipeline:
         with timer("preprocess"):
             tensor = self.adapter.preprocess(frames, flip=flip)
         return Frames(tensor, indices, timer.seconds["decode"] + timer.seconds["preprocess"])
+
+    def display_frames(self, frames: Frames) -> np.ndarray:
+        """uint8 (T, S, S, 3) images of what the model saw for these frames (for `fastervlm.show`)."""
+        return self.adapter.display_frames(frames.pixels)
 
     def _check_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         expected = self.num_frames

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
+from fastervlm import media
 from fastervlm.errors import CheckpointError
 from fastervlm.methods.base import Pruner
 from fastervlm.timing import StageTimer
@@ -58,6 +59,9 @@ class ModelAdapter(ABC):
     """Patch tokens per frame without [CLS]: the N that --reduction is a fraction of."""
     device: torch.device
     dtype: torch.dtype
+    pixel_mean: ClassVar[tuple[float, float, float]] = media.OPENAI_CLIP_MEAN
+    pixel_std: ClassVar[tuple[float, float, float]] = media.OPENAI_CLIP_STD
+    """The per-channel normalisation `preprocess` applies (override when a family uses other statistics)."""
 
     @classmethod
     @abstractmethod
@@ -72,6 +76,14 @@ class ModelAdapter(ABC):
     @abstractmethod
     def preprocess(self, frames: np.ndarray, *, flip: bool = False) -> torch.Tensor:
         """uint8 (T, H, W, 3) frames -> float pixels (T, 3, S, S) as this model's checkpoint expects."""
+
+    def display_frames(self, pixels: torch.Tensor) -> np.ndarray:
+        """Preprocessed pixels (T, 3, S, S) -> uint8 (T, S, S, 3): what the model saw (resized, cropped, flipped),
+        with the normalisation undone, for pictures of the kept patches."""
+        mean = torch.tensor(self.pixel_mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.pixel_std).view(1, 3, 1, 1)
+        rgb = (pixels.detach().float().cpu() * std + mean).clamp(0.0, 1.0)
+        return (rgb * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
     @abstractmethod
     def generate(
