@@ -265,3 +265,40 @@ def ensure_tiny_checkpoint(spec: TinySpec = TinySpec(), cache_dir: str | os.Path
             shutil.rmtree(staging, ignore_errors=True)
     return target / LLM_DIR
 
+
+
+def build_adapter(
+    spec: TinySpec,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    weights: TinyWeights | None = None,
+):
+    """A VideoLlavaAdapter for `spec` built in memory from `tiny_weights(spec)` (or the `weights` given): no weight
+    files are written, which matters for `TinySpec.video_llava_7b` (GBs at real widths). Only the tokenizer goes
+    through a temporary folder. The weight tensors are used as they are when device and dtype match (so tensors
+    in shared memory stay shared with the process that made them).
+    """
+    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers.initialization import no_init_weights
+
+    from fastervlm.models.languagebind import LanguageBindVideoTower, vision_config_from_dict
+    from fastervlm.models.videollava import VideoLlavaAdapter, build_projector
+
+    weights = weights if weights is not None else tiny_weights(spec)
+    config = llm_config(spec, "")
+    llama = LlamaConfig(**{k: v for k, v in config.items() if k in LlamaConfig.__dataclass_fields__},
+                        attn_implementation="sdpa")
+    with no_init_weights():  # every parameter is replaced by the given tensors below
+        llm = LlamaForCausalLM(llama)
+        tower = LanguageBindVideoTower(vision_config_from_dict(vision_config(spec)))
+        projector = build_projector(config)
+    llm.load_state_dict(weights.llm, assign=True)
+    tower.load_state_dict(weights.tower, assign=True)
+    projector.load_state_dict(weights.projector, assign=True)
+    llm.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    with tempfile.TemporaryDirectory(prefix="fastervlm-tokenizer-") as folder:
+        _write_tokenizer(Path(folder), spec)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    modules = [module.to(device=device, dtype=dtype).eval() for module in (llm, tower, projector)]
+    llm, tower, projector = modules
+    return VideoLlavaAdapter(llm, projector, tower, tokenizer, config, GenerationConfig())
