@@ -33,6 +33,29 @@ PROVENANCE = "provenance"
 """The config section that describes where and how a run was made but does not decide its results (not compared)."""
 
 
+def variant_name(settings: dict[str, Any], tag: str | None = None) -> str:
+    """A method configuration without its budget: the method, its other set options, the tag
+    (fastervlm, fastervlm_global_budget, fastv_layer2, none_mytag). One line per variant in the plot."""
+    parts = [str(settings["method"])]
+    for key, value in settings.items():
+        if key in ("method", "keep", "reduction") or value is None or value is False:
+            continue
+        parts.append(key if value is True else f"{key}{value}")
+    return "_".join(parts + ([tag] if tag else []))
+
+
+def run_name(settings: dict[str, Any], tag: str | None = None) -> str:
+    """A run's folder name: the variant's parts with the budget after the options (fastervlm_r0.9,
+    fastervlm_global_budget_k26, none, fastervlm_r0.9_mytag)."""
+    budget = []
+    if settings.get("reduction") is not None:
+        budget.append(f"r{settings['reduction']:g}")
+    if settings.get("keep") is not None:
+        budget.append(f"k{settings['keep']}")
+    untagged = variant_name(settings)
+    return "_".join([untagged, *budget] + ([tag] if tag else []))
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON via a temporary file and rename, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)

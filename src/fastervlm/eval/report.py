@@ -1,0 +1,400 @@
+"""The seed's results table from run directories: per benchmark Acc/Score, averages relative to the unpruned
+baseline, paired tests against it, as Markdown, CSV, JSON and a PNG plot of relative accuracy vs visual tokens.
+
+"Average" is the mean over benchmarks of (row / baseline row of the same model), the baseline being the run
+with method none or reduction 0. Nothing is hidden: prediction errors (e.g. missing videos), missing
+predictions and unjudged items are counted per run, flagged in the table and listed under it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastervlm.errors import FasterVLMError
+from fastervlm.eval.benchmarks import BENCHMARKS
+from fastervlm.eval.judge import PROMPT_VERSION, SETTINGS_FILE, prediction_key, read_judgments
+from fastervlm.eval.metrics import Metrics, Mode, PairedTest, compute, paired_test, parse_reply
+from fastervlm.eval.rundir import PROVENANCE, RunDir, find_runs, is_error, variant_name
+
+FLAG = "†"
+
+
+@dataclass
+class RunResult:
+    """One run directory read through one judge model in one metrics mode."""
+
+    run: RunDir
+    model: str
+    benchmark: str
+    title: str
+    row: str
+    """The run's folder name (method, budget, tag): one table row per model and row."""
+    variant: str
+    """The method configuration without the budget: one line per model and variant in the plot."""
+    settings: dict[str, Any]
+    items: int
+    predicted: int
+    errors: int
+    visual_tokens: float | None
+    metrics: Metrics | None
+    """None when the run has no judgments from the chosen judge."""
+    baseline_test: PairedTest | None = None
+
+    @property
+    def missing_predictions(self) -> int:
+        return self.items - self.predicted - self.errors
+
+    @property
+    def unjudged(self) -> int:
+        return self.predicted - (self.metrics.judged if self.metrics else 0)
+
+    @property
+    def complete(self) -> bool:
+        return self.errors == 0 and self.missing_predictions == 0 and self.unjudged == 0
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.settings.get("method") == "none" or (
+            self.settings.get("reduction") == 0 and self.settings.get("keep") is None
+        )
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.errors:
+            out.append(f"{self.errors} prediction errors (e.g. missing or undecodable videos)")
+        if self.missing_predictions:
+            out.append(f"{self.missing_predictions} items not predicted yet")
+        if self.metrics is None:
+            out.append("not judged")
+        elif self.unjudged:
+            out.append(f"{self.unjudged} predictions unjudged (left out, not scored as wrong)")
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_dir": str(self.run.path),
+            "model": self.model,
+            "benchmark": self.benchmark,
+            "row": self.row,
+            "settings": self.settings,
+            "items": self.items,
+            "predicted": self.predicted,
+            "errors": self.errors,
+            "missing_predictions": self.missing_predictions,
+            "unjudged": self.unjudged,
+            "visual_tokens": self.visual_tokens,
+            "metrics": self.metrics.to_json() if self.metrics else None,
+            "vs_baseline": self.baseline_test.to_json() if self.baseline_test else None,
+        }
+
+
+def judge_models_of(runs: list[RunDir]) -> list[str]:
+    return sorted({m for run in runs for m in run.judge_models()})
+
+
+def read_run(run: RunDir, judge_model: str | None, mode: Mode) -> RunResult:
+    """Predictions, errors and (when judge_model is given) metrics of one run; a judgment counts only when it
+    was made for the prediction now in the run (same question, answer and prediction text)."""
+    config = run.config()
+    predictions = run.predictions()
+    good = {i: p for i, p in predictions.items() if not is_error(p)}
+    tokens = [p["visual_tokens"] for p in good.values() if p.get("visual_tokens") is not None]
+    metrics = None
+    if judge_model is not None and (run.judge_dir(judge_model) / SETTINGS_FILE).is_file():
+        version = json.loads((run.judge_dir(judge_model) / SETTINGS_FILE).read_text()).get("prompt_version", PROMPT_VERSION)
+        judgments = read_judgments(run, judge_model)
+        replies = {
+            i: parse_reply(judgments[i]["reply"])
+            for i, p in good.items()
+            if i in judgments and judgments[i]["key"] == prediction_key(judge_model, p, version)
+        }
+        metrics = compute(replies, mode)
+    bench = config["benchmark"]
+    return RunResult(
+        run=run,
+        model=config["model"]["name"],
+        benchmark=bench["name"],
+        title=bench.get("title") or bench["name"],
+        row=run.path.name,
+        variant=variant_name(config["method"], config.get(PROVENANCE, {}).get("tag")),
+        settings=config["method"],
+        items=bench["items"],
+        predicted=len(good),
+        errors=len(predictions) - len(good),
+        visual_tokens=sum(tokens) / len(tokens) if tokens else None,
+        metrics=metrics,
+    )
+
+
+@dataclass
+class Row:
+    """One table row: a model and a run folder name, with one result per benchmark."""
+
+    model: str
+    row: str
+    variant: str
+    settings: dict[str, Any]
+    results: dict[str, RunResult] = field(default_factory=dict)
+    relative_accuracy: float | None = None
+    relative_score: float | None = None
+    relative_over: int = 0
+    """Benchmarks the relative averages cover."""
+
+    @property
+    def is_baseline(self) -> bool:
+        return next(iter(self.results.values())).is_baseline
+
+    @property
+    def visual_tokens(self) -> float | None:
+        values = [r.visual_tokens for r in self.results.values() if r.visual_tokens is not None]
+        return sum(values) / len(values) if values else None
+
+    def budget(self) -> str:
+        if self.is_baseline:
+            return "no pruning"
+        if self.settings.get("reduction") is not None:
+            return f"reduction {100 * self.settings['reduction']:g}%"
+        if self.settings.get("keep") is not None:
+            return f"keep {self.settings['keep']} per frame"
+        return "other"
+
+    def sort_key(self) -> tuple:
+        reduction = self.settings.get("reduction")
+        keep = self.settings.get("keep")
+        return (not self.is_baseline, reduction if reduction is not None else 2.0, -(keep or 0), self.row)
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+@dataclass
+class Report:
+    mode: Mode
+    judge_model: str | None
+    results: list[RunResult]
+    rows: list[Row]
+    benchmarks: list[tuple[str, str]]
+    """(name, title) in column order."""
+
+    def markdown(self) -> str:
+        head = ["Model", "Method", "# Token"]
+        for _, title in self.benchmarks:
+            head += [f"{title} Acc", f"{title} Score"]
+        head += ["Avg Acc", "Avg Score"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        budget = None
+        for row in self.rows:
+            if row.budget() != budget:
+                budget = row.budget()
+                lines.append(f"| *{budget}* |" + " |" * (len(head) - 1))
+            tokens = f"{row.visual_tokens:.0f}" if row.visual_tokens is not None else "–"
+            cells = [row.model, row.row, tokens]
+            for name, _ in self.benchmarks:
+                cells += _metric_cells(row.results.get(name))
+            avg_flag = FLAG if row.relative_over < len(self.benchmarks) else ""
+            cells += [_percent(row.relative_accuracy) + avg_flag, _percent(row.relative_score) + avg_flag]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", self._legend()]
+        notes = [f"- {r.model} / {r.benchmark} / {r.row}: {'; '.join(r.problems())}" for r in self.results if r.problems()]
+        if notes:
+            lines += ["", f"{FLAG} Incomplete runs (their numbers cover only the judged items):", *notes]
+        tests = self._tests_markdown()
+        if tests:
+            lines += ["", *tests]
+        return "\n".join(lines) + "\n"
+
+    def _legend(self) -> str:
+        judge = self.judge_model or "no judge"
+        return (
+            f"Acc = yes/(yes+no) in %, Score = mean judge score (0-5); judge {judge}, metrics mode {self.mode}. "
+            "Avg = mean over benchmarks of the ratio to the baseline row (method none / reduction 0) of the same "
+            f"model; {FLAG} = incomplete run, or an average over fewer benchmarks than the table has."
+        )
+
+    def _tests_markdown(self) -> list[str]:
+        rows = [r for r in self.rows if not r.is_baseline and any(x.baseline_test for x in r.results.values())]
+        if not rows:
+            return []
+        head = ["Model", "Method"] + [title for _, title in self.benchmarks]
+        out = [
+            "Paired tests against the baseline on the same items: accuracy change in points (McNemar exact p), "
+            "score change (paired z-test p).",
+            "",
+            "| " + " | ".join(head) + " |",
+            "|" + "---|" * len(head),
+        ]
+        for row in rows:
+            cells = [row.model, row.row]
+            for name, _ in self.benchmarks:
+                test = row.results[name].baseline_test if name in row.results else None
+                if test is None or test.accuracy_diff is None:
+                    cells.append("–")
+                else:
+                    score = f"{test.score_diff:+.2f} (p={test.score_p:.2g})" if test.score_diff is not None else "–"
+                    cells.append(f"{100 * test.accuracy_diff:+.1f} (p={test.accuracy_p:.2g}); {score}")
+            out.append("| " + " | ".join(cells) + " |")
+        return out
+
+    def csv(self) -> str:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow([
+            "model", "benchmark", "row", "method", "reduction", "keep", "visual_tokens", "items", "predicted",
+            "errors", "missing_predictions", "unjudged", "judged", "yes", "no", "accuracy", "accuracy_ci_low",
+            "accuracy_ci_high", "score", "score_ci_low", "score_ci_high", "mcnemar_p_vs_baseline",
+            "score_p_vs_baseline", "run_dir",
+        ])
+        for r in self.results:
+            m, t = r.metrics, r.baseline_test
+            writer.writerow([
+                r.model, r.benchmark, r.row, r.settings.get("method"), r.settings.get("reduction"),
+                r.settings.get("keep"), r.visual_tokens, r.items, r.predicted, r.errors, r.missing_predictions,
+                r.unjudged, m.judged if m else None, m.yes if m else None, m.no if m else None,
+                m.accuracy if m else None, *(m.accuracy_ci if m and m.accuracy_ci else (None, None)),
+                m.score if m else None, *(m.score_ci if m and m.score_ci else (None, None)),
+                t.accuracy_p if t else None, t.score_p if t else None, r.run.path,
+            ])
+        return buffer.getvalue()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "judge_model": self.judge_model,
+            "benchmarks": [name for name, _ in self.benchmarks],
+            "rows": [
+                {"model": row.model, "row": row.row, "settings": row.settings, "visual_tokens": row.visual_tokens,
+                 "relative_accuracy": row.relative_accuracy, "relative_score": row.relative_score,
+                 "relative_over": row.relative_over, "benchmarks": sorted(row.results)}
+                for row in self.rows
+            ],
+            "runs": [r.to_json() for r in self.results],
+        }
+
+    def plot(self, path: Path) -> Path:
+        """Relative accuracy (% of the baseline) vs visual tokens, one line per model and method."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+        series: dict[str, list[tuple[float, float]]] = {}
+        for row in self.rows:
+            if row.visual_tokens is None or row.relative_accuracy is None:
+                continue
+            label = f"{row.model}: {'baseline' if row.is_baseline else row.variant}"
+            series.setdefault(label, []).append((row.visual_tokens, 100 * row.relative_accuracy))
+        for label, points in series.items():
+            points.sort()
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        ax.axhline(100, color="grey", linewidth=0.8, linestyle="--")
+        ax.set_xlabel("visual tokens per video")
+        ax.set_ylabel("accuracy relative to baseline (%)")
+        ax.set_title(f"judge {self.judge_model or '-'}, {self.mode} metrics")
+        if series:
+            ax.legend(fontsize="small")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+        return path
+
+
+def _percent(value: float | None) -> str:
+    return f"{100 * value:.2f}%" if value is not None else "–"
+
+
+def _metric_cells(result: RunResult | None) -> list[str]:
+    if result is None or result.metrics is None or result.metrics.accuracy is None:
+        return ["–", "–"]
+    flag = "" if result.complete else FLAG
+    score = result.metrics.score
+    return [f"{100 * result.metrics.accuracy:.1f}{flag}", f"{score:.2f}{flag}" if score is not None else "–"]
+
+
+def _ratio_mean(pairs: list[tuple[float | None, float | None]]) -> float | None:
+    return _mean([v / b for v, b in pairs if v is not None and b])
+
+
+def build_report(paths: list[str | os.PathLike], *, judge_model: str | None = None, mode: Mode = "strict") -> Report:
+    """Read every run under `paths` and lay them out as the seed's table."""
+    runs = [run for p in paths for run in find_runs(p)]
+    if not runs:
+        raise FasterVLMError(f"no run directories under {', '.join(map(str, paths))}: run `fastervlm eval predict` first.")
+    if judge_model is None:
+        models = judge_models_of(runs)
+        if len(models) > 1:
+            raise FasterVLMError(f"these runs were judged by several models ({', '.join(models)}): choose one with --judge-model.")
+        judge_model = models[0] if models else None
+    results = [read_run(run, judge_model, mode) for run in runs]
+    rows: dict[tuple[str, str], Row] = {}
+    for r in results:
+        row = rows.setdefault((r.model, r.row), Row(r.model, r.row, r.variant, r.settings))
+        if r.benchmark in row.results:
+            raise FasterVLMError(
+                f"two runs for {r.model} / {r.benchmark} / {r.row}: {row.results[r.benchmark].run.path} and "
+                f"{r.run.path}; report them separately or give them different --tag values."
+            )
+        row.results[r.benchmark] = r
+    known = list(BENCHMARKS)
+    names = sorted({r.benchmark: r.title for r in results}.items(), key=lambda nt: (known.index(nt[0]) if nt[0] in known else len(known), nt[0]))
+    _relate_to_baselines(list(rows.values()), mode)
+    return Report(mode, judge_model, results, sorted(rows.values(), key=lambda row: (row.model, row.sort_key())), names)
+
+
+def _relate_to_baselines(rows: list[Row], mode: Mode) -> None:
+    """Relative averages and paired tests of every row against its model's baseline row."""
+    for row in rows:
+        baselines = [b for b in rows if b.model == row.model and b.is_baseline]
+        if len(baselines) != 1:
+            continue  # no baseline (or an ambiguous one): no relative numbers
+        base = baselines[0]
+        common = [name for name in row.results if name in base.results]
+        pairs = [(row.results[n].metrics, base.results[n].metrics) for n in common]
+        pairs = [(m, b) for m, b in pairs if m is not None and b is not None]
+        row.relative_accuracy = _ratio_mean([(m.accuracy, b.accuracy) for m, b in pairs])
+        row.relative_score = _ratio_mean([(m.score, b.score) for m, b in pairs])
+        row.relative_over = len(pairs)
+        if row is not base:
+            for name in common:
+                mine, theirs = row.results[name].metrics, base.results[name].metrics
+                if mine is not None and theirs is not None:
+                    row.results[name].baseline_test = paired_test(theirs, mine)
+
+
+def write_report(report: Report, out_dir: str | os.PathLike, *, plot: bool = True) -> dict[str, Path]:
+    """report.md, report.csv, report.json (and report.png) in `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"markdown": out / "report.md", "csv": out / "report.csv", "json": out / "report.json"}
+    files["markdown"].write_text(report.markdown())
+    files["csv"].write_text(report.csv())
+    files["json"].write_text(json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n")
+    if plot:
+        files["png"] = report.plot(out / "report.png")
+    return files
+
+
+def compare_runs(a: str | os.PathLike, b: str | os.PathLike, *, judge_model: str | None = None, mode: Mode = "strict") -> PairedTest:
+    """Paired tests of run B against run A on the items both have judged."""
+    run_a, run_b = RunDir(a), RunDir(b)
+    if judge_model is None:
+        common = sorted(set(run_a.judge_models()) & set(run_b.judge_models()))
+        if len(common) != 1:
+            raise FasterVLMError(
+                f"the two runs share judge models {common or 'none'}: choose one with --judge-model (and judge both runs with it)."
+            )
+        judge_model = common[0]
+    ra, rb = read_run(run_a, judge_model, mode), read_run(run_b, judge_model, mode)
+    if ra.benchmark != rb.benchmark:
+        raise FasterVLMError(f"{a} is {ra.benchmark} and {b} is {rb.benchmark}: paired tests need the same items.")
+    if ra.metrics is None or rb.metrics is None:
+        raise FasterVLMError(f"both runs need judgments from {judge_model}: run `fastervlm eval judge` on them first.")
+    return paired_test(ra.metrics, rb.metrics)
