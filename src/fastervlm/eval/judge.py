@@ -95,7 +95,8 @@ class JudgeSettings:
     prompt_version: str = PROMPT_VERSION
     cache_dir: Path | None = None
     down_after: int = 3
-    """Stop the whole run when this many items in a row exhausted their attempts on transport errors."""
+    """Stop the whole run when this many items in a row (or all of them, when fewer) exhausted their attempts on
+    transport errors."""
 
     def record(self, base_url: str | None) -> dict[str, Any]:
         """What judge.json keeps: no key, and no credentials embedded in the URL."""
@@ -117,6 +118,16 @@ def _public_url(url: str | None) -> str | None:
 
 def cache_key(model: str, prompt_version: str, question: str, answer: str, pred: str) -> str:
     return hashlib.sha256(json.dumps([model, prompt_version, question, answer, pred]).encode()).hexdigest()
+
+
+def api_key_from_env() -> str:
+    """$OPENAI_API_KEY, or an error that names it (checked before long work that ends with judging)."""
+    key = os.environ.get("OPENAI_API_KEY")
+    if not key:
+        raise FasterVLMError(
+            "the judge needs an API key: set OPENAI_API_KEY (any non-empty value for a local server that ignores it)."
+        )
+    return key
 
 
 class JudgeCache:
@@ -166,11 +177,7 @@ class Judge:
         import openai
 
         self.settings = settings
-        self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-        if not self.api_key:
-            raise FasterVLMError(
-                "the judge needs an API key: set OPENAI_API_KEY (any non-empty value for a local server that ignores it)."
-            )
+        self.api_key = api_key or api_key_from_env()
         self.base_url = settings.base_url or os.environ.get("OPENAI_BASE_URL") or None
         self._openai = openai
         self._client = openai.OpenAI(api_key=self.api_key, base_url=self.base_url, max_retries=0, timeout=settings.timeout)
@@ -388,7 +395,7 @@ def _judge_pending(pending, judge: Judge, cache: JudgeCache, out: JsonlAppender,
                     transport_streak = transport_streak + 1 if outcome.transport_failure else 0
                 bar.update(1)
                 bar.set_postfix(failed=summary.failed, calls=judge.calls, refresh=False)
-            if transport_streak >= judge.settings.down_after:
+            if transport_streak >= min(judge.settings.down_after, len(pending)):
                 stop.set()
                 raise JudgeUnavailable(
                     f"the judge endpoint {_public_url(judge.base_url) or 'api.openai.com'} looks down: "

@@ -1,0 +1,255 @@
+"""`fastervlm eval predict | judge | report | compare | sweep`: the video-QA evaluation harness.
+
+Argument parsing only; the work is in fastervlm.eval (imported inside the handlers, so no torch at import).
+The run-directory layout these commands share is described in docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fastervlm.cli.common import add_generation_arguments, add_method_arguments, add_model_arguments
+
+BENCHMARK_NAMES = ("tgif", "msvd", "msrvtt", "activitynet")
+"""Also in fastervlm.eval.benchmarks.BENCHMARKS (not imported here to keep --help cheap); a test keeps them equal."""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval", help="video-QA evaluation: predict, judge, report, compare, sweep",
+        description="Rebuild the seed's results table: predict answers on TGIF/MSVD/MSRVTT/ActivityNet-QA "
+        "(resumable, shardable with torchrun), judge them with an OpenAI-compatible LLM, report Acc/Score.")
+    commands = parser.add_subparsers(dest="eval_command", metavar="STEP", required=True)
+
+    predict = commands.add_parser("predict", help="answer every question of a benchmark (resumes; shards under torchrun)",
+                                  description="Answer a benchmark's questions, one JSON line per item, resuming "
+                                  "where a previous run stopped. Under torchrun every rank takes its own shard.")
+    _add_data_arguments(predict)
+    predict.add_argument("--benchmark", required=True, action="append",
+                         help=f"{', '.join(BENCHMARK_NAMES)} or a .json/.toml benchmark file (repeatable)")
+    add_model_arguments(predict)
+    add_method_arguments(predict)
+    add_generation_arguments(predict)
+    _add_output_arguments(predict)
+    predict.add_argument("--run-dir", help="this run's folder (one benchmark only) instead of <out>/<model>/<benchmark>/<method>")
+    predict.add_argument("--prefetch", type=int, default=2, help="videos decoded ahead of the model (default %(default)s; 0: none)")
+    predict.set_defaults(handler=run_predict)
+
+    judge = commands.add_parser("judge", help="judge predictions with an OpenAI-compatible LLM (cached, retried)",
+                                description="Judge every prediction under the given run folders with the original's "
+                                "prompt. The endpoint comes from OPENAI_BASE_URL (or --base-url), the key from "
+                                "OPENAI_API_KEY. Judgments are cached: judging again costs nothing.")
+    judge.add_argument("paths", nargs="+", help="run folders, or folders that contain run folders")
+    _add_judge_arguments(judge)
+    _add_progress_argument(judge)
+    judge.set_defaults(handler=run_judge)
+
+    report = commands.add_parser("report", help="the seed's table (Markdown, CSV, JSON, PNG) from run folders",
+                                 description="Per benchmark Acc/Score, averages relative to the unpruned baseline, "
+                                 "paired tests, and a plot of relative accuracy vs visual tokens.")
+    report.add_argument("paths", nargs="+", help="run folders, or folders that contain run folders")
+    _add_report_arguments(report)
+    report.add_argument("--judge-model", help="which judge's results to use (default: the only one present)")
+    report.add_argument("--out", help="folder for report.md/.csv/.json/.png (default: the first path)")
+    report.set_defaults(handler=run_report)
+
+    compare = commands.add_parser("compare", help="paired tests between two runs on the same items",
+                                  description="McNemar's exact test on accuracy and a paired test on scores: is run B "
+                                  "really different from run A, or is it noise?")
+    compare.add_argument("run_a")
+    compare.add_argument("run_b")
+    _add_report_arguments(compare, plot=False)
+    compare.add_argument("--judge-model", help="which judge's results to use (default: the only one both have)")
+    compare.set_defaults(handler=run_compare)
+
+    sweep = commands.add_parser("sweep", help="methods x reductions x benchmarks: predict, judge and report",
+                                description="Run the unpruned baseline and every method at every reduction on every "
+                                "benchmark with one loaded model, then judge and report. Resumes like predict.")
+    _add_data_arguments(sweep)
+    sweep.add_argument("--benchmarks", default=",".join(BENCHMARK_NAMES), help="comma-separated (default: all four)")
+    add_model_arguments(sweep)
+    sweep.add_argument("--methods", default="fastervlm", help="comma-separated method names (default %(default)s)")
+    sweep.add_argument("--reductions", default="0.5,0.75,0.9,0.95", help="comma-separated (default %(default)s)")
+    sweep.add_argument("--no-baseline", action="store_true", help="skip the unpruned (method none) runs")
+    sweep.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="a setting given to every method of the grid (repeatable)")
+    add_generation_arguments(sweep)
+    _add_output_arguments(sweep)
+    sweep.add_argument("--no-judge", action="store_true", help="predict only")
+    _add_judge_arguments(sweep)
+    _add_report_arguments(sweep)
+    sweep.set_defaults(handler=run_sweep)
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--data-root", required=True, type=Path,
+                       help="folder with TGIF_Zero_Shot_QA/, MSVD_Zero_Shot_QA/, ... (e.g. eval/GPT_Zero_Shot_QA)")
+    group.add_argument("--limit", type=int, help="only the first N questions (1000 on the full files = the seed's subsets)")
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, help="folder for all runs: <out>/<model>/<benchmark>/<method>")
+    parser.add_argument("--tag", help="appended to the run folder name, to keep runs that differ in other settings apart")
+    _add_progress_argument(parser)
+
+
+def _add_progress_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_judge_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("judge")
+    group.add_argument("--judge-model", default="gpt-3.5-turbo", help="judge model name (default %(default)s, the original's)")
+    group.add_argument("--base-url", help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL, else api.openai.com)")
+    group.add_argument("--concurrency", type=int, default=8, help="requests in flight (default %(default)s)")
+    group.add_argument("--max-attempts", type=int, default=5, help="tries per item, transport errors and bad replies "
+                       "alike (default %(default)s)")
+    group.add_argument("--judge-timeout", type=float, default=60.0, help="seconds per request (default %(default)s)")
+    group.add_argument("--judge-temperature", type=float, default=0.0, help="(default %(default)s; the original used the API default, 1)")
+    group.add_argument("--cache-dir", type=Path, help="judgment cache (default $FASTERVLM_CACHE/judge or ~/.cache/fastervlm/judge)")
+
+
+def _add_report_arguments(parser: argparse.ArgumentParser, *, plot: bool = True) -> None:
+    parser.add_argument("--metrics", choices=["strict", "compat"], default="strict",
+                        help="strict: exact parsing (default); compat: the original's counting, quirks included")
+    if plot:
+        parser.add_argument("--no-plot", action="store_true", help="skip report.png")
+
+
+def _comma_list(text: str, kind: type = str) -> list:
+    from fastervlm.errors import FasterVLMError
+
+    try:
+        return [kind(part.strip()) for part in text.split(",") if part.strip()]
+    except ValueError as err:
+        raise FasterVLMError(f"{text!r} is not a comma-separated list of {kind.__name__} values ({err}).") from err
+
+
+def _judge_settings(args: argparse.Namespace):  # noqa: ANN202
+    from fastervlm.errors import FasterVLMError
+    from fastervlm.eval.judge import JudgeSettings
+
+    if args.concurrency < 1 or args.max_attempts < 1 or args.judge_timeout <= 0:
+        raise FasterVLMError("--concurrency and --max-attempts must be at least 1, --judge-timeout above 0.")
+    return JudgeSettings(model=args.judge_model, base_url=args.base_url, temperature=args.judge_temperature,
+                         max_attempts=args.max_attempts, concurrency=args.concurrency, timeout=args.judge_timeout,
+                         cache_dir=args.cache_dir)
+
+
+def _load_benchmarks(names: list[str], data_root: Path, limit: int | None) -> list:
+    from fastervlm.eval.benchmarks import get_benchmark, load_items
+
+    return [load_items(get_benchmark(name), data_root, limit) for name in names]
+
+
+def _say(rank: int, text: str) -> None:
+    print(text if rank == 0 else f"[rank {rank}] {text}", file=sys.stderr)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from fastervlm.cli.common import generation_settings, load_model, method_settings
+    from fastervlm.errors import FasterVLMError
+    from fastervlm.eval.predict import distributed, predict_items, prepare_run, rank_device
+
+    if args.run_dir and len(args.benchmark) > 1:
+        raise FasterVLMError("--run-dir names one run: give one --benchmark with it, or use --out.")
+    if not args.run_dir and not args.out:
+        raise FasterVLMError("give --out (a folder for all runs) or --run-dir (this run's folder).")
+    loaded = _load_benchmarks(args.benchmark, args.data_root, args.limit)  # bad data fails before the model loads
+    method, settings = method_settings(args)
+    generation = generation_settings(args)
+    with distributed() as rank:
+        args.device = rank_device(args.device)
+        pipeline = load_model(args)
+        pruner = pipeline.pruner(method, **settings)
+        for benchmark in loaded:
+            run = prepare_run(pipeline, benchmark, args.data_root, pruner, generation, flip=args.flip, out=args.out,
+                              run_dir=args.run_dir, tag=args.tag)
+            summary = predict_items(pipeline, run, benchmark, args.data_root, pruner, generation, flip=args.flip,
+                                    rank=rank, prefetch=args.prefetch, progress=not args.no_progress)
+            _say(rank.rank, summary.line())
+            if rank.rank == 0 and summary.merged_errors:
+                _say(0, f"warning: {summary.merged_errors} items have no prediction (see their 'error' field); "
+                     "`eval report` counts them. Fix the videos and run the same command again to retry them.")
+    return 0
+
+
+def run_judge(args: argparse.Namespace) -> int:
+    from fastervlm.eval.judge import judge_runs
+    from fastervlm.eval.rundir import find_runs
+
+    runs = [run for path in args.paths for run in find_runs(path)]
+    judge_runs(runs, _judge_settings(args), progress=not args.no_progress, report=lambda line: print(line, file=sys.stderr))
+    return 0
+
+
+def _write_report(paths: list, out: Path, args: argparse.Namespace, judge_model: str | None) -> None:
+    from fastervlm.eval.report import build_report, write_report
+
+    report = build_report(paths, judge_model=judge_model, mode=args.metrics)
+    files = write_report(report, out, plot=not args.no_plot)
+    print(report.markdown())
+    print("wrote " + ", ".join(str(p) for p in files.values()), file=sys.stderr)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else Path(args.paths[0])
+    _write_report(args.paths, out, args, args.judge_model)
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from fastervlm.eval.report import compare_runs
+
+    t = compare_runs(args.run_a, args.run_b, judge_model=args.judge_model, mode=args.metrics)
+    print(f"{t.common} items judged in both runs ({args.metrics} metrics)")
+    if t.accuracy_diff is not None:
+        print(f"accuracy B - A: {100 * t.accuracy_diff:+.2f} points; A-only correct {t.a_only_correct}, "
+              f"B-only correct {t.b_only_correct}; McNemar exact p = {t.accuracy_p:.4g}")
+    if t.score_diff is not None:
+        ci = f" [{t.score_diff_ci[0]:+.3f}, {t.score_diff_ci[1]:+.3f}]" if t.score_diff_ci else ""
+        print(f"score B - A: {t.score_diff:+.3f}{ci} (95% CI); paired test p = {t.score_p:.4g}")
+    return 0
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    from fastervlm.cli.common import generation_settings, load_model, method_settings
+    from fastervlm.errors import FasterVLMError
+    from fastervlm.eval.judge import judge_runs
+    from fastervlm.eval.predict import distributed, rank_device
+    from fastervlm.eval.sweep import grid, sweep_predict
+
+    if not args.out:
+        raise FasterVLMError("give --out: the folder where the sweep's runs and report go.")
+    _, options = method_settings(argparse.Namespace(method=None, keep=None, reduction=None, global_budget=False,
+                                                    method_option=args.method_option))
+    cells = grid(_comma_list(args.methods), _comma_list(args.reductions, float), options, baseline=not args.no_baseline)
+    loaded = _load_benchmarks(_comma_list(args.benchmarks), args.data_root, args.limit)
+    generation = generation_settings(args)
+    settings = None
+    if not args.no_judge:  # a bad judge flag or a missing key fails before hours of predicting
+        from fastervlm.eval.judge import api_key_from_env
+
+        settings, _ = _judge_settings(args), api_key_from_env()
+    with distributed() as rank:
+        args.device = rank_device(args.device)
+        pipeline = load_model(args)
+        runs, summaries = sweep_predict(pipeline, loaded, args.data_root, cells, generation, out=args.out,
+                                        flip=args.flip, tag=args.tag, rank=rank, progress=not args.no_progress)
+        for summary in summaries:
+            _say(rank.rank, summary.line())
+        if rank.rank != 0:
+            return 0
+    failure = None
+    if settings is not None:
+        try:
+            judge_runs(runs, settings, progress=not args.no_progress, report=lambda line: print(line, file=sys.stderr))
+        except FasterVLMError as err:
+            failure = err  # still write the report: it shows what is missing
+    _write_report([run.path for run in runs], args.out, args, None if settings is None else settings.model)
+    if failure is not None:
+        raise failure
+    return 0

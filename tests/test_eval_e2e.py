@@ -1,0 +1,160 @@
+"""End to end on the tiny checkpoint: synthetic videos named after real items of ../shared/benchmarks,
+predict -> judge (scripted local server) -> report through the CLI, a sweep that resumes everything, and
+torchrun with 2 CPU processes against 1 process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fake_openai_server import FakeOpenAI, Reply
+
+from fastervlm.cli import main
+from fastervlm.eval.benchmarks import BENCHMARKS
+from fastervlm.eval.rundir import RunDir, find_runs
+
+LIMIT = 3
+MISSING = "tumblr_nqfhegeUAz1uz0hico1_250"  # TGIF's 3rd item: its video is left out on purpose
+COMMON = ["--limit", str(LIMIT), "--device", "cpu", "--max-new-tokens", "4", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def data_root(shared_benchmarks: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared question/answer files (linked, not copied) plus synthetic videos for their first items."""
+    from fastervlm.media import write_synthetic_video
+
+    root = tmp_path_factory.mktemp("data")
+    for seed, bench in enumerate(BENCHMARKS.values()):
+        folder = root / bench.folder
+        folder.mkdir()
+        for name in ("test_q_1k.json", "test_a_1k.json"):
+            (folder / name).symlink_to(shared_benchmarks / bench.folder / name)
+        questions = json.loads((folder / "test_q_1k.json").read_text())[:LIMIT]
+        videos = bench.videos(root)
+        videos.mkdir(parents=True)
+        extension = ".mkv" if bench.name == "activitynet" else ".mp4"
+        for n, video in enumerate(dict.fromkeys(q["video_name"] for q in questions)):
+            if video != MISSING:
+                write_synthetic_video(videos / f"{bench.video_stem(video)}{extension}", num_frames=10, height=32,
+                                      width=48, seed=10 * seed + n)
+    return root
+
+
+def _first_questions(data_root: Path) -> list[str]:
+    return [json.loads((data_root / b.folder / "test_q_1k.json").read_text())[0]["question"] for b in BENCHMARKS.values()]
+
+
+def _judge_env(monkeypatch: pytest.MonkeyPatch, server: FakeOpenAI) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-local-test")
+
+
+def test_predict_judge_report(data_root: Path, tiny_checkpoint: Path, tiny_pipeline, tmp_path: Path,
+                              monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    runs = tmp_path / "runs"
+    base = ["eval", "predict", "--data-root", str(data_root), "--model", str(tiny_checkpoint), "--out", str(runs), *COMMON]
+    for name in BENCHMARKS:
+        base += ["--benchmark", name]
+    assert main(base) == 0
+    assert main([*base, "--reduction", "0.9"]) == 0
+    found = find_runs(runs)
+    assert sorted(r.path.relative_to(runs).as_posix() for r in found) == sorted(
+        f"{tiny_checkpoint.name}/{b}/{m}" for b in BENCHMARKS for m in ("none", "fastervlm_r0.9"))
+    tgif = RunDir(runs / tiny_checkpoint.name / "tgif" / "fastervlm_r0.9").predictions()
+    assert [("error" in r) for r in tgif.values()] == [False, False, True]
+    n, frames = tiny_pipeline.num_patches, tiny_pipeline.num_frames
+    assert {r["visual_tokens"] for r in tgif.values() if "error" not in r} == {frames * round(n * 0.1)}
+
+    # The judge says yes to each benchmark's first question, no to the rest.
+    yes = {q: [Reply("{'pred': 'yes', 'score': 4}")] * 2 for q in _first_questions(data_root)}
+    with FakeOpenAI(yes) as server:
+        _judge_env(monkeypatch, server)
+        cache = ["--cache-dir", str(tmp_path / "cache")]
+        assert main(["eval", "judge", str(runs), *cache, "--no-progress"]) == 0
+        calls = len(server.calls)
+        assert calls == 2 * (4 * LIMIT - 1)  # two runs, every item except the missing video
+        assert main(["eval", "judge", str(runs), *cache, "--no-progress"]) == 0
+        assert len(server.calls) == calls  # all cached
+    capsys.readouterr()
+    assert main(["eval", "report", str(runs), "--out", str(tmp_path / "report")]) == 0
+    table = capsys.readouterr().out
+    tokens_full, tokens_pruned = frames * n, frames * round(n * 0.1)
+    # every benchmark: 1 yes of 3 (TGIF: of 2 predicted, its missing video is flagged)
+    assert f"| none | {tokens_full} | 50.0† | 2.50† | 33.3 | 2.00 | 33.3 | 2.00 | 33.3 | 2.00 | 100.00% | 100.00% |" in table
+    assert f"| fastervlm_r0.9 | {tokens_pruned} | 50.0† |" in table
+    assert "tgif / none: 1 prediction errors" in table
+    assert (tmp_path / "report" / "report.png").is_file()
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert {r["benchmark"]: r["errors"] for r in report["runs"] if r["row"] == "none"} == {
+        "tgif": 1, "msvd": 0, "msrvtt": 0, "activitynet": 0}
+
+    # A sweep over the same grid finds every run finished and every judgment cached.
+    with FakeOpenAI() as server:
+        _judge_env(monkeypatch, server)
+        sweep = ["eval", "sweep", "--data-root", str(data_root), "--model", str(tiny_checkpoint), "--out", str(runs),
+                 "--reductions", "0.9", "--cache-dir", str(tmp_path / "cache"), *COMMON]
+        assert main(sweep) == 0
+        assert len(server.calls) == 0
+    err = capsys.readouterr().err
+    assert "0 answered" in err and "3 already done" in err
+    assert (runs / "report.md").is_file()
+
+
+def test_a_different_configuration_is_refused_by_the_cli(data_root: Path, tiny_checkpoint: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    run = ["eval", "predict", "--benchmark", "msvd", "--data-root", str(data_root), "--model", str(tiny_checkpoint),
+           "--run-dir", str(tmp_path / "run"), *COMMON]
+    assert main([*run, "--reduction", "0.5"]) == 0
+    assert main([*run, "--reduction", "0.75"]) == 2
+    assert "method.reduction: 0.5 in the run directory, 0.75 now" in capsys.readouterr().err
+
+
+def test_judge_without_a_server_fails_loudly(data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture) -> None:
+    from eval_helpers import make_run
+
+    make_run(tmp_path / "runs" / "run", {"q0": ("a", "b"), "q1": ("c", "d")})
+    server = FakeOpenAI().start()
+    _judge_env(monkeypatch, server)
+    server.stop()
+    assert main(["eval", "judge", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "c"), "--no-progress",
+                 "--max-attempts", "1"]) == 2
+    assert "looks down" in capsys.readouterr().err
+    monkeypatch.delenv("OPENAI_API_KEY")
+    assert main(["eval", "judge", str(tmp_path / "runs"), "--no-progress"]) == 2
+    assert "OPENAI_API_KEY" in capsys.readouterr().err
+
+
+@pytest.mark.distributed
+@pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
+                    reason="torchrun is not installed")
+def test_torchrun_two_processes_equal_one(data_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    import torch
+
+    args = ["eval", "predict", "--benchmark", "msvd", "--benchmark", "activitynet", "--data-root", str(data_root),
+            "--model", str(tiny_checkpoint), "--reduction", "0.75", *COMMON]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun worker (OMP_NUM_THREADS=1): identical float sums
+    try:
+        assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", "-m", "fastervlm", *args,
+                           "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for bench in ("msvd", "activitynet"):
+        one = RunDir(tmp_path / "one" / tiny_checkpoint.name / bench / "fastervlm_r0.75")
+        two = RunDir(tmp_path / "two" / tiny_checkpoint.name / bench / "fastervlm_r0.75")
+        assert [p.name for p in two.prediction_files()] == ["rank-00000.jsonl", "rank-00001.jsonl"]
+        ranks = {r["rank"] for r in two.predictions().values()}
+        assert ranks == {0, 1}
+        strip = lambda run: {i: {k: v for k, v in r.items() if k not in ("rank", "timings")} for i, r in run.predictions().items()}  # noqa: E731
+        assert strip(two) == strip(one)
+        assert len(strip(one)) == LIMIT
