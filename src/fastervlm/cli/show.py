@@ -1,0 +1,70 @@
+"""`fastervlm show`: a picture (and optionally an animation) of the patches a method kept in each sampled frame."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fastervlm.cli.common import add_method_arguments, add_model_arguments, load_model, method_settings
+
+QUESTION = "Describe the video."
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    show = subparsers.add_parser(
+        "show", help="draw the sampled frames with the [CLS] heatmap and the pruned patches dimmed",
+        description="Runs the model once on a video and draws the frames it saw in a grid: the [CLS] attention of "
+        "each frame as a heatmap (normalised per frame) and the patches the method pruned dimmed. Works for every "
+        "method that selects patches before the LLM. Without --model: the demo's tiny random model.")
+    add_model_arguments(show, required=False)
+    show.add_argument("--video", required=True, help="video file to sample the frames from")
+    add_method_arguments(show)
+    show.add_argument("--out", default="kept.png", help="picture to write (PNG or any Pillow format; default %(default)s)")
+    show.add_argument("--animation", metavar="FILE", help="also write the frames in motion to FILE (.gif or .mp4)")
+    show.add_argument("--fps", type=float, default=2.0, help="frames per second of --animation (default %(default)s)")
+    show.add_argument("--columns", type=int, default=4, help="frames per row of the grid (default %(default)s)")
+    show.add_argument("--scale", type=int, help="draw each frame pixel this many times (default: frames at least 224 px)")
+    show.add_argument("--question", default=QUESTION, help="question for the pass (methods that select before the "
+                      "LLM do not depend on it; default %(default)r)")
+    show.add_argument("--flip", action="store_true", help="flip the frames horizontally (the original flips at random)")
+    show.set_defaults(handler=run_show)
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from fastervlm.errors import FasterVLMError
+    from fastervlm.models.base import GenerationSettings
+    from fastervlm.show import Layout, check_showable, heatmap_scores, render_answer, write_answer_animation
+
+    if args.columns < 1 or (args.scale is not None and args.scale < 1):
+        raise FasterVLMError("--columns and --scale must be at least 1.")
+    method, settings = method_settings(args)
+    pipeline = _pipeline(args)
+    pruner = pipeline.pruner(method, **settings)
+    check_showable(pruner.name)
+    frames = pipeline.frames(video=args.video, flip=args.flip)
+    answer = pipeline.answer_frames([frames], [args.question], pruner, GenerationSettings(max_new_tokens=1))[0]
+    scores = answer.cls_scores if answer.cls_scores is not None else heatmap_scores(pipeline, frames)
+    side = frames.pixels.shape[-1]
+    layout = Layout(columns=args.columns, scale=args.scale or max(1, -(-224 // side)))
+    picture = render_answer(pipeline, frames, answer, cls_scores=scores, layout=layout)
+    out = Path(args.out)
+    try:
+        picture.save(out)
+        if args.animation:
+            write_answer_animation(args.animation, pipeline, frames, answer, cls_scores=scores, fps=args.fps)
+    except (OSError, ValueError) as err:
+        raise FasterVLMError(f"cannot write the picture ({err}); check the output path and its extension.") from err
+    print(f"{out}: {picture.width}x{picture.height}, {answer.visual_tokens} visual tokens kept "
+          f"({answer.method.get('method')})" + (f"; animation {args.animation}" if args.animation else ""), file=sys.stderr)
+    return 0
+
+
+def _pipeline(args: argparse.Namespace):
+    """--model as given, else the demo's tiny checkpoint (written into the cache on first use)."""
+    if args.model:
+        return load_model(args)
+    import fastervlm
+    from fastervlm.tiny import ensure_tiny_checkpoint
+
+    return fastervlm.load(ensure_tiny_checkpoint(), device=args.device, dtype=args.dtype)
