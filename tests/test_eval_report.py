@@ -89,7 +89,7 @@ def test_paired_tests_against_the_baseline(runs: Path) -> None:
 
 
 def test_a_changed_prediction_is_unjudged_not_scored(runs: Path) -> None:
-    with JsonlAppender((runs / "tiny/tgif/none/predictions/rank-00001.jsonl")) as out:
+    with JsonlAppender(runs / "tiny/tgif/none/predictions/rank-00001.jsonl") as out:
         out.write({"id": "q2", "question": "what is in q2?", "answer": "ans2", "pred": "ans2 now", "visual_tokens": 2048})
     report = build_report([runs])
     tgif = report.rows[0].results["tgif"]

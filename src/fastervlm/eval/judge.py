@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -163,7 +163,6 @@ class Outcome:
     error: str | None = None
     attempts: int = 0
     transport_failure: bool = False
-    usage: dict[str, int] = field(default_factory=dict)
 
     @property
     def valid(self) -> bool:
@@ -173,7 +172,7 @@ class Outcome:
 class Judge:
     """An OpenAI-compatible chat endpoint that answers one item at a time (call it from many threads)."""
 
-    def __init__(self, settings: JudgeSettings, api_key: str | None = None, *, sleep: Callable[[float], None] = time.sleep):
+    def __init__(self, settings: JudgeSettings, api_key: str | None = None):
         import openai
 
         self.settings = settings
@@ -181,7 +180,6 @@ class Judge:
         self.base_url = settings.base_url or os.environ.get("OPENAI_BASE_URL") or None
         self._openai = openai
         self._client = openai.OpenAI(api_key=self.api_key, base_url=self.base_url, max_retries=0, timeout=settings.timeout)
-        self._sleep = sleep
         self._lock = threading.Lock()
         self.calls = 0
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0}
@@ -214,8 +212,8 @@ class Judge:
         return response.choices[0].message.content if response.choices else None
 
     def _is_retryable(self, err: Exception) -> bool:
-        if isinstance(err, self._openai.APIConnectionError):  # includes timeouts
-            return True
+        if isinstance(err, (self._openai.APIConnectionError, self._openai.APIResponseValidationError)):
+            return True  # timeouts, refused connections, a garbled 200
         status = getattr(err, "status_code", None)
         return status is not None and (status in RETRYABLE_STATUS or status >= 500)
 
@@ -244,14 +242,14 @@ class Judge:
                 outcome.error = self.scrub(f"{type(err).__name__}: {err}")
             else:
                 outcome.transport_failure = False
-                outcome.reply = reply
+                outcome.reply = self.scrub(reply) if reply is not None else None
                 verdict, problem = strict_verdict(parse_reply(reply))
                 if verdict is not None:
                     outcome.pred, outcome.score, outcome.error = verdict.pred, verdict.score, None
                     return outcome
                 outcome.error = f"unusable reply: {problem}"
             if attempt < self.settings.max_attempts:
-                self._sleep(self._delay(attempt, error))
+                time.sleep(self._delay(attempt, error))
         return outcome
 
 

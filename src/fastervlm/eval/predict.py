@@ -195,7 +195,6 @@ def predict_items(
     shard = rank.shard(loaded.items)
     finished = run.finished_ids()
     todo = [item for item in shard if item.id not in finished]
-    method = pruner.settings()
 
     def load(item: Item) -> Any:
         path = video_path(loaded.benchmark, data_root, item)

@@ -56,32 +56,32 @@ def run_name(settings: dict[str, Any], tag: str | None = None) -> str:
     return "_".join([untagged, *budget] + ([tag] if tag else []))
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON via a temporary file and rename, so readers never see half a file."""
+def _temp_json(path: Path, data: Any) -> str:
+    """`data` as JSON in a fsynced temporary file beside `path`; its name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
         json.dump(data, tmp, indent=2, ensure_ascii=False)
         tmp.write("\n")
         tmp.flush()
         os.fsync(tmp.fileno())
-    os.replace(tmp.name, path)
+    return tmp.name
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON via a temporary file and rename, so readers never see half a file."""
+    os.replace(_temp_json(path, data), path)
 
 
 def _create_json_once(path: Path, data: Any) -> bool:
     """Create `path` with `data` unless it exists (atomically, across processes and ranks); True if created."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        json.dump(data, tmp, indent=2, ensure_ascii=False)
-        tmp.write("\n")
-        tmp.flush()
-        os.fsync(tmp.fileno())
+    tmp = _temp_json(path, data)
     try:
-        os.link(tmp.name, path)
+        os.link(tmp, path)
         return True
     except FileExistsError:
         return False
     finally:
-        os.unlink(tmp.name)
+        os.unlink(tmp)
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
