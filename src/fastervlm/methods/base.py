@@ -12,11 +12,15 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 
+from fastervlm.errors import BudgetError
 from fastervlm.selection import resolve_keep
+
+if TYPE_CHECKING:
+    from fastervlm.flops import LLMGeometry
 
 Stage = Literal["vision", "llm"]
 
@@ -58,6 +62,19 @@ class Pruner:
     def prunes(self) -> bool:
         return self.keep is not None or self.reduction is not None
 
+    def kept_visual_tokens(self, frames: int, num_patches: int) -> int:
+        """Visual tokens the LLM keeps (LLM-stage methods: from the pruning layer on): the table's "# Token".
+
+        Every method keeps frames x L in total, whether per frame or over the whole video (conventions.md)."""
+        return frames * self.per_frame_budget(num_patches)
+
+    def llm_prefill_flops(self, geometry: LLMGeometry, *, text_tokens: int, frames: int, num_patches: int) -> int:
+        """Analytic LLM prefill FLOPs with this method (fastervlm.flops; docs/flops.md): every layer sees the
+        text tokens plus the kept visual tokens. LLM-stage methods override this with their own schedule."""
+        from fastervlm.flops import prefill_flops
+
+        return prefill_flops(geometry, text_tokens + self.kept_visual_tokens(frames, num_patches))
+
 
 @dataclass
 class VisionPruner(Pruner):
@@ -77,16 +94,25 @@ class LLMPruner(Pruner):
 
     stage: ClassVar[Stage] = "llm"
 
-    def attach(self, decoder: torch.nn.Module, visual_mask: torch.Tensor) -> AbstractContextManager[None]:
-        """Install inside `decoder` (a Llama-style model with .layers) while the context is open.
+    def attach(
+        self, decoder: torch.nn.Module, visual_mask: torch.Tensor, *, frames: int, num_patches: int
+    ) -> AbstractContextManager[Any]:
+        """Install inside `decoder` (a Llama-style model with .layers) for the calls made while the context is open.
 
-        visual_mask: (B, S) bool, True at the prompt's visual-token positions (S = padded prompt length).
+        Adapters call it around `generate`: `with pruner.attach(llm.model, visual, frames=T, num_patches=N):`.
+        visual_mask: (B, S) bool, True at the prompt's visual-token positions (S = padded prompt length, left
+        padding allowed; the batch's 2-D attention_mask reaches the decoder as usual). frames and num_patches
+        (patches per frame without [CLS]) turn the per-frame budget into the kept count frames x L. The context
+        value may describe what the method decided (FastV: positions kept, scores).
         """
         raise NotImplementedError
 
-    def kept_visual_tokens(self, frames: int, num_patches: int) -> int:
-        """Visual tokens the LLM keeps from the pruning layer on (the table's "# Token")."""
-        return frames * self.per_frame_budget(num_patches)
+
+def check_whole_number(value: Any, setting: str, example: str, minimum: int | None = None) -> None:
+    """A method setting that must be an int (not a bool), at least `minimum`; else a BudgetError showing `example`."""
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        bound = "" if minimum is None else f" >= {minimum}"
+        raise BudgetError(f"{setting} must be a whole number{bound} (got {value!r}), e.g. {example}.")
 
 
 def keep_all_tokens(features: torch.Tensor) -> VisualSelection:
