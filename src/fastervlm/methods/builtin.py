@@ -1,3 +1,3 @@
 """Imports every built-in method module so that each registers itself. Add new methods here."""
 
-from fastervlm.methods import fastervlm, none  # noqa: F401
+from fastervlm.methods import fastervlm, fastv, none, pool, random_tokens  # noqa: F401

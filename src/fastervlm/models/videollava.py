@@ -216,7 +216,8 @@ class VideoLlavaAdapter(ModelAdapter):
             attention[row, longest - len(prompt.embeds):] = 1
             visual[row, longest - len(prompt.embeds):] = prompt.visual_mask
         clock = StepClock(self.device)
-        attach = pruner.attach(self.llm.model, visual) if isinstance(pruner, LLMPruner) else nullcontext()
+        attach = (pruner.attach(self.llm.model, visual, frames=self.num_frames, num_patches=self.num_patches)
+                  if isinstance(pruner, LLMPruner) else nullcontext())
         torch.manual_seed(settings.seed)
         clock.start()
         with attach:
