@@ -27,7 +27,8 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--global-budget", action="store_true",
                        help="fastervlm: keep the best frames*L patches over the whole video instead of L per frame")
     group.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
-                       help="any other setting of the method, e.g. --method-option layer=3 (repeatable)")
+                       help="any other setting of the method, e.g. --method fastv --method-option layer=3 "
+                       "(repeatable; `fastervlm methods` lists each method's settings)")
 
 
 def _parse_value(text: str) -> Any:
@@ -59,7 +60,18 @@ def method_settings(args: argparse.Namespace) -> tuple[str | None, dict[str, Any
         if not sep or not key:
             raise BudgetError(f"--method-option {option!r} is not KEY=VALUE, e.g. --method-option layer=3.")
         settings[key.replace("-", "_")] = _parse_value(value)
+    if getattr(args, "seed", None) is not None and "seed" not in settings and _has_setting(args.method, "seed"):
+        settings["seed"] = args.seed  # --seed also seeds a random method unless --method-option seed= says otherwise
     return args.method, settings
+
+
+def _has_setting(method: str | None, name: str) -> bool:
+    from dataclasses import fields
+
+    from fastervlm.methods import list_methods
+
+    cls = list_methods().get(method or "")
+    return cls is not None and any(f.name == name for f in fields(cls))
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser, *, max_new_tokens: int = 1024) -> None:
