@@ -32,8 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_model_arguments(predict)
     add_method_arguments(predict)
     add_generation_arguments(predict)
-    _add_output_arguments(predict)
-    predict.add_argument("--run-dir", help="this run's folder (one benchmark only) instead of <out>/<model>/<benchmark>/<method>")
+    _add_output_arguments(predict, run_dir=True)
     predict.add_argument("--prefetch", type=int, default=2, help="videos decoded ahead of the model (default %(default)s; 0: none)")
     predict.set_defaults(handler=run_predict)
 
@@ -90,8 +89,11 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--limit", type=int, help="only the first N questions (1000 on the full files = the seed's subsets)")
 
 
-def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, help="folder for all runs: <out>/<model>/<benchmark>/<method>")
+def _add_output_arguments(parser: argparse.ArgumentParser, *, run_dir: bool = False) -> None:
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", type=Path, help="folder for all runs: <out>/<model>/<benchmark>/<run name>")
+    if run_dir:
+        where.add_argument("--run-dir", type=Path, help="this run's folder (one benchmark only) instead")
     parser.add_argument("--tag", help="appended to the run folder name, to keep runs that differ in other settings apart")
     _add_progress_argument(parser)
 
@@ -156,8 +158,6 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if args.run_dir and len(args.benchmark) > 1:
         raise FasterVLMError("--run-dir names one run: give one --benchmark with it, or use --out.")
-    if not args.run_dir and not args.out:
-        raise FasterVLMError("give --out (a folder for all runs) or --run-dir (this run's folder).")
     loaded = _load_benchmarks(args.benchmark, args.data_root, args.limit)  # bad data fails before the model loads
     method, settings = method_settings(args)
     generation = generation_settings(args)
@@ -222,8 +222,6 @@ def run_sweep(args: argparse.Namespace) -> int:
     from fastervlm.eval.predict import distributed, rank_device
     from fastervlm.eval.sweep import grid, sweep_predict
 
-    if not args.out:
-        raise FasterVLMError("give --out: the folder where the sweep's runs and report go.")
     _, options = method_settings(argparse.Namespace(method=None, keep=None, reduction=None, global_budget=False,
                                                     method_option=args.method_option))
     cells = grid(_comma_list(args.methods), _comma_list(args.reductions, float), options, baseline=not args.no_baseline)
@@ -233,7 +231,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     if not args.no_judge:  # a bad judge flag or a missing key fails before hours of predicting
         from fastervlm.eval.judge import api_key_from_env
 
-        settings, _ = _judge_settings(args), api_key_from_env()
+        api_key_from_env()
+        settings = _judge_settings(args)
     with distributed() as rank:
         args.device = rank_device(args.device)
         pipeline = load_model(args)
