@@ -85,8 +85,8 @@ def _fastv_generate(llama, batch, attention, new_tokens, **settings):
     return out, run
 
 
-@pytest.mark.parametrize("attention", ATTENTIONS)
-@pytest.mark.parametrize("settings", [{}, {"keep": PATCHES}, {"reduction": 0.0, "layer": 1}])
+@pytest.mark.parametrize("attention,settings", [(name, {}) for name in ATTENTIONS] + [
+    ("sdpa", {"keep": PATCHES}), ("eager", {"reduction": 0.0, "layer": 1})])
 def test_nothing_dropped_equals_the_stock_model(llama, batch, attention, settings):
     stock = _generate(llama, batch, attention, 4)
     fastv, run = _fastv_generate(llama, batch, attention, 4, **settings)
@@ -177,14 +177,20 @@ def test_eager_sdpa_and_flash_like_agree_and_cache_lengths(llama, batch):
 
 
 def test_without_cache_equals_with_cache(llama, batch):
-    """A call without a KV cache runs every step at full length: FastV prunes the same tokens each time."""
+    """A forward without a KV cache over the prompt plus generated tokens: the last prompt token (not the newest
+    token) ranks, so the pass keeps the prefill's tokens and gives the cached decoding step's logits."""
+    cached, cached_run = _fastv_generate(llama, batch, "sdpa", 2, keep=2)
+    first = cached.sequences[:, :1]
+    embeds = torch.cat([batch["inputs_embeds"], llama.get_input_embeddings()(first).detach()], dim=1)
+    mask = torch.cat([batch["attention_mask"], torch.ones_like(first)], dim=1)
     pruner = create_pruner("fastv", keep=2)
-    llama.set_attn_implementation("sdpa")
-    with pruner.attach(llama.model, batch["visual"], frames=FRAMES, num_patches=PATCHES), torch.no_grad():
-        uncached = llama.generate(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"],
-                                  max_new_tokens=3, do_sample=False, eos_token_id=None, pad_token_id=0, use_cache=False)
-    cached, _ = _fastv_generate(llama, batch, "sdpa", 3, keep=2)
-    assert torch.equal(uncached, cached.sequences)
+    with pruner.attach(llama.model, batch["visual"], frames=FRAMES, num_patches=PATCHES) as run, torch.no_grad():
+        logits = llama(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
+    torch.testing.assert_close(run.scores, cached_run.scores, rtol=0, atol=1e-6)
+    assert torch.equal(run.kept_visual, cached_run.kept_visual)
+    assert logits.shape[1] == cached_run.keep.shape[1] + 1  # layers >= K ran on the kept tokens only
+    torch.testing.assert_close(logits[:, -2], cached.logits[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(logits[:, -1], cached.logits[1], rtol=0, atol=1e-5)
 
 
 def test_hooks_are_removed_even_on_error(llama, batch):
@@ -240,3 +246,39 @@ def test_cli_answer_with_fastv(tiny_checkpoint, synthetic_video, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["visual_tokens"] == 8 * 32  # tiny: 8 frames x 64 patches, L = 32
     assert result["method"]["layer"] == 1
+
+
+# ----- inside a transformers VLM's own generate (the transformers adapters' path) -------------------------------------
+def test_transformers_video_llava_generate():
+    """transformers' VideoLlavaForConditionalGeneration: the decoder is model.model.language_model, the visual
+    positions are the <video> ids (8 frames x (4 patches + [CLS]))."""
+    from transformers import VideoLlavaConfig, VideoLlavaForConditionalGeneration
+
+    frames, patches, video_id = 8, 4, 90
+    clip = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=2, image_size=28, patch_size=14, projection_dim=16)
+    text = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                num_key_value_heads=2, vocab_size=92, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    config = VideoLlavaConfig(vision_config=clip, text_config=text, image_token_index=91, video_token_index=video_id,
+                              vision_feature_layer=-2, vision_feature_select_strategy="default",
+                              video_seq_length=frames * (patches + 1))
+    torch.manual_seed(0)
+    model = VideoLlavaForConditionalGeneration(config).eval()
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.cat([torch.randint(3, 80, (1, 6), generator=generator), torch.full((1, frames * (patches + 1)), video_id),
+                     torch.randint(3, 80, (1, 5), generator=generator)], dim=1)
+    inputs = dict(input_ids=ids, pixel_values_videos=torch.randn(1, frames, 3, 28, 28, generator=generator),
+                  max_new_tokens=3, do_sample=False, eos_token_id=None, pad_token_id=0,
+                  return_dict_in_generate=True, output_logits=True)
+    decoder, visual = model.model.language_model, ids == video_id
+    with torch.no_grad():
+        stock = model.generate(**inputs)
+        with create_pruner("fastv").attach(decoder, visual, frames=frames, num_patches=patches):
+            same = model.generate(**inputs)
+        with create_pruner("fastv", keep=1).attach(decoder, visual, frames=frames, num_patches=patches) as run:
+            pruned = model.generate(**inputs)
+    assert torch.equal(same.sequences, stock.sequences)
+    torch.testing.assert_close(same.logits[0], stock.logits[0], rtol=0, atol=1e-6)
+    assert run.kept_visual.shape == (1, frames)
+    lengths = [layer.keys.shape[-2] for layer in pruned.cache.layers]
+    assert lengths == [ids.shape[1] + 2] * 2 + [ids.shape[1] - frames * (patches + 1) + frames + 2] * 2

@@ -46,6 +46,7 @@ class FastVRun:
     scores: torch.Tensor | None = None
     """(B, V) head-mean attention of the last prompt token over the visual tokens, in layer K-1 (fp32)."""
     prompt_length: int = 0
+    """Tokens in that pass; while decoding, the cache of layers >= K holds `keep` and the tokens after these."""
 
 
 @register
@@ -119,8 +120,11 @@ class _Hooks:
             raise UnsupportedModelError(f"fastv reads q_proj/k_proj of a Llama-style attention; {type(attn).__name__} differs.")
         if hasattr(attn, "q_norm") or hasattr(attn, "k_norm"):
             raise UnsupportedModelError(f"fastv does not support attention with q/k norms ({type(attn).__name__}).")
+        if visual_mask[:, -1].any():
+            raise UnsupportedModelError("fastv ranks visual tokens by the last prompt token: the prompt must end with text.")
         self.attn, self.kept = attn, kept
         self.visual = visual_mask.bool()
+        self.prompt = visual_mask.shape[1]
         self.run = FastVRun()
         self.state: _Pass | None = None
         self.handles = [
@@ -154,11 +158,11 @@ class _Hooks:
 
     def _take_query(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
         if self.state is not None and self.state.full:
-            self.state.query = output[:, -1:].clone()
+            self.state.query = output[:, self.prompt - 1 : self.prompt].clone()
 
     def _take_keys(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
         if self.state is not None and self.state.full:
-            self.state.keys = output
+            self.state.keys = output[:, : self.prompt]
 
     def _prune(self, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]] | None:
         state = self.state
@@ -176,15 +180,13 @@ class _Hooks:
 
     # ----- the method ---------------------------------------------------------------------------------------
     def _full_pass_masks(self, batch: int, length: int, attention_mask: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        prompt = self.visual.shape[1]
+        prompt = self.prompt
         if batch != self.visual.shape[0] or length < prompt:
             raise UnsupportedModelError(
                 f"fastv was attached for {self.visual.shape[0]} prompt(s) of {prompt} tokens but the LLM got "
                 f"{batch} x {length}; beam search and re-used attachments are not supported."
             )
         visual = torch.nn.functional.pad(self.visual, (0, length - prompt))  # generated tokens are text
-        if visual[:, -1].any():
-            raise UnsupportedModelError("fastv ranks visual tokens by the last prompt token: the prompt must end with text.")
         if attention_mask is None:
             return visual, None
         if not torch.is_tensor(attention_mask) or attention_mask.shape != (batch, length):
@@ -195,7 +197,7 @@ class _Hooks:
         """Score, choose, and the pruned inputs that every layer >= K gets in this pass."""
         state = self.state
         cos, sin = kwargs["position_embeddings"]
-        scores = self._last_token_attention(cos, sin)
+        scores = self._last_prompt_token_attention(cos, sin)
         batch = state.visual.shape[0]
         visual_positions = state.visual.nonzero()[:, 1].view(batch, -1)
         visual_scores = scores.gather(1, visual_positions)
@@ -224,23 +226,27 @@ class _Hooks:
         generated = torch.arange(self.run.prompt_length, total, device=keep.device).expand(keep.shape[0], -1)
         return {"attention_mask": _slice_mask(mask, None, torch.cat([keep, generated], dim=1))}
 
-    def _last_token_attention(self, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """(B, n) head-mean attention of the last query in layer K-1 over all keys (padding keys get 0)."""
+    def _last_prompt_token_attention(self, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """(B, prompt) head-mean attention of the last prompt token in layer K-1 over the prompt (padding gets 0).
+
+        A pass without cache also holds the tokens generated so far; they come after that query, so the score and
+        the choice are the prefill's."""
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
         state, attn = self.state, self.attn
         if state.query is None or state.keys is None:
             raise UnsupportedModelError("fastv could not read layer K-1's q_proj/k_proj outputs (fused projections?).")
         batch, length = state.keys.shape[:2]
-        query = state.query.view(batch, 1, -1, attn.head_dim).transpose(1, 2)
-        keys = state.keys.view(batch, length, -1, attn.head_dim).transpose(1, 2)
-        query, _ = apply_rotary_pos_emb(query, query, cos[:, -1:], sin[:, -1:])
-        _, keys = apply_rotary_pos_emb(keys, keys, cos, sin)
+        query = state.query.reshape(batch, 1, -1, attn.head_dim).transpose(1, 2)
+        keys = state.keys.reshape(batch, length, -1, attn.head_dim).transpose(1, 2)
+        prompt = self.prompt
+        query, _ = apply_rotary_pos_emb(query, query, cos[:, prompt - 1 : prompt], sin[:, prompt - 1 : prompt])
+        _, keys = apply_rotary_pos_emb(keys, keys, cos[:, :prompt], sin[:, :prompt])
         keys = repeat_kv(keys, attn.num_key_value_groups)
         state.query = state.keys = None
         scores = torch.zeros(batch, length, dtype=torch.float32, device=keys.device)
         for row in range(batch):
-            valid = slice(None) if state.valid is None else state.valid[row]
+            valid = slice(None) if state.valid is None else state.valid[row, :prompt]
             weights = attention_row(query[row : row + 1, :, 0], keys[row : row + 1, :, valid], attn.scaling)
             scores[row, valid] = weights.mean(dim=1)[0]
         return scores
