@@ -73,7 +73,7 @@ class FastV(LLMPruner):
 
     def _kept_count(self, visual_mask: torch.Tensor, frames: int, num_patches: int) -> int:
         """R: frames x L with a budget, every visual token without one."""
-        counts = visual_mask.sum(dim=1).unique()
+        counts = visual_mask.sum(dim=-1).unique()
         if visual_mask.ndim != 2 or len(counts) != 1:
             raise UnsupportedModelError("fastv needs the same number of visual tokens in every sample of a batch; "
                                         "answer the samples one at a time.")
@@ -100,8 +100,8 @@ class _Pass:
     length: int
     visual: torch.Tensor | None = None  # (B, n) at a full pass
     valid: torch.Tensor | None = None  # (B, n) keys that are not padding, or None when all are
-    query: torch.Tensor | None = None  # (B, 1, H*d) layer K-1's last query, before RoPE
-    keys: torch.Tensor | None = None  # (B, n, Hkv*d) layer K-1's keys, before RoPE
+    query: torch.Tensor | None = None  # (B, 1, H*d) layer K-1's query of the last prompt token, before RoPE
+    keys: torch.Tensor | None = None  # (B, prompt, Hkv*d) layer K-1's keys of the prompt, before RoPE
     inputs: dict[str, Any] | None = None  # the pruned keyword inputs of layers >= K
 
 
