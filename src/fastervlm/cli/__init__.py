@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from fastervlm import __version__
 
-COMMAND_MODULES = ("answer", "methods", "eval", "show", "web")
+COMMAND_MODULES = ("answer", "methods", "eval", "show", "web", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,624 @@
+"""Speed, memory and FLOPs of pruning configurations, measured as data (`fastervlm bench` prints it).
+
+    from fastervlm.bench import BenchConfig, ModelSource, default_configs, run_benchmark
+    result = run_benchmark(ModelSource.video_llava_7b(llm_layers=2, vision_layers=3), default_configs(), repeats=3)
+    result.rows, result.extraction, result.to_json(), check_targets(result), plot(result, "bench.png")
+
+Per configuration (a method name and its settings), over `repeats` runs after `warmup` runs (median, min, max):
+- seconds per pipeline stage as `Answer.timings` reports them (decode_video, vision_encoder, cls_scoring,
+  selection, projector, llm_prefill, llm_decode; CUDA-synchronised), time to first token (TTFT_STAGES: from the
+  preprocessed frames to the first generated token) and decode time per generated token;
+- peak memory: on CUDA the max allocated bytes with the counter reset for the configuration; on the CPU the peak
+  RSS of a fresh process that runs only this configuration (its peak counter reset once the model is built, so
+  loading does not count), next to the RSS before the first run;
+- the LLM's KV cache right after the prefill, in bytes, read from the cache object itself;
+- the analytic LLM prefill FLOPs of fastervlm.flops through the method's own schedule (Pruner.llm_prefill_flops);
+- speedups over the unpruned row (method none).
+Plus the [CLS] extraction side by side: our tower pass (SDPA, stops at the feature layer, one [CLS] row from the
+q/k) against the original's (reference_extraction: every layer eager, every attention map returned).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from fastervlm.errors import FasterVLMError
+from fastervlm.timing import StageTimer
+
+if TYPE_CHECKING:
+    from fastervlm.pipeline import Pipeline
+    from fastervlm.tiny import TinySpec, TinyWeights
+
+DEFAULT_REDUCTIONS = (0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 1.0)
+"""Video-LLaVA: 2048 / 1536 / 1024 / 512 / 208 / 104 / 0 visual tokens, the seed table's "# Token" column."""
+DEFAULT_METHODS = ("fastervlm", "fastv")
+TTFT_STAGES = ("vision_encoder", "cls_scoring", "selection", "projector", "llm_prefill")
+"""Time to first token: everything from preprocessed frames to the first generated token (decoding excluded)."""
+PIPELINE_STAGES = ("decode_video", *TTFT_STAGES, "llm_decode")
+QUESTION = "What is happening in the video?"
+TARGET_REDUCTION = 0.9
+"""The issue's targets are stated at 208 tokens: r = 0.9 on Video-LLaVA."""
+
+
+# ----- what is measured ------------------------------------------------------------------------------------------
+@dataclass
+class BenchConfig:
+    """One configuration: a registered method and its settings (as `create_pruner` takes them)."""
+
+    method: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return " ".join([self.method, *(f"{k}={v}" for k, v in self.settings.items())])
+
+
+def default_configs(
+    methods: Sequence[str] = DEFAULT_METHODS,
+    reductions: Sequence[float] = DEFAULT_REDUCTIONS,
+    *,
+    keeps: Sequence[int] | None = None,
+    method_settings: dict[str, dict[str, Any]] | None = None,
+) -> list[BenchConfig]:
+    """The unpruned row first, then every method at every budget (reductions, or per-frame keeps when given)."""
+    budgets = [{"keep": k} for k in keeps] if keeps is not None else [{"reduction": r} for r in reductions]
+    extra = method_settings or {}
+    return [BenchConfig("none")] + [
+        BenchConfig(method, {**budget, **extra.get(method, {})}) for method in methods for budget in budgets
+    ]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What to benchmark, in a form a fresh process can rebuild: a checkpoint folder, or a tiny/real-width
+    geometry built in memory (`tiny.build_adapter`)."""
+
+    checkpoint: str | None = None
+    video_tower: str | None = None
+    geometry: TinySpec | None = None
+    geometry_name: str = ""
+    device: str | None = None
+
+    @staticmethod
+    def tiny(device: str | None = "cpu") -> ModelSource:
+        """The demo's tiny checkpoint (written into the cache on first use)."""
+        from fastervlm.tiny import ensure_tiny_checkpoint
+
+        return ModelSource(checkpoint=str(ensure_tiny_checkpoint()), device=device)
+
+    @staticmethod
+    def video_llava_7b(llm_layers: int, vision_layers: int, device: str | None = "cpu") -> ModelSource:
+        """Video-LLaVA-7B's widths, heads and token counts with fewer layers, random weights, built in memory."""
+        from fastervlm.tiny import TinySpec
+
+        if llm_layers < 1 or vision_layers < 2:
+            raise FasterVLMError("--llm-layers must be at least 1 and --vision-layers at least 2 (the feature layer is "
+                                 "the penultimate one).")
+        return ModelSource(geometry=TinySpec.video_llava_7b(llm_layers=llm_layers, vision_layers=vision_layers),
+                           geometry_name=f"video-llava-7b geometry, {llm_layers} LLM / {vision_layers} vision layers",
+                           device=device)
+
+    def describe(self) -> str:
+        if self.geometry is not None:
+            return self.geometry_name or f"in-memory geometry {self.geometry}"
+        return str(self.checkpoint)
+
+    def build(self, weights: TinyWeights | None = None) -> Pipeline:
+        """Load (or build) the pipeline in fp32 on the CPU, the checkpoint's dtype on CUDA."""
+        from fastervlm.pipeline import Pipeline, load, resolve_device
+
+        device = resolve_device(self.device)
+        if self.geometry is None:
+            options = {"video_tower": self.video_tower} if self.video_tower else {}
+            return load(self.checkpoint, device=device, dtype=torch.float32 if device.type == "cpu" else None, **options)
+        from fastervlm.tiny import build_adapter
+
+        dtype = torch.float32 if device.type == "cpu" else torch.float16
+        return Pipeline(build_adapter(self.geometry, device, dtype, weights), Path(self.geometry_name or "geometry"))
+
+
+# ----- result rows -----------------------------------------------------------------------------------------------
+@dataclass
+class Stat:
+    """Median, min and max of repeated measurements (seconds, or whatever unit the values have)."""
+
+    median: float
+    low: float
+    high: float
+
+    @staticmethod
+    def of(values: Sequence[float]) -> Stat | None:
+        return Stat(statistics.median(values), min(values), max(values)) if values else None
+
+
+@dataclass
+class Memory:
+    """Peak memory of one configuration and the level before its first run (bytes); `kind` says how measured."""
+
+    peak_bytes: int | None
+    baseline_bytes: int | None
+    kind: str
+
+    @property
+    def added_bytes(self) -> int | None:
+        """Peak above the level before the first run: activations, caches and temporaries."""
+        return None if self.peak_bytes is None or self.baseline_bytes is None else self.peak_bytes - self.baseline_bytes
+
+
+@dataclass
+class BenchRow:
+    """One configuration's measurements."""
+
+    label: str
+    method: str
+    settings: dict[str, Any]
+    stage: str
+    visual_tokens: int
+    prompt_tokens: int
+    generated_tokens: int
+    timings: dict[str, Stat]
+    """Per stage (PIPELINE_STAGES), plus "time_to_first_token" and "decode_per_token" (seconds)."""
+    memory: Memory
+    kv_cache_bytes: int | None
+    llm_prefill_flops: int | None
+    ttft_speedup: float | None = None
+    prefill_speedup: float | None = None
+    flops_ratio: float | None = None
+    """Unpruned row's value over this row's (for FLOPs: how many times fewer)."""
+
+    def seconds(self, stage: str) -> float | None:
+        stat = self.timings.get(stage)
+        return None if stat is None else stat.median
+
+
+@dataclass
+class ExtractionRow:
+    """One way of getting the [CLS] attention out of the video tower: its encoder pass, its scoring step."""
+
+    name: str
+    description: str
+    layers_run: int
+    encoder: Stat
+    cls_scoring: Stat
+    attention_bytes: int
+    """Attention data held for scoring: every returned map (reference), or the [CLS] queries and keys (ours)."""
+    memory: Memory
+    max_score_difference: float | None = None
+    """Largest |reference score - our score| on the same pixels (reference row only)."""
+
+
+@dataclass
+class BenchResult:
+    model: str
+    device: str
+    dtype: str
+    threads: int
+    torch_version: str
+    video: str
+    warmup: int
+    repeats: int
+    max_new_tokens: int
+    rows: list[BenchRow]
+    extraction: list[ExtractionRow]
+    notes: list[str] = field(default_factory=list)
+    load_average: tuple[float, float] | None = None
+    """The machine's 1-minute load average before and after the run (other work on the machine skews times)."""
+
+    def baseline(self) -> BenchRow | None:
+        """The unpruned row the speedups refer to."""
+        return next((row for row in self.rows if row.method == "none"), None)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["targets"] = [asdict(t) for t in check_targets(self)]
+        return out
+
+
+@dataclass
+class Target:
+    """One of the issue's claims, checked on this result (met None: this run cannot tell)."""
+
+    name: str
+    measured: str
+    met: bool | None
+
+
+# ----- running -----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Task:
+    kind: str  # "config", "ours" or "reference"
+    config: BenchConfig | None
+    video: str
+    question: str
+    warmup: int
+    repeats: int
+    max_new_tokens: int
+    isolated: bool
+
+    @property
+    def label(self) -> str:
+        return self.config.label if self.config is not None else f"[CLS] extraction: {self.kind}"
+
+
+def run_benchmark(
+    source: ModelSource,
+    configs: Sequence[BenchConfig],
+    *,
+    video: str | os.PathLike | None = None,
+    question: str = QUESTION,
+    warmup: int = 1,
+    repeats: int = 3,
+    max_new_tokens: int = 8,
+    reference: bool = True,
+    isolate: bool | None = None,
+    progress: bool = True,
+) -> BenchResult:
+    """Measure every configuration (and the [CLS] extraction comparison when `reference`).
+
+    isolate: each configuration in a fresh process (default on the CPU, where peak RSS cannot be reset between
+    configurations honestly); False measures everything in this process (memory then says it is not isolated).
+    A geometry's random weights are made once here and shared with the fresh processes through shared memory.
+    """
+    from tqdm import tqdm
+
+    from fastervlm.pipeline import resolve_device
+
+    check_run_settings(warmup, repeats, max_new_tokens)
+    if not configs:
+        raise FasterVLMError("nothing to measure: give at least one method.")
+    device = resolve_device(source.device)
+    isolate = device.type == "cpu" if isolate is None else isolate
+    load_before = _load_average()
+    with tempfile.TemporaryDirectory(prefix="fastervlm-bench-") as scratch:
+        if video is None:
+            from fastervlm.media import write_synthetic_video
+
+            video = write_synthetic_video(Path(scratch) / "bench.mp4", num_frames=48, height=240, width=320)
+        tasks = [_Task("config", c, str(video), question, warmup, repeats, max_new_tokens, isolate) for c in configs]
+        if reference:
+            tasks += [_Task(kind, None, str(video), question, warmup, repeats, max_new_tokens, isolate)
+                      for kind in ("ours", "reference")]
+        weights = None
+        if source.geometry is not None:
+            from fastervlm.tiny import tiny_weights
+
+            weights = tiny_weights(source.geometry)
+        results: list[Any] = []
+        with _runner(source, weights, isolate) as run:
+            bar = tqdm(tasks, desc="bench", unit="config", disable=not progress, file=sys.stderr)
+            for task in bar:
+                bar.set_postfix_str(task.label)
+                results.append(run(task))
+    rows = [r for r in results if isinstance(r, BenchRow)]
+    extraction = [r for r in results if isinstance(r, ExtractionRow)]
+    notes = [r for r in results if isinstance(r, str)]
+    _add_speedups(rows)
+    return BenchResult(
+        model=source.describe(), device=str(device), dtype="float32" if device.type == "cpu" else "checkpoint's",
+        threads=torch.get_num_threads(), torch_version=torch.__version__, video=str(video), warmup=warmup,
+        repeats=repeats, max_new_tokens=max_new_tokens, rows=rows, extraction=extraction, notes=notes,
+        load_average=None if load_before is None else (load_before, _load_average()),
+    )
+
+
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def check_run_settings(warmup: int, repeats: int, max_new_tokens: int) -> None:
+    if repeats < 1 or warmup < 0 or max_new_tokens < 1:
+        raise FasterVLMError("--repeats and --max-new-tokens must be at least 1, --warmup at least 0.")
+
+
+@contextmanager
+def _runner(source: ModelSource, weights: TinyWeights | None, isolate: bool) -> Iterator[Any]:
+    """A function task -> row: in a fresh spawned process per task, or against one pipeline built here."""
+    if not isolate:
+        pipeline = source.build(weights)
+        yield lambda task: _execute(pipeline, task)
+        return
+    import torch.multiprocessing as mp  # registers torch's pickling: tensors travel through shared memory
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = mp.get_context("spawn")
+
+    def run(task: _Task) -> Any:
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            return pool.submit(_fresh_process_task, source, weights, task).result()
+
+    yield run
+
+
+def _fresh_process_task(source: ModelSource, weights: TinyWeights | None, task: _Task) -> Any:
+    """Runs in a new process: build the model, make every weight resident, then measure one task."""
+    pipeline = source.build(weights)
+    for module in _modules(pipeline):
+        for tensor in [*module.parameters(), *module.buffers()]:
+            tensor.sum()  # pages of weights in shared memory count in this process's RSS once touched
+    return _execute(pipeline, task)
+
+
+def _modules(pipeline: Pipeline) -> list[torch.nn.Module]:
+    return [m for m in vars(pipeline.adapter).values() if isinstance(m, torch.nn.Module)]
+
+
+def _execute(pipeline: Pipeline, task: _Task) -> BenchRow | ExtractionRow | str:
+    if task.kind == "config":
+        return _measure_config(pipeline, task)
+    from fastervlm.models.languagebind import LanguageBindVideoTower
+
+    tower = getattr(pipeline.adapter, "tower", None)
+    if not isinstance(tower, LanguageBindVideoTower):
+        return (f"no [CLS] extraction comparison: the reference extraction is written for the LanguageBind video tower "
+                f"(original-format Video-LLaVA), and {pipeline.adapter.family} has another encoder.")
+    return _measure_extraction(pipeline, tower, task)
+
+
+# ----- memory ------------------------------------------------------------------------------------------------------
+def _proc_status_bytes(field_name: str) -> int | None:
+    """A field of /proc/self/status in bytes (Linux), None elsewhere."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+@contextmanager
+def _memory_meter(device: torch.device, isolated: bool) -> Iterator[list[Memory]]:
+    """Peak memory of the block: CUDA max allocated, or the CPU peak RSS with its counter reset at the start."""
+    out: list[Memory] = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        baseline = torch.cuda.memory_allocated(device)
+        yield out
+        torch.cuda.synchronize(device)
+        out.append(Memory(torch.cuda.max_memory_allocated(device), baseline, "CUDA max allocated"))
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")  # resets VmHWM (the peak RSS) to the current RSS
+        resettable = True
+    except OSError:
+        resettable = False
+    baseline = _proc_status_bytes("VmRSS")
+    yield out
+    if resettable:
+        peak = _proc_status_bytes("VmHWM")
+    else:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    kind = "peak RSS, fresh process" if isolated else "peak RSS in a shared process (allocator reuse can hide growth)"
+    out.append(Memory(peak, baseline, kind if resettable or isolated else kind + ", counter not reset"))
+
+
+# ----- one pipeline configuration ----------------------------------------------------------------------------------
+def _cache_bytes(cache: Any) -> int | None:
+    """Bytes held by a transformers Cache (its layers' key and value tensors)."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        return None
+    tensors = [getattr(layer, name, None) for layer in layers for name in ("keys", "values")]
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+@contextmanager
+def _kv_probe(pipeline: Pipeline) -> Iterator[list[int | None]]:
+    """Records the KV-cache size after the first LLM forward of the block (the prefill)."""
+    sizes: list[int | None] = []
+    llm = getattr(pipeline.adapter, "llm", None)
+    if not isinstance(llm, torch.nn.Module):
+        yield sizes
+        return
+
+    def hook(module: torch.nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+        if not sizes:
+            sizes.append(_cache_bytes(getattr(output, "cache", None)))
+
+    handle = llm.register_forward_hook(hook, with_kwargs=True)
+    try:
+        yield sizes
+    finally:
+        handle.remove()
+
+
+def _llm_flops(pipeline: Pipeline, pruner: Any, prompt_tokens: int, visual_tokens: int) -> int | None:
+    """The analytic prefill FLOPs of this method on this model (None when the adapter has no Llama-style LLM)."""
+    from fastervlm.flops import LLMGeometry
+
+    llm = getattr(pipeline.adapter, "llm", None)
+    if llm is None or not hasattr(llm, "config"):
+        return None
+    frames, patches = pipeline.num_frames, pipeline.num_patches
+    in_prompt = visual_tokens if pruner.stage == "vision" else frames * patches  # LLM-stage: all reach the prompt
+    return pruner.llm_prefill_flops(LLMGeometry.from_config(llm.config), text_tokens=prompt_tokens - in_prompt,
+                                    frames=frames, num_patches=patches)
+
+
+def _measure_config(pipeline: Pipeline, task: _Task) -> BenchRow:
+    from fastervlm.models.base import GenerationSettings
+
+    config = task.config
+    assert config is not None
+    pruner = pipeline.pruner(config.method, **config.settings)
+    generation = GenerationSettings(max_new_tokens=task.max_new_tokens)
+    timings: list[dict[str, float]] = []
+    with torch.inference_mode(), _memory_meter(pipeline.adapter.device, task.isolated) as memory:
+        for run in range(task.warmup + task.repeats):
+            frames = pipeline.frames(video=task.video)
+            with _kv_probe(pipeline) as kv:
+                answer = pipeline.answer_frames([frames], [task.question], pruner, generation)[0]
+            if run >= task.warmup:
+                timings.append(_with_totals(answer.timings, len(answer.output_ids)))
+    stats = {stage: Stat.of([t[stage] for t in timings if stage in t]) for stage in timings[0]}
+    return BenchRow(
+        label=config.label, method=config.method, settings=dict(config.settings), stage=pruner.stage,
+        visual_tokens=answer.visual_tokens, prompt_tokens=answer.prompt_tokens,
+        generated_tokens=len(answer.output_ids), timings={k: v for k, v in stats.items() if v is not None},
+        memory=memory[0], kv_cache_bytes=kv[0] if kv else None,
+        llm_prefill_flops=_llm_flops(pipeline, pruner, answer.prompt_tokens, answer.visual_tokens),
+    )
+
+
+def _with_totals(timings: dict[str, float], generated: int) -> dict[str, float]:
+    """The stage timings plus time to first token and, when more than one token came, decode time per token."""
+    out = {stage: timings[stage] for stage in PIPELINE_STAGES if stage in timings}
+    out["time_to_first_token"] = sum(timings.get(stage, 0.0) for stage in TTFT_STAGES)
+    if generated > 1 and "llm_decode" in timings:
+        out["decode_per_token"] = timings["llm_decode"] / (generated - 1)
+    return out
+
+
+# ----- the [CLS] extraction: ours against the original's ------------------------------------------------------------
+def _measure_extraction(pipeline: Pipeline, tower: Any, task: _Task) -> ExtractionRow:
+    from fastervlm.reference_extraction import eager_tower_pass, feature_select
+    from fastervlm.scoring import cls_patch_scores
+
+    adapter = pipeline.adapter
+    select_layer = getattr(adapter, "select_layer", -2)
+    pixels = pipeline.frames(video=task.video).pixels.unsqueeze(0).to(adapter.device, adapter.dtype)
+    timer_runs: list[dict[str, float]] = []
+    reference = task.kind == "reference"
+    with torch.inference_mode(), _memory_meter(adapter.device, task.isolated) as memory:
+        for run in range(task.warmup + task.repeats):
+            timer = StageTimer(adapter.device)
+            if reference:
+                with timer("encoder"):
+                    result = eager_tower_pass(tower, pixels)
+                with timer("cls_scoring"):
+                    scores = feature_select(tower, result, select_layer)[1]
+                held = result.attention_bytes
+                del result
+            else:
+                with timer("encoder"):
+                    features, cls = tower(pixels, select_layer)
+                with timer("cls_scoring"):
+                    scores = cls_patch_scores(cls.query, cls.keys, cls.scale)
+                held = sum(t.numel() * t.element_size() for t in (cls.query, cls.keys))
+                del features, cls
+            if run >= task.warmup:
+                timer_runs.append(timer.seconds)
+    difference = None
+    if reference:
+        with torch.inference_mode():
+            _, cls = tower(pixels, select_layer)
+            ours = cls_patch_scores(cls.query, cls.keys, cls.scale).unflatten(0, scores.shape[:2])
+        difference = float((scores.float() - ours.float()).abs().max())
+    layers = len(tower.vision_model.encoder.layers)
+    return ExtractionRow(
+        name=task.kind,
+        description=("every layer eager, all hidden states and attention maps returned, [CLS] row read from the "
+                     "feature layer's map (the original)") if reference else
+                    "SDPA, stops at the feature layer, [CLS] row from that layer's q/k (fastervlm)",
+        layers_run=layers if reference else tower.feature_layer_index(select_layer) + 1,
+        encoder=Stat.of([t["encoder"] for t in timer_runs]),
+        cls_scoring=Stat.of([t["cls_scoring"] for t in timer_runs]),
+        attention_bytes=held, memory=memory[0], max_score_difference=difference,
+    )
+
+
+# ----- derived numbers ----------------------------------------------------------------------------------------------
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return None if numerator is None or not denominator else numerator / denominator
+
+
+def _add_speedups(rows: list[BenchRow]) -> None:
+    base = next((row for row in rows if row.method == "none"), None)
+    if base is None:
+        return
+    for row in rows:
+        row.ttft_speedup = _ratio(base.seconds("time_to_first_token"), row.seconds("time_to_first_token"))
+        row.prefill_speedup = _ratio(base.seconds("llm_prefill"), row.seconds("llm_prefill"))
+        row.flops_ratio = _ratio(base.llm_prefill_flops, row.llm_prefill_flops)
+
+
+def check_targets(result: BenchResult) -> list[Target]:
+    """The issue's three targets on this result."""
+    targets = []
+    row = next((r for r in result.rows if r.method == "fastervlm" and r.settings == {"reduction": TARGET_REDUCTION}), None)
+    name = f"LLM prefill speedup at r={TARGET_REDUCTION} reaches 80% of the analytic FLOPs ratio"
+    if row is None or row.prefill_speedup is None or row.flops_ratio is None:
+        targets.append(Target(name, f"needs a 'none' row and a fastervlm reduction={TARGET_REDUCTION} row", None))
+    else:
+        share = row.prefill_speedup / row.flops_ratio
+        targets.append(Target(name, f"{row.visual_tokens} tokens: prefill x{row.prefill_speedup:.2f} vs FLOPs "
+                                    f"x{row.flops_ratio:.2f} = {100 * share:.0f}%", share >= 0.8))
+    rows = {r.name: r for r in result.extraction}
+    ours, reference = rows.get("ours"), rows.get("reference")
+    name = "[CLS] scoring costs under 1% of the vision encoder"
+    if ours is None:
+        targets.append(Target(name, "needs the [CLS] extraction rows", None))
+    else:
+        share = ours.cls_scoring.median / ours.encoder.median
+        targets.append(Target(name, f"{1e3 * ours.cls_scoring.median:.3f} ms of {1e3 * ours.encoder.median:.1f} ms "
+                                    f"= {100 * share:.3f}%", share < 0.01))
+    name = "our encoder pass is faster and uses less peak memory than the reference-style extraction"
+    if ours is None or reference is None:
+        targets.append(Target(name, "needs the [CLS] extraction rows", None))
+    else:
+        ours_s = ours.encoder.median + ours.cls_scoring.median
+        ref_s = reference.encoder.median + reference.cls_scoring.median
+        ours_m, ref_m = ours.memory.peak_bytes, reference.memory.peak_bytes
+        memory_ok = None if ours_m is None or ref_m is None else ours_m < ref_m
+        measured = f"{1e3 * ours_s:.1f} ms vs {1e3 * ref_s:.1f} ms"
+        if memory_ok is not None:
+            measured += f"; peak {ours_m / 2**20:.0f} MiB vs {ref_m / 2**20:.0f} MiB"
+        targets.append(Target(name, measured, None if memory_ok is None else (ours_s < ref_s and memory_ok)))
+    return targets
+
+
+def plot(result: BenchResult, path: str | os.PathLike) -> Path:
+    """PNG: time to first token and LLM prefill FLOPs against visual tokens kept, one line per method, with the
+    speedup over the unpruned row written at each point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    base = result.baseline()
+    for method in dict.fromkeys(r.method for r in result.rows if r.method != "none"):
+        rows = sorted((r for r in result.rows if r.method == method), key=lambda r: r.visual_tokens)
+        tokens = [r.visual_tokens for r in rows]
+        ttft = [r.timings["time_to_first_token"] for r in rows]
+        left.errorbar(tokens, [1e3 * s.median for s in ttft], marker="o", capsize=3, label=method,
+                      yerr=[[1e3 * (s.median - s.low) for s in ttft], [1e3 * (s.high - s.median) for s in ttft]])
+        for r, s in zip(rows, ttft):
+            if r.ttft_speedup is not None:
+                left.annotate(f"x{r.ttft_speedup:.1f}", (r.visual_tokens, 1e3 * s.median), textcoords="offset points",
+                              xytext=(4, 6), fontsize=8)
+        if all(r.llm_prefill_flops is not None for r in rows):
+            right.plot(tokens, [r.llm_prefill_flops / 1e12 for r in rows], marker="o", label=method)
+    if base is not None:
+        left.axhline(1e3 * base.timings["time_to_first_token"].median, color="grey", linestyle=":", label="none (unpruned)")
+        if base.llm_prefill_flops is not None:
+            right.axhline(base.llm_prefill_flops / 1e12, color="grey", linestyle=":", label="none (unpruned)")
+    left.set(xlabel="visual tokens kept", ylabel="time to first token (ms, median, min-max)", title="Time to first token")
+    right.set(xlabel="visual tokens kept", ylabel="LLM prefill TFLOPs (analytic)", title="LLM prefill FLOPs")
+    for axes in (left, right):
+        axes.grid(alpha=0.3)
+        axes.legend()
+    figure.suptitle(f"{result.model} on {result.device} ({result.dtype}, {result.threads} threads)", fontsize=10)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
