@@ -1,0 +1,33 @@
+"""LLaVA-1.5 in transformers' format (llava-hf/llava-1.5-7b-hf, LlavaForConditionalGeneration).
+
+One image, CLIP ViT-L/14-336: 576 patches from the penultimate layer ([CLS] dropped under the "default"
+strategy), top-L over the image by the [CLS] attention of that layer (the seed's image branch, spec section 8).
+Original-format LLaVA configs also say model_type "llava"; they are flat Llama configs with mm_* fields and
+are left to their own adapter.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from fastervlm.models.base import register_adapter
+from fastervlm.models.hf_adapter import HFAdapter
+from fastervlm.models.hf_common import VisualStream
+
+
+@register_adapter
+class LlavaHF(HFAdapter):
+    family = "llava-hf"
+    media = "image"
+    model_class = "LlavaForConditionalGeneration"
+    model_types = ("llava",)
+    prompt_format = "USER: <image>\n{question} ASSISTANT:"
+
+    @classmethod
+    def streams(cls, model: nn.Module) -> list[VisualStream]:
+        config, base = model.config, model.model
+        return [
+            VisualStream("image", "pixel_values", "get_image_features", config.image_token_id,
+                         base.vision_tower, base.multi_modal_projector, config.vision_feature_layer,
+                         first_token_fed=config.vision_feature_select_strategy == "full", as_list=True),
+        ]

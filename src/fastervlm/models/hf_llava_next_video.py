@@ -1,0 +1,93 @@
+"""LLaVA-NeXT-Video in transformers' format (llava-hf/LLaVA-NeXT-Video-7B-hf, LlavaNextVideoForConditionalGeneration).
+
+Each frame goes through CLIP ViT-L/14-336 (24 x 24 = 576 patches, [CLS] dropped), then the model's own 2 x 2
+spatial pooling (144 tokens per frame), then the projector. The budget is per frame over the pooled tokens
+(N = 144: reduction 0.9 keeps 14 per frame). A pooled token's [CLS] score is the mean of the [CLS] attention of
+the patches its pooling window covers (average pooling of the score map with the pooler's window), whatever
+the pooler itself does with the features; kept indices number the pooled grid row by row.
+Images take the anyres path (tiles plus newline tokens), which is not pruned: while a method prunes, an image
+input is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import CLIPImageProcessorPil
+
+from fastervlm.errors import CheckpointError, UnsupportedModelError
+from fastervlm.models.base import register_adapter
+from fastervlm.models.hf_adapter import FrameProcessor, HFAdapter
+from fastervlm.models.hf_common import VisualStream
+
+# Settings of a video frame's preprocessing (resize short side, centre crop, rescale, normalise).
+_FRAME_SETTINGS = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
+                   "do_normalize", "image_mean", "image_std", "do_convert_rgb")
+
+
+@dataclass
+class PooledVideoStream(VisualStream):
+    """Videos whose patch tokens are pooled (stride x stride windows) before the projector."""
+
+    resampler: nn.Module | None = None
+    stride: int = 2
+
+    @property
+    def side(self) -> int:
+        return self.tower.config.image_size // self.tower.config.patch_size
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return (self.side // self.stride) ** 2
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.resampler(tokens)
+
+    def pool_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        grid = scores.view(-1, 1, self.side, self.side)
+        return F.avg_pool2d(grid, kernel_size=self.stride, stride=self.stride).flatten(1)
+
+
+@register_adapter
+class LlavaNextVideoHF(HFAdapter):
+    family = "llava-next-video-hf"
+    media = "video"
+    model_class = "LlavaNextVideoForConditionalGeneration"
+    model_types = ("llava_next_video",)
+    prompt_format = "USER: <video>\n{question} ASSISTANT:"
+    unpruned_inputs = ("pixel_values",)
+
+    @classmethod
+    def streams(cls, model: nn.Module) -> list[VisualStream]:
+        config, base = model.config, model.model
+        if config.vision_feature_select_strategy != "default":
+            raise UnsupportedModelError(
+                f"LLaVA-NeXT-Video with vision_feature_select_strategy {config.vision_feature_select_strategy!r} "
+                "is not supported (its pooling needs the square patch grid of 'default')."
+            )
+        return [
+            PooledVideoStream("video", "pixel_values_videos", "get_video_features", config.video_token_id,
+                              base.vision_tower, base.multi_modal_projector, config.vision_feature_layer,
+                              first_token_fed=False, as_list=True, resampler=base.vision_resampler,
+                              stride=config.spatial_pool_stride),
+        ]
+
+    @classmethod
+    def frame_processor(cls, path: Path) -> FrameProcessor:
+        """The video processor's settings (video_preprocessor_config.json, else preprocessor_config.json) applied
+        per frame with CLIP's PIL processor: the saved image processor is LLaVA-NeXT's anyres one, for images."""
+        source = path / "video_preprocessor_config.json"
+        settings = _read_json(source if source.is_file() else path / "preprocessor_config.json")
+        processor = CLIPImageProcessorPil(**{k: v for k, v in settings.items() if k in _FRAME_SETTINGS})
+        return lambda frames: processor(images=frames, return_tensors="pt")["pixel_values"]
+
+
+def _read_json(file: Path) -> dict:
+    if not file.is_file():
+        raise CheckpointError(f"{file.parent} has no {file.name}: copy the checkpoint's preprocessor files.")
+    return json.loads(file.read_text())

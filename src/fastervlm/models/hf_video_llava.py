@@ -1,0 +1,39 @@
+"""Video-LLaVA in transformers' format (LanguageBind/Video-LLaVA-7B-hf, VideoLlavaForConditionalGeneration).
+
+Differences from the original checkpoints (spec section 9) that matter here: the port has no temporal
+attention (each frame is encoded on its own, so the [CLS] scores differ from the original's), and the stock
+model feeds every frame's [CLS] token with its 256 patches (8 x 257 = 2056 video tokens). By default FasterVLM
+prunes the 256 patches per frame and drops the frame [CLS] (2048 -> 8L, as the paper's video code);
+`keep_cls=True` keeps each frame's [CLS] in front of its kept patches (8L + 8; all of them = the stock model).
+Images go through the separate image tower, whose stock features already drop [CLS] (256 per image).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from fastervlm.models.base import register_adapter
+from fastervlm.models.hf_adapter import HFAdapter
+from fastervlm.models.hf_common import VisualStream
+
+
+@register_adapter
+class VideoLlavaHF(HFAdapter):
+    family = "video-llava-hf"
+    media = "video"
+    model_class = "VideoLlavaForConditionalGeneration"
+    model_types = ("video_llava",)
+    prompt_format = "USER: <video>\n{question} ASSISTANT:"
+
+    @classmethod
+    def streams(cls, model: nn.Module) -> list[VisualStream]:
+        config, base = model.config, model.model
+        images_fed_cls = config.vision_feature_select_strategy == "full"
+        return [
+            VisualStream("video", "pixel_values_videos", "get_video_features", config.video_token_id,
+                         base.video_tower, base.multi_modal_projector, config.vision_feature_layer,
+                         first_token_fed=True, as_list=False),
+            VisualStream("image", "pixel_values", "get_image_features", config.image_token_id,
+                         base.image_tower, base.multi_modal_projector, config.vision_feature_layer,
+                         first_token_fed=images_fed_cls, as_list=False),
+        ]
