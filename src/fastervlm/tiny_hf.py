@@ -1,0 +1,166 @@
+"""Tiny random checkpoints in transformers' own format, for tests, the demo and the benchmark.
+
+`write_tiny_hf_checkpoint(folder, family)` builds the config with transformers' own config classes and saves
+what a hub download holds: config.json and safetensors (save_pretrained), generation_config.json, a Llama
+tokenizer (SentencePiece, converted by transformers) with the <image>/<video>/<pad> tokens added as the hub
+checkpoints have them, preprocessor_config.json, and a chat template where the real checkpoint ships one
+(LLaVA-1.5: chat_template.json beside the processor; NeXT-Video: chat_template.jinja; Video-LLaVA: none, so the
+model card's prompt is used). Loading goes through `fastervlm.load`, like a real checkpoint. Seeded: the same
+spec gives the same weights.
+
+`tiny_hf_config(family)` also covers two families whose vision encoder has no [CLS] token (LLaVA-OneVision,
+Qwen2-VL), for the error they get.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+FAMILIES = ("video_llava", "llava", "llava_next_video")
+NO_CLS_FAMILIES = ("llava_onevision", "qwen2_vl")
+MODEL_CLASSES = {
+    "video_llava": "VideoLlavaForConditionalGeneration",
+    "llava": "LlavaForConditionalGeneration",
+    "llava_next_video": "LlavaNextVideoForConditionalGeneration",
+    "llava_onevision": "LlavaOnevisionForConditionalGeneration",
+    "qwen2_vl": "Qwen2VLForConditionalGeneration",
+}
+_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+# In the style of the llava-hf templates: media placeholders first, then the text, then "ASSISTANT:".
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'].upper() }}: "
+    "{% for item in message['content'] if item['type'] in ('image', 'video') %}<{{ item['type'] }}>\n{% endfor %}"
+    "{% for item in message['content'] if item['type'] == 'text' %}{{ item['text'] }} {% endfor %}"
+    "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+PLACEHOLDERS = {"image": "<image>", "video": "<video>", "pad": "<pad>"}
+
+
+@dataclass(frozen=True)
+class TinyHFSpec:
+    """Sizes of a tiny transformers VLM: 84 px / patch 14 = 36 patches per frame (9 after NeXT's 2 x 2 pooling)."""
+
+    image_size: int = 84
+    patch_size: int = 14
+    vision_width: int = 32
+    vision_layers: int = 3
+    vision_heads: int = 2
+    llm_width: int = 64
+    llm_layers: int = 4
+    llm_heads: int = 4
+    llm_kv_heads: int = 2
+    vocab_size: int = 384
+    frames: int = 8
+    seed: int = 0
+
+
+def tiny_tokenizer(spec: TinyHFSpec = TinyHFSpec()) -> Any:
+    """A real SentencePiece Llama tokenizer (BOS added) with the placeholder and pad tokens appended."""
+    from transformers import AutoTokenizer
+
+    from fastervlm.tiny import train_tokenizer
+
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        (folder / "tokenizer.model").write_bytes(train_tokenizer(spec.vocab_size))
+        (folder / "tokenizer_config.json").write_text(json.dumps({
+            "tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False, "legacy": False,
+            "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "model_max_length": 4096,
+        }))
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.add_special_tokens({"pad_token": PLACEHOLDERS["pad"],
+                                  "additional_special_tokens": [PLACEHOLDERS["image"], PLACEHOLDERS["video"]]})
+    return tokenizer
+
+
+def tiny_hf_config(family: str, tokenizer: Any, spec: TinyHFSpec = TinyHFSpec()) -> Any:
+    """The family's config, built with transformers' own config class, sized by `spec`."""
+    import transformers
+
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in PLACEHOLDERS.items()}
+    text = dict(model_type="llama", hidden_size=spec.llm_width, intermediate_size=2 * spec.llm_width,
+                num_hidden_layers=spec.llm_layers, num_attention_heads=spec.llm_heads,
+                num_key_value_heads=spec.llm_kv_heads, vocab_size=len(tokenizer), max_position_embeddings=4096,
+                pad_token_id=ids["pad"], bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    clip = dict(model_type="clip_vision_model", hidden_size=spec.vision_width, intermediate_size=2 * spec.vision_width,
+                num_hidden_layers=spec.vision_layers, num_attention_heads=spec.vision_heads,
+                image_size=spec.image_size, patch_size=spec.patch_size, projection_dim=16)
+    patches = (spec.image_size // spec.patch_size) ** 2
+    common = dict(text_config=text, image_token_index=ids["image"], vision_feature_layer=-2,
+                  vision_feature_select_strategy="default")
+    if family == "video_llava":
+        return transformers.VideoLlavaConfig(vision_config=clip, video_token_index=ids["video"], image_seq_length=patches,
+                                             video_seq_length=spec.frames * (patches + 1), **common)
+    if family == "llava":
+        return transformers.LlavaConfig(vision_config=clip, image_seq_length=patches, **common)
+    if family == "llava_next_video":
+        side = spec.image_size
+        return transformers.LlavaNextVideoConfig(vision_config=clip, video_token_index=ids["video"],
+                                                 image_grid_pinpoints=[[side, side], [side, 2 * side]],
+                                                 image_seq_length=patches, video_seq_length=spec.frames * patches // 4,
+                                                 **common)
+    if family == "llava_onevision":
+        siglip = dict(model_type="siglip_vision_model", hidden_size=spec.vision_width, num_hidden_layers=2,
+                      intermediate_size=2 * spec.vision_width, num_attention_heads=spec.vision_heads,
+                      image_size=spec.image_size, patch_size=spec.patch_size)
+        return transformers.LlavaOnevisionConfig(vision_config=siglip, video_token_index=ids["video"],
+                                                 vision_feature_select_strategy="full",
+                                                 **{k: v for k, v in common.items() if k != "vision_feature_select_strategy"})
+    if family == "qwen2_vl":
+        return transformers.Qwen2VLConfig(
+            text_config=dict(text, model_type="qwen2_vl_text", rope_scaling={"type": "mrope", "mrope_section": [2, 2, 4]}),
+            vision_config=dict(depth=1, embed_dim=32, hidden_size=spec.llm_width, num_heads=2, patch_size=14),
+            image_token_id=ids["image"], video_token_id=ids["video"],
+        )
+    raise ValueError(f"unknown tiny family {family!r}; choose one of {FAMILIES + NO_CLS_FAMILIES}")
+
+
+def tiny_hf_model(family: str, tokenizer: Any, spec: TinyHFSpec = TinyHFSpec()) -> Any:
+    """A seeded random model of the family (SDPA everywhere), in memory."""
+    import torch
+    import transformers
+
+    torch.manual_seed(spec.seed)
+    model = getattr(transformers, MODEL_CLASSES[family])(tiny_hf_config(family, tokenizer, spec))
+    return model.eval()
+
+
+def write_tiny_hf_checkpoint(
+    folder: str | Path, family: str, spec: TinyHFSpec = TinyHFSpec(), *, tokenizer: Any = None
+) -> Path:
+    """Save a tiny random checkpoint of `family` into `folder` (created); returns the folder."""
+    from transformers import VideoLlavaImageProcessor
+
+    if family not in FAMILIES:
+        raise ValueError(f"tiny checkpoints exist for {FAMILIES}; {family!r} is config-only (tiny_hf_config)")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = tokenizer or tiny_tokenizer(spec)
+    tiny_hf_model(family, tokenizer, spec).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    size = spec.image_size
+    frame = {"do_resize": True, "size": {"shortest_edge": size}, "do_center_crop": True,
+             "crop_size": {"height": size, "width": size}, "do_rescale": True, "rescale_factor": 1 / 255,
+             "do_normalize": True, "image_mean": _CLIP_MEAN, "image_std": _CLIP_STD, "resample": 3,
+             "do_convert_rgb": True}
+    if family == "video_llava":
+        VideoLlavaImageProcessor(**frame).save_pretrained(folder)
+    elif family == "llava":
+        _write_json(folder / "preprocessor_config.json",
+                    {"image_processor_type": "CLIPImageProcessor", "processor_class": "LlavaProcessor", **frame})
+        _write_json(folder / "chat_template.json", {"chat_template": CHAT_TEMPLATE})
+    else:
+        _write_json(folder / "preprocessor_config.json",
+                    {"image_processor_type": "LlavaNextImageProcessor", "processor_class": "LlavaNextVideoProcessor",
+                     "image_grid_pinpoints": [[size, size], [size, 2 * size]], "do_pad": True, **frame})
+        (folder / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    return folder
+
+
+def _write_json(path: Path, content: dict[str, Any]) -> None:
+    path.write_text(json.dumps(content, indent=2))

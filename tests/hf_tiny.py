@@ -1,0 +1,79 @@
+"""Tiny transformers-format checkpoints for the test_hf_* files: written once per session, loaded from disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from fastervlm.tiny_hf import FAMILIES, MODEL_CLASSES, TinyHFSpec, tiny_tokenizer, write_tiny_hf_checkpoint
+
+SPEC = TinyHFSpec()
+_CACHE: dict[str, Any] = {}
+
+
+def tokenizer() -> Any:
+    if "tokenizer" not in _CACHE:
+        _CACHE["tokenizer"] = tiny_tokenizer(SPEC)
+    return _CACHE["tokenizer"]
+
+
+def checkpoint(family: str, factory: pytest.TempPathFactory | None) -> Path:
+    """The tiny checkpoint folder of `family` (one per session; the factory is needed on first use)."""
+    if family not in _CACHE:
+        _CACHE[family] = write_tiny_hf_checkpoint(factory.mktemp(family), family, SPEC, tokenizer=tokenizer())
+    return _CACHE[family]
+
+
+def stock_model(family: str, factory: pytest.TempPathFactory) -> torch.nn.Module:
+    """A fresh stock model from the checkpoint, loaded by the user's own call (transformers' from_pretrained)."""
+    import transformers
+
+    cls = getattr(transformers, MODEL_CLASSES[family])
+    return cls.from_pretrained(checkpoint(family, factory), dtype=torch.float32, attn_implementation="sdpa").eval()
+
+
+def pixels(family: str, batch: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random preprocessed pixels under the keyword the family's model takes."""
+    generator = torch.Generator().manual_seed(seed)
+    size = SPEC.image_size
+    if family == "llava":
+        return {"pixel_values": torch.randn(batch, 3, size, size, generator=generator)}
+    return {"pixel_values_videos": torch.randn(batch, SPEC.frames, 3, size, size, generator=generator)}
+
+
+MARKER = {"llava": "<image>", "video_llava": "<video>", "llava_next_video": "<video>"}
+
+
+def stock_placeholders(family: str) -> int:
+    """Placeholders per video/image as the families' processors expand them (processing_*.py formulas)."""
+    patches = (SPEC.image_size // SPEC.patch_size) ** 2
+    return {"llava": patches, "video_llava": SPEC.frames * (patches + 1),
+            "llava_next_video": patches // 4 * SPEC.frames}[family]
+
+
+def processor_inputs(family: str, questions: list[str], seed: int = 0) -> dict[str, torch.Tensor]:
+    """What a user's processor call returns: the prompt text with the placeholder repeated, tokenised with left
+    padding, plus the pixels (LLaVA: transformers' own LlavaProcessor, which needs no torchvision)."""
+    tok = tokenizer()
+    texts = [f"USER: {MARKER[family]}\n{question} ASSISTANT:" for question in questions]
+    if family == "llava":
+        from PIL import Image
+        from transformers import CLIPImageProcessorPil, LlavaProcessor
+
+        processor = LlavaProcessor(image_processor=CLIPImageProcessorPil.from_pretrained(checkpoint(family, None)),
+                                   tokenizer=tok, patch_size=SPEC.patch_size, num_additional_image_tokens=1,
+                                   vision_feature_select_strategy="default")
+        rng = np.random.default_rng(seed)
+        images = [Image.fromarray(rng.integers(0, 256, (60 + 10 * i, 90, 3), dtype=np.uint8)) for i in range(len(texts))]
+        out = processor(images=images, text=texts, return_tensors="pt", padding=True, padding_side="left")
+        return dict(out)
+    texts = [text.replace(MARKER[family], MARKER[family] * stock_placeholders(family)) for text in texts]
+    out = tok(texts, return_tensors="pt", padding=True, padding_side="left")
+    return {"input_ids": out.input_ids, "attention_mask": out.attention_mask, **pixels(family, len(texts), seed)}
+
+
+__all__ = ["FAMILIES", "SPEC", "checkpoint", "pixels", "processor_inputs", "stock_model", "stock_placeholders", "tokenizer"]
