@@ -191,3 +191,11 @@ def test_pixels_of_the_wrong_shape(tiny_pipeline) -> None:
         tiny_pipeline.answer("What happens?", pixels=torch.zeros(4, 3, 112, 112))
     with pytest.raises(FasterVLMError, match="question is empty"):
         tiny_pipeline.answer("  ", pixels=_pixels(tiny_pipeline))
+
+
+def test_fastv_reports_the_tokens_it_kept_per_frame(tiny_pipeline) -> None:
+    result = tiny_pipeline.answer("What happens?", pixels=_pixels(tiny_pipeline), method="fastv", keep=3, generation=SHORT)
+    assert result.visual_tokens == 8 * 3
+    assert sum(len(frame) for frame in result.kept_indices) == 8 * 3  # FastV's budget is over the whole video
+    assert all(frame == sorted(frame) and all(0 <= i < tiny_pipeline.num_patches for i in frame) for frame in result.kept_indices)
+    assert result.cls_scores is None  # FastV scores inside the LLM, not with [CLS]

@@ -67,3 +67,11 @@ def gather_tokens(features: torch.Tensor, indices: list[torch.Tensor] | torch.Te
         gathered = torch.gather(features, 1, indices.unsqueeze(-1).expand(-1, -1, features.shape[-1]))
         return gathered.reshape(-1, features.shape[-1])
     return torch.cat([frame[idx] for frame, idx in zip(features, indices)], dim=0)
+
+
+def split_by_frame(flat_indices: torch.Tensor, frames: int, num_patches: int) -> list[list[int]]:
+    """Ascending indices over a video's frames*N tokens -> one sorted list of patch indices per frame."""
+    per_frame: list[list[int]] = [[] for _ in range(frames)]
+    for index in flat_indices.tolist():
+        per_frame[index // num_patches].append(index % num_patches)
+    return per_frame

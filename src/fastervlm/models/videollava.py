@@ -26,6 +26,7 @@ from fastervlm.models.generation import StepClock, generation_config
 from fastervlm.models.languagebind import LanguageBindVideoTower, load_video_tower
 from fastervlm.models.weights import load_into, load_prefix, weight_files
 from fastervlm.scoring import cls_patch_scores
+from fastervlm.selection import split_by_frame
 from fastervlm.timing import StageTimer
 
 
@@ -154,20 +155,22 @@ class VideoLlavaAdapter(ModelAdapter):
         with timer("projector"):
             projected = self.projector(torch.cat([s.features for s in selections]))
         prompts = self._prompts(questions, selections, projected)
-        outputs, prompt_lengths = self._generate(prompts, pruner, settings, timer)
+        outputs, prompt_lengths, llm_kept = self._generate(prompts, pruner, settings, timer)
+        kept_indices = [None if sel.kept_indices is None else [idx.tolist() for idx in sel.kept_indices] for sel in selections]
         visual_tokens = [int(p.visual_mask.sum()) for p in prompts]
-        if isinstance(pruner, LLMPruner):
-            visual_tokens = [pruner.kept_visual_tokens(self.num_frames, self.num_patches) for _ in prompts]
+        if llm_kept is not None:  # an LLM-stage method: report what it kept from its pruning layer on
+            kept_indices = [split_by_frame(row, self.num_frames, self.num_patches) for row in llm_kept]
+            visual_tokens = [len(row) for row in llm_kept]
         return [
             Generated(
                 text=self._decode(ids),
                 output_ids=ids,
                 prompt_tokens=prompt_lengths[i],
                 visual_tokens=visual_tokens[i],
-                kept_indices=None if sel.kept_indices is None else [idx.tolist() for idx in sel.kept_indices],
+                kept_indices=kept_indices[i],
                 cls_scores=None if scores is None else scores[i].float().cpu(),
             )
-            for i, (ids, sel) in enumerate(zip(outputs, selections))
+            for i, ids in enumerate(outputs)
         ]
 
     # ----- steps -------------------------------------------------------------------------------------------
@@ -203,8 +206,10 @@ class VideoLlavaAdapter(ModelAdapter):
 
     def _generate(
         self, prompts: list[_Prompt], pruner: Pruner, settings: GenerationSettings, timer: StageTimer
-    ) -> tuple[list[list[int]], list[int]]:
-        """Left-pad the batch, run transformers' generate with KV cache, split the timing at the first token."""
+    ) -> tuple[list[list[int]], list[int], torch.Tensor | None]:
+        """Left-pad the batch, run transformers' generate with KV cache, split the timing at the first token.
+
+        Also returns, for an LLM-stage method, the (B, R) ranks of the visual tokens it kept (else None)."""
         lengths = [len(p.embeds) for p in prompts]
         longest = max(lengths)
         width = prompts[0].embeds.shape[-1]
@@ -220,7 +225,7 @@ class VideoLlavaAdapter(ModelAdapter):
                   if isinstance(pruner, LLMPruner) else nullcontext())
         torch.manual_seed(settings.seed)
         clock.start()
-        with attach:
+        with attach as run:
             out = self.llm.generate(
                 inputs_embeds=embeds,
                 attention_mask=attention,
@@ -229,7 +234,7 @@ class VideoLlavaAdapter(ModelAdapter):
             )
         clock.report(timer)
         outputs = [self._trim(row.tolist()) for row in out]
-        return outputs, lengths
+        return outputs, lengths, getattr(run, "kept_visual", None)
 
     def _trim(self, ids: list[int]) -> list[int]:
         """Generated ids up to and including the first EOS (padding after it removed)."""
