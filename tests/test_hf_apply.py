@@ -14,7 +14,7 @@ from hf_tiny import SPEC, checkpoint, processor_inputs, stock_model, tokenizer
 import fastervlm
 from fastervlm.cli import main
 from fastervlm.errors import FasterVLMError, UnsupportedModelError
-from fastervlm.models.base import adapter_for
+from fastervlm.models.base import GenerationSettings, adapter_for
 from fastervlm.models.hf_common import compact, placeholder_keep_mask
 from fastervlm.tiny_hf import tiny_hf_config, tiny_hf_model
 
@@ -57,11 +57,29 @@ def test_generate_with_the_processor_output_of_a_pruned_model_starts_with_the_us
     positional = model.generate(inputs["input_ids"], attention_mask=inputs["attention_mask"],
                                 pixel_values_videos=inputs["pixel_values_videos"], max_new_tokens=3, do_sample=False)
     assert torch.equal(positional, out.sequences)
-    video_id = model.config.video_token_id
+    stock_placeholders = int((inputs["input_ids"] == model.config.video_token_id).sum())
     kept = (SPEC.image_size // SPEC.patch_size) ** 2 // 2  # reduction 0.5 of each frame's patches
     logits = model(**inputs).logits  # a plain forward gets the shortened prompt too
-    assert logits.shape[1] == inputs["input_ids"].shape[1] - int((inputs["input_ids"] == video_id).sum()) + SPEC.frames * kept
+    assert logits.shape[1] == inputs["input_ids"].shape[1] - stock_placeholders + SPEC.frames * kept
     pruning.remove()
+
+
+def test_real_token_counts_2056_video_tokens_become_208(tmp_path: Path) -> None:
+    """Video-LLaVA-7B-hf's geometry (224 px, patch 14: 8 x 257 = 2056 video tokens) at tiny widths."""
+    from fastervlm.tiny_hf import TinyHFSpec, write_tiny_hf_checkpoint
+
+    path = write_tiny_hf_checkpoint(tmp_path, "video_llava", TinyHFSpec(image_size=224, vision_layers=2, llm_layers=2),
+                                    tokenizer=tokenizer())
+    pipeline = fastervlm.load(path, device="cpu")
+    assert pipeline.num_patches == 256
+    pixels = torch.randn(8, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    short = GenerationSettings(max_new_tokens=2)
+    full = pipeline.answer("What is it?", pixels=pixels, method="none", generation=short)
+    pruned = pipeline.answer("What is it?", pixels=pixels, method="fastervlm", reduction=0.9, generation=short)
+    assert full.visual_tokens == 2048 and pruned.visual_tokens == 208  # [CLS] dropped by default: 8 x 26
+    assert full.prompt_tokens - pruned.prompt_tokens == 2048 - 208
+    with_cls = fastervlm.load(path, device="cpu", keep_cls=True)
+    assert with_cls.answer("What is it?", pixels=pixels, method="none", generation=short).visual_tokens == 2056
 
 
 def test_apply_checks_its_arguments(tmp_path_factory) -> None:
@@ -139,8 +157,6 @@ def test_image_model_answers_an_image_file(tmp_path_factory, tmp_path: Path) -> 
     image = tmp_path / "picture.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (70, 100, 3), dtype=np.uint8)).save(image)
     pipeline = fastervlm.load(checkpoint("llava", tmp_path_factory), device="cpu")
-    from fastervlm.models.base import GenerationSettings
-
     answer = pipeline.answer("What is it?", image=image, reduction=0.75, generation=GenerationSettings(max_new_tokens=3))
     patches = (SPEC.image_size // SPEC.patch_size) ** 2
     assert answer.visual_tokens == patches // 4 and len(answer.kept_indices) == 1

@@ -34,7 +34,7 @@ def apply(model: nn.Module, method: str | Pruner = "fastervlm", *, keep_cls: boo
     config = model.config.to_dict()
     name = type(model).__name__
     family = hf_adapter_for(config)
-    unsupported = (f"fastervlm.apply supports {', '.join(hf_families())}; {name} (model_type "
+    unsupported = (f"fastervlm.apply supports {', '.join(cls.model_class for cls in hf_families())}; {name} (model_type "
                    f"{config.get('model_type')!r}) is not one of them yet.")
     encoder = encoder_without_cls(config)
     if encoder is not None and pruner.needs_cls_scores:

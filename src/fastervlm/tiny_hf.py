@@ -108,12 +108,12 @@ def tiny_hf_config(family: str, tokenizer: Any, spec: TinyHFSpec = TinyHFSpec())
         siglip = dict(model_type="siglip_vision_model", hidden_size=spec.vision_width, num_hidden_layers=2,
                       intermediate_size=2 * spec.vision_width, num_attention_heads=spec.vision_heads,
                       image_size=spec.image_size, patch_size=spec.patch_size)
-        return transformers.LlavaOnevisionConfig(vision_config=siglip, video_token_index=ids["video"],
-                                                 vision_feature_select_strategy="full",
-                                                 **{k: v for k, v in common.items() if k != "vision_feature_select_strategy"})
+        common["vision_feature_select_strategy"] = "full"  # SigLIP has no [CLS] to drop
+        return transformers.LlavaOnevisionConfig(vision_config=siglip, video_token_index=ids["video"], **common)
     if family == "qwen2_vl":
         return transformers.Qwen2VLConfig(
-            text_config=dict(text, model_type="qwen2_vl_text", rope_scaling={"type": "mrope", "mrope_section": [2, 2, 4]}),
+            text_config=dict(text, model_type="qwen2_vl_text",
+                             rope_scaling={"type": "mrope", "mrope_section": [2, 2, 4]}),
             vision_config=dict(depth=1, embed_dim=32, hidden_size=spec.llm_width, num_heads=2, patch_size=14),
             image_token_id=ids["image"], video_token_id=ids["video"],
         )

@@ -24,7 +24,7 @@ from transformers import logging as hf_logging
 from fastervlm.errors import CheckpointError, FasterVLMError
 from fastervlm.methods.base import LLMPruner, Pruner
 from fastervlm.models import base
-from fastervlm.models.base import Generated, GenerationSettings, ModelAdapter, read_config
+from fastervlm.models.base import Generated, GenerationSettings, ModelAdapter
 from fastervlm.models.generation import StepClock, generation_config
 from fastervlm.models.hf_common import HFPruning, VisualStream
 from fastervlm.timing import StageTimer
@@ -102,7 +102,7 @@ class HFAdapter(ModelAdapter):
         keep_cls: bool = False,
         num_frames: int | None = None,
     ) -> HFAdapter:
-        """From_pretrained with SDPA; fp32 on CPU whatever the checkpoint says, the checkpoint's dtype on CUDA.
+        """from_pretrained with SDPA; fp32 on CPU whatever the checkpoint says, the checkpoint's dtype on CUDA.
 
         keep_cls: feed each frame's [CLS] token to the LLM where the stock model does (Video-LLaVA-hf videos).
         num_frames: frames sampled per video (default 8).
@@ -123,13 +123,16 @@ class HFAdapter(ModelAdapter):
                 output_loading_info=True,
             )
         except OSError as err:
-            raise CheckpointError(f"cannot load {path} as {cls.model_class} ({err}); check that the weights are complete.") from err
+            raise CheckpointError(
+                f"cannot load {path} as {cls.model_class} ({err}); check that the weights are complete."
+            ) from err
         finally:
             hf_logging.set_verbosity(verbosity)
             hf_logging.enable_progress_bar()
         if info.get("missing_keys"):
             raise CheckpointError(f"{path} lacks weights {sorted(info['missing_keys'])[:5]}; finish the download.")
-        generation = GenerationConfig.from_pretrained(path) if (path / "generation_config.json").is_file() else GenerationConfig()
+        has_defaults = (path / "generation_config.json").is_file()
+        generation = GenerationConfig.from_pretrained(path) if has_defaults else GenerationConfig()
         # Decoding settings come from GenerationSettings alone; the checkpoint's max_length etc. must not leak in.
         text = model.config.text_config
         model.generation_config = GenerationConfig(
@@ -194,17 +197,16 @@ class HFAdapter(ModelAdapter):
             )
         clock.report(timer)
         eos = self.tokenizer.eos_token_id
-        prompt_tokens = pruning.attention_mask.sum(1).tolist()
+        llm_budget = isinstance(pruner, LLMPruner) and pruner.prunes  # FastV: count what layers >= K keep
         results = []
-        for row, record in zip(out[:, input_ids.shape[1]:].tolist(), pruning.records):
+        for row, record, length in zip(out[:, input_ids.shape[1]:].tolist(), pruning.records,
+                                       pruning.attention_mask.sum(1).tolist()):
             ids = row[: row.index(eos) + 1] if eos in row else row
-            llm_budget = isinstance(pruner, LLMPruner) and pruner.prunes  # FastV: what layers >= K keep
-            visual = pruner.kept_visual_tokens(frames, self.num_patches) if llm_budget else record.visual_tokens
             results.append(Generated(
                 text=self.tokenizer.decode(ids, skip_special_tokens=True).strip(),
                 output_ids=ids,
-                prompt_tokens=int(prompt_tokens[len(results)]),
-                visual_tokens=visual,
+                prompt_tokens=int(length),
+                visual_tokens=pruner.kept_visual_tokens(frames, self.num_patches) if llm_budget else record.visual_tokens,
                 kept_indices=record.kept_indices,
                 cls_scores=record.cls_scores,
             ))
@@ -247,20 +249,17 @@ class HFAdapter(ModelAdapter):
         return ids.to(self.device), mask.to(self.device)
 
 
-def hf_adapter_for(config: dict[str, Any]) -> type[HFAdapter] | None:
-    """The registered transformers-format family that claims this config, if any."""
+def hf_families() -> list[type[HFAdapter]]:
+    """The registered transformers-format families, in registration order."""
     from fastervlm.models import builtin  # noqa: F401  (registers the built-in families)
 
-    return next(
-        (cls for cls in base._ADAPTERS if issubclass(cls, HFAdapter) and cls.matches(config)), None
-    )
+    # base.py keeps its registry private and answers by checkpoint path; apply() has a model, not a path.
+    return [cls for cls in base._ADAPTERS if issubclass(cls, HFAdapter)]
 
 
-def hf_families() -> list[str]:
-    """Names of the transformers classes that `fastervlm.apply` supports."""
-    from fastervlm.models import builtin  # noqa: F401
-
-    return [cls.model_class for cls in base._ADAPTERS if issubclass(cls, HFAdapter)]
+def hf_adapter_for(config: dict[str, Any]) -> type[HFAdapter] | None:
+    """The registered transformers-format family that claims this config, if any."""
+    return next((cls for cls in hf_families() if cls.matches(config)), None)
 
 
 def _pixel_values(output: Any) -> torch.Tensor:
@@ -275,7 +274,9 @@ def _load_tokenizer(path: Path) -> Any:
     try:
         return AutoTokenizer.from_pretrained(path)
     except (ImportError, ValueError, OSError) as err:
-        raise CheckpointError(f"could not read the tokenizer in {path} ({err}); copy the tokenizer files from the checkpoint.") from err
+        raise CheckpointError(
+            f"could not read the tokenizer in {path} ({err}); copy the tokenizer files from the checkpoint."
+        ) from err
 
 
 def _processor_chat_template(path: Path) -> str | None:

@@ -358,8 +358,8 @@ class HFPruning:
     def _generate(self, *args: Any, **kwargs: Any) -> Any:
         if len(args) > 1:
             raise TypeError("with fastervlm applied, pass generate's arguments after the inputs by keyword")
-        if args:
-            kwargs["input_ids"] = args[0]
+        if args or "inputs" in kwargs:  # generate's own name for its first argument
+            kwargs["input_ids"] = args[0] if args else kwargs.pop("inputs")
         user_ids = kwargs.get("input_ids")
         call, visual = self._prepare(kwargs)
         self._in_generate = True
@@ -427,7 +427,9 @@ class HFPruning:
         if keep is not None:
             for key in ("position_ids", "token_type_ids", "inputs_embeds"):
                 if call.get(key) is not None:
-                    raise FasterVLMError(f"with fastervlm applied, leave out {key}: the prompt is shortened to the kept tokens.")
+                    raise FasterVLMError(
+                        f"with fastervlm applied, leave out {key}: the prompt is shortened to the kept tokens."
+                    )
             mask = call.get("attention_mask")
             call["attention_mask"] = compact(torch.ones_like(ids) if mask is None else mask, keep, 0)
             if call.get("labels") is not None:
