@@ -64,6 +64,20 @@ def test_generate_with_the_processor_output_of_a_pruned_model_starts_with_the_us
     pruning.remove()
 
 
+def test_video_llava_images_go_through_the_image_tower(tmp_path_factory) -> None:
+    model = stock_model("video_llava", tmp_path_factory)
+    patches = (SPEC.image_size // SPEC.patch_size) ** 2  # the stock image features leave out [CLS]
+    ids = torch.tensor([[tokenizer().bos_token_id] + [model.config.image_token_id] * patches + [5, 6, 7]])
+    pixels = torch.randn(1, 3, SPEC.image_size, SPEC.image_size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        stock = model(input_ids=ids, pixel_values=pixels).logits
+        with fastervlm.apply(model, "none", keep_cls=True):
+            torch.testing.assert_close(model(input_ids=ids, pixel_values=pixels).logits, stock, atol=1e-5, rtol=1e-5)
+        with fastervlm.apply(model, "fastervlm", keep=3) as pruning:
+            assert model(input_ids=ids, pixel_values=pixels).logits.shape[1] == ids.shape[1] - patches + 3
+    assert pruning.records[0].modality == "image" and pruning.records[0].cls_scores.shape == (1, patches)
+
+
 def test_real_token_counts_2056_video_tokens_become_208(tmp_path: Path) -> None:
     """Video-LLaVA-7B-hf's geometry (224 px, patch 14: 8 x 257 = 2056 video tokens) at tiny widths."""
     from fastervlm.tiny_hf import TinyHFSpec, write_tiny_hf_checkpoint
