@@ -1,0 +1,142 @@
+"""The web page's library layer, in-process (no server): `ask` equals the pipeline called directly, limits and
+form values give clear errors, the command checks its flags, and nothing but `fastervlm web` imports gradio."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from fastervlm.cli import main
+from fastervlm.errors import BudgetError, FasterVLMError, MediaError
+from fastervlm.web import ask as asking
+from fastervlm.web.settings import WebSettings
+
+PRUNED = asking.Configuration("fastervlm", asking.BUDGET_REDUCTION, 0.9)
+UNPRUNED = asking.Configuration("none", asking.BUDGET_NONE, None)
+
+
+def test_ask_is_the_pipeline_on_frames_decoded_once(tiny_pipeline, synthetic_video: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastervlm.models.base import GenerationSettings
+    from fastervlm.show import render_answer
+
+    decoded = []
+    frames_of = tiny_pipeline.frames
+    monkeypatch.setattr(tiny_pipeline, "frames", lambda **kw: decoded.append(kw) or frames_of(**kw))
+    steps: list[float] = []
+    outcomes = asking.ask(tiny_pipeline, synthetic_video, "What moves?", [PRUNED, UNPRUNED], WebSettings(),
+                          max_new_tokens=5, progress=lambda fraction, text: steps.append(fraction))
+    assert len(decoded) == 1, "both configurations must share one decode"
+    assert steps == sorted(steps) and steps[-1] <= 1.0
+
+    frames = frames_of(video=synthetic_video)
+    generation = GenerationSettings(max_new_tokens=5)
+    for outcome, configuration in zip(outcomes, (PRUNED, UNPRUNED)):
+        pruner = tiny_pipeline.pruner(configuration.method, **configuration.method_settings())
+        direct = tiny_pipeline.answer_frames([frames], ["What moves?"], pruner, generation)[0]
+        assert (outcome.answer.text, outcome.answer.visual_tokens, outcome.answer.kept_indices) == (
+            direct.text, direct.visual_tokens, direct.kept_indices)
+        assert outcome.picture is not None and outcome.no_picture is None
+        assert outcome.picture.size == render_answer(tiny_pipeline, frames, direct).size
+    pruned, full = outcomes
+    assert pruned.answer.visual_tokens < full.answer.visual_tokens == tiny_pipeline.num_frames * tiny_pipeline.num_patches
+
+
+def test_speedup_is_the_ratio_of_times_to_first_token(tiny_pipeline, synthetic_video: Path) -> None:
+    pruned, full = asking.ask(tiny_pipeline, synthetic_video, "What moves?", [PRUNED, UNPRUNED], WebSettings(),
+                              max_new_tokens=1)
+    before_decoding = ("decode_video", "llm_decode")
+    a, b = (sum(t for stage, t in o.answer.timings.items() if stage not in before_decoding) for o in (pruned, full))
+    assert asking.time_to_first_token(pruned.answer) == pytest.approx(a)
+    text = asking.speedup_markdown(pruned, full)
+    assert f"{b / a:.2f}×" in text
+    assert f"{pruned.answer.visual_tokens} instead of {full.answer.visual_tokens}" in text
+    summary = asking.summary_markdown(pruned)
+    assert f"**{pruned.answer.visual_tokens} visual tokens**" in summary and "llm_prefill" in summary
+
+
+def test_configuration_turns_the_form_into_method_settings() -> None:
+    assert asking.Configuration("fastervlm", asking.BUDGET_REDUCTION, 0.9).method_settings() == {"reduction": 0.9}
+    assert asking.Configuration("fastervlm", asking.BUDGET_KEEP, 6.0, {"global_budget": True}).method_settings() == {
+        "keep": 6, "global_budget": True}
+    assert asking.Configuration("none", asking.BUDGET_NONE, 0.5).method_settings() == {}
+    for bad, words in [
+        (asking.Configuration("fastervlm", asking.BUDGET_KEEP, 1.5), "whole number"),
+        (asking.Configuration("fastervlm", asking.BUDGET_REDUCTION, None), "give a value"),
+        (asking.Configuration("fastervlm", asking.BUDGET_REDUCTION, 0.9, {"keep": 3}), "budget control"),
+        (asking.Configuration("fastervlm", "half", 0.5), "unknown budget"),
+    ]:
+        with pytest.raises(BudgetError, match=words):
+            bad.method_settings()
+    assert asking.Configuration("fastervlm", asking.BUDGET_REDUCTION, 0.9, {"global_budget": False}).label() == "fastervlm r=0.9"
+    assert "global_budget=True" in asking.Configuration("fastervlm", asking.BUDGET_KEEP, 6, {"global_budget": True}).label()
+
+
+def test_settings_box_parses_json_objects_only() -> None:
+    assert asking.parse_settings("") == {} and asking.parse_settings('{"layer": 3}') == {"layer": 3}
+    for text in ("layer=3", "[1, 2]", "{"):
+        with pytest.raises(BudgetError, match="JSON object"):
+            asking.parse_settings(text)
+
+
+def test_method_defaults_are_the_registry_settings_it_accepts() -> None:
+    from fastervlm.methods import create_pruner, list_methods
+
+    assert asking.method_names() == list(list_methods())
+    for name, cls in list_methods().items():
+        defaults = asking.method_defaults(name)
+        assert set(defaults) <= {f.name for f in fields(cls) if f.init} - asking.BUDGETED
+        assert create_pruner(name, **defaults).settings()["method"] == name
+
+
+def test_limits_are_checked_before_decoding(tmp_path: Path, synthetic_video: Path) -> None:
+    from fastervlm.media import write_synthetic_video
+
+    assert asking.check_video(synthetic_video, WebSettings()) == synthetic_video
+    with pytest.raises(MediaError, match="no video"):
+        asking.check_video(None, WebSettings())
+    with pytest.raises(MediaError, match="--max-upload-mb"):
+        asking.check_video(synthetic_video, WebSettings(max_upload_mb=synthetic_video.stat().st_size / 2**20 / 2))
+    long = write_synthetic_video(tmp_path / "long.mp4", num_frames=40, fps=8, height=32, width=32)
+    assert asking.video_seconds(long) == pytest.approx(5.0, abs=0.2)
+    with pytest.raises(MediaError, match="lasts 5 s.*--max-video-seconds"):
+        asking.check_video(long, WebSettings(max_video_seconds=4))
+
+
+def test_bad_uploads_name_the_file_not_the_server_path(tiny_pipeline, tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("not a video\n")
+    with pytest.raises(MediaError, match="notes.txt is not a video") as caught:
+        asking.ask(tiny_pipeline, text, "What moves?", [PRUNED], WebSettings())
+    assert str(tmp_path) not in str(caught.value)
+
+
+def test_empty_question_is_refused(tiny_pipeline, synthetic_video: Path) -> None:
+    with pytest.raises(FasterVLMError, match="question is empty"):
+        asking.ask(tiny_pipeline, synthetic_video, "  ", [PRUNED], WebSettings())
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--port", "0"], "--port 0"),
+    (["--max-upload-mb", "0"], "--max-upload-mb"),
+    (["--max-new-tokens", "0"], "--max-new-tokens"),
+])
+def test_web_command_refuses_bad_flags_before_loading(flags: list[str], words: str, capsys: pytest.CaptureFixture) -> None:
+    assert main(["web", *flags]) == 2
+    assert words in capsys.readouterr().err
+
+
+def test_only_the_web_command_imports_gradio() -> None:
+    code = (
+        "import sys, contextlib, io\n"
+        "import fastervlm, fastervlm.pipeline, fastervlm.web.ask, fastervlm.web.results\n"
+        "from fastervlm.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert main(['methods']) == 0\n"
+        "assert 'gradio' not in sys.modules, 'gradio imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

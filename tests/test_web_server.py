@@ -1,0 +1,327 @@
+"""`fastervlm web` as a user runs it: the command in a subprocess on a free loopback port with the tiny model,
+driven through `gradio_client` and through headless Chromium (Debian's chromium + chromedriver, via Selenium).
+
+One server serves the whole module; it is stopped (SIGTERM) at the end, pass or fail, and must delete its
+temporary folder. Set FASTERVLM_WEB_SCREENSHOT=docs/web.png to save the page after the browser's question.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from test_web_results import DISAGREE, make_runs
+
+pytest.importorskip("gradio_client", reason='the web tests need the [web] extra: pip install "fastervlm[web]"')
+
+CHROMIUM = Path(os.environ.get("FASTERVLM_CHROMIUM", "/usr/bin/chromium"))
+CHROMEDRIVER = Path(os.environ.get("FASTERVLM_CHROMEDRIVER", "/usr/bin/chromedriver"))
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage", "--window-size=1280,1600")
+QUESTION = "What is moving in the video?"
+MAX_SECONDS = 5
+STARTUP_SECONDS = 120
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    output: list[str] = field(default_factory=list)
+
+    def log(self) -> str:
+        return "".join(self.output)
+
+    def work_dir(self) -> Path:
+        line = next(line for line in self.output if "temporary folder" in line)
+        return Path(line.rsplit("temporary folder ", 1)[1].rstrip(")\n"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_until_up(server: Server) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            pytest.fail(f"fastervlm web exited with {server.process.returncode}:\n{server.log()}")
+        if any("serving" in line for line in server.output):
+            try:
+                urllib.request.urlopen(server.url, timeout=5).close()
+                return
+            except OSError:
+                pass
+        time.sleep(0.2)
+    pytest.fail(f"fastervlm web did not start in {STARTUP_SECONDS} s:\n{server.log()}")
+
+
+def _stop(server: Server) -> None:
+    if server.process.poll() is None:
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            server.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_runs(tmp_path_factory.mktemp("web-server-runs"))
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint: Path, runs: Path, tmp_path_factory: pytest.TempPathFactory):
+    """`fastervlm web` with the tiny model, short answers and small limits; stopped at the end, pass or fail."""
+    port = _free_port()
+    command = [sys.executable, "-m", "fastervlm", "web", "--model", str(tiny_checkpoint), "--device", "cpu",
+               "--port", str(port), "--max-new-tokens", "6", "--max-upload-mb", "1",
+               "--max-video-seconds", str(MAX_SECONDS), "--runs", str(runs)]
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
+           "TMPDIR": str(tmp_path_factory.mktemp("web-tmp"))}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    server = Server(f"http://127.0.0.1:{port}/", process)
+    reader = threading.Thread(target=lambda: server.output.extend(iter(process.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        _wait_until_up(server)
+        yield server
+    finally:
+        _stop(server)
+        reader.join(timeout=10)
+    assert server.process.returncode == 0, f"the server did not stop cleanly:\n{server.log()}"
+    assert not server.work_dir().exists(), "the temporary folder (uploads, sample, plots) must be deleted on exit"
+
+
+@pytest.fixture(scope="module")
+def client(server: Server):
+    from gradio_client import Client
+
+    return Client(server.url, verbose=False, download_files=str(Path(server.work_dir()).parent / "client-downloads"))
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A good upload, one too long for the page's limit, a text file and an mp4 that holds noise."""
+    from fastervlm.media import write_synthetic_video
+
+    root = tmp_path_factory.mktemp("web-uploads")
+    (root / "notes.txt").write_text("this is not a video\n")
+    (root / "noise.mp4").write_bytes(os.urandom(4096))
+    return {
+        "good": write_synthetic_video(root / "clip.mp4", num_frames=16, seed=3),
+        "long": write_synthetic_video(root / "long.mp4", num_frames=8 * (MAX_SECONDS + 1), fps=8, height=32, width=32),
+        "text": root / "notes.txt",
+        "noise": root / "noise.mp4",
+    }
+
+
+def _ask(client, video: Path | None, question: str, *, compare: bool = False, reduction: float = 0.9) -> tuple:
+    from gradio_client import handle_file
+
+    return client.predict(
+        handle_file(str(video)) if video is not None else None, question,
+        "fastervlm", "reduction", reduction, "", compare, "none", "no budget", None, "", 6,
+        api_name="/ask",
+    )
+
+
+# ----- gradio_client -------------------------------------------------------------------------------------------
+def test_client_answer_equals_the_library(client, videos: dict[str, Path], tiny_pipeline) -> None:
+    from PIL import Image
+
+    from fastervlm.models.base import GenerationSettings
+
+    message, answer, stats, picture, answer_b, stats_b, picture_b, speedup = _ask(client, videos["good"], QUESTION)
+    frames = tiny_pipeline.frames(video=videos["good"])
+    direct = tiny_pipeline.answer_frames([frames], [QUESTION], tiny_pipeline.pruner("fastervlm", reduction=0.9),
+                                         GenerationSettings(max_new_tokens=6))[0]
+    assert message.startswith("Answered from frames"), message
+    assert answer == direct.text
+    assert f"**{direct.visual_tokens} visual tokens**" in stats
+    with Image.open(picture) as image:
+        assert image.width > 100 and image.height > 100
+    assert (answer_b, stats_b, picture_b, speedup) == ("", "", None, "")
+
+
+def test_client_compare_shows_two_answers_and_the_speedup(client, videos: dict[str, Path], tiny_pipeline) -> None:
+    message, answer, stats, picture, answer_b, stats_b, picture_b, speedup = _ask(client, videos["good"], QUESTION,
+                                                                                  compare=True)
+    every = tiny_pipeline.num_frames * tiny_pipeline.num_patches
+    assert answer and answer_b, message
+    assert f"**{every} visual tokens**" in stats_b and f"**{every} visual tokens**" not in stats
+    assert picture is not None and picture_b is not None
+    assert "speedup" in speedup and f"instead of {every} visual tokens" in speedup
+
+
+@pytest.mark.parametrize("upload, question, words", [
+    ("text", QUESTION, "notes.txt is not a video"),
+    ("noise", QUESTION, "noise.mp4 is not a video"),
+    ("long", QUESTION, f"up to {MAX_SECONDS} s"),
+    ("good", "   ", "the question is empty"),
+    (None, QUESTION, "no video"),
+])
+def test_client_bad_input_gets_a_message_not_a_traceback(client, videos: dict[str, Path], upload: str | None,
+                                                         question: str, words: str) -> None:
+    message, answer, *_ = _ask(client, videos[upload] if upload else None, question)
+    assert message.startswith("**Error:**") and words in message, message
+    assert "Traceback" not in message and answer == ""
+
+
+def test_client_upload_size_is_bounded(client, tmp_path: Path) -> None:
+    big = tmp_path / "big.mp4"
+    big.write_bytes(os.urandom(1024 * 1024 + 1))
+    with pytest.raises(Exception, match="maximum file size"):
+        _ask(client, big, QUESTION)
+
+
+def test_client_results_tab(client, runs: Path) -> None:
+    message, table, plot, groups, items = client.predict(str(runs), "", "strict", api_name="/results")
+    assert message == "" and "| tiny | fastervlm_r0.9 |" in table and Path(plot).is_file()
+    assert groups["value"] == "tiny / MSVD"
+    assert len(items["data"]) == 5
+    filtered = client.predict("tiny / MSVD", True, api_name="/items")
+    assert [row[0] for row in filtered["data"]] == DISAGREE
+    message, *_ = client.predict(str(runs / "nowhere"), "", "strict", api_name="/results")
+    assert message.startswith("**Error:**") and "is not a folder" in message
+
+
+# ----- headless Chromium ---------------------------------------------------------------------------------------
+@pytest.fixture
+def browser():
+    if not CHROMIUM.is_file() or not CHROMEDRIVER.is_file():
+        pytest.skip(f"browser tests need {CHROMIUM} and {CHROMEDRIVER} (Debian: apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="browser tests need selenium (the [test] extra)")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    profile = Path(os.environ.get("TMPDIR", "/tmp")) / f"fastervlm-chromium-{os.getpid()}-{time.monotonic_ns()}"
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _wait_text(driver, selector: str, timeout: float = 60) -> str:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout).until(lambda d: d.find_element(By.CSS_SELECTOR, selector).text.strip())
+    return driver.find_element(By.CSS_SELECTOR, selector).text
+
+
+def _upload(driver, video: Path, *, lands: bool = True) -> None:
+    """Clear the video box, choose `video` in its file input and (when it `lands`) wait for the player."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(driver, 30)
+    clear = driver.find_elements(By.CSS_SELECTOR, "#video button[aria-label='Clear']")
+    if clear:
+        clear[0].click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#video input[type=file]"))
+    driver.find_element(By.CSS_SELECTOR, "#video input[type=file]").send_keys(str(video))
+    if lands:
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#video video"))
+
+
+def _ask_in_page(driver) -> str:
+    """Click Ask and return the message that replaces the previous one."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    previous = driver.find_element(By.CSS_SELECTOR, "#message").text
+    driver.find_element(By.CSS_SELECTOR, "#ask").click()
+
+    def settled(d) -> str | None:  # while it runs, the box shows the progress tracker's text instead
+        text = d.find_element(By.CSS_SELECTOR, "#message").text.strip()
+        return text if text != previous and text.startswith(("Answered", "Error:")) else None
+
+    return WebDriverWait(driver, 60).until(settled)
+
+
+def _requested_hosts(driver) -> set[str]:
+    import json
+    from urllib.parse import urlsplit
+
+    hosts = set()
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            url = urlsplit(message["params"]["request"]["url"])
+            if url.scheme in ("http", "https", "ws", "wss"):
+                hosts.add(url.hostname)
+    return hosts
+
+
+@pytest.mark.browser
+def test_browser_ask_compare_and_bad_uploads(server: Server, browser, videos: dict[str, Path]) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server.url)
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#question textarea"))
+    browser.find_element(By.CSS_SELECTOR, "#question textarea").send_keys(QUESTION)
+    browser.find_element(By.CSS_SELECTOR, "#compare input").click()
+    WebDriverWait(browser, 10).until(lambda d: d.find_element(By.CSS_SELECTOR, "#answer-b").is_displayed())
+
+    _upload(browser, videos["good"])
+    message = _ask_in_page(browser)
+    assert message.startswith("Answered from frames"), message
+    for column in ("a", "b"):
+        answer = browser.find_element(By.CSS_SELECTOR, f"#answer-{column} textarea").get_property("value")
+        assert answer.strip(), f"no answer in column {column}"
+        assert "visual tokens" in _wait_text(browser, f"#stats-{column}")
+        WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, f"#picture-{column} img"))
+        image = browser.find_element(By.CSS_SELECTOR, f"#picture-{column} img")
+        WebDriverWait(browser, 30).until(lambda d: d.execute_script("return arguments[0].naturalWidth", image) > 100)
+    every = 8 * 64
+    assert f"{every} visual tokens" in browser.find_element(By.CSS_SELECTOR, "#stats-b").text
+    assert "speedup" in _wait_text(browser, "#speedup")
+    if os.environ.get("FASTERVLM_WEB_SCREENSHOT"):
+        _screenshot(browser, Path(os.environ["FASTERVLM_WEB_SCREENSHOT"]))
+
+    _upload(browser, videos["text"], lands=False)  # the page's upload box refuses it with a notice
+    WebDriverWait(browser, 10).until(lambda d: "Invalid file type: notes.txt" in d.find_element(By.TAG_NAME, "body").text)
+    _upload(browser, videos["noise"])  # an .mp4 that holds noise reaches the server, which says what is wrong
+    message = _ask_in_page(browser)
+    assert message.startswith("Error:") and "noise.mp4 is not a video" in message, message
+    assert "Traceback" not in browser.find_element(By.TAG_NAME, "body").text
+    assert _requested_hosts(browser) <= {"127.0.0.1"}, "the page must not call anything but its own server"
+
+
+def _screenshot(driver, path: Path) -> None:
+    """The whole page as a PNG (the README's picture), in 128 colours to stay small."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
+        "format": "png", "captureBeyondViewport": True,
+        "clip": {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1},
+    })
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(io.BytesIO(base64.b64decode(shot["data"]))) as image:
+        image.convert("RGB").quantize(colors=128).save(path, optimize=True)
