@@ -15,6 +15,15 @@ SPEC = TinyHFSpec()
 _CACHE: dict[str, Any] = {}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Any:
+    """Tiny models gain nothing from a second thread, and on a busy 2-core machine it costs several times over."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tokenizer() -> Any:
     if "tokenizer" not in _CACHE:
         _CACHE["tokenizer"] = tiny_tokenizer(SPEC)
@@ -76,4 +85,4 @@ def processor_inputs(family: str, questions: list[str], seed: int = 0) -> dict[s
     return {"input_ids": out.input_ids, "attention_mask": out.attention_mask, **pixels(family, len(texts), seed)}
 
 
-__all__ = ["FAMILIES", "SPEC", "checkpoint", "pixels", "processor_inputs", "stock_model", "stock_placeholders", "tokenizer"]
+__all__ = ["FAMILIES", "SPEC", "checkpoint", "one_thread", "pixels", "processor_inputs", "stock_model", "stock_placeholders", "tokenizer"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hf_tiny import SPEC, checkpoint, processor_inputs, stock_model, tokenizer
+from hf_tiny import SPEC, checkpoint, one_thread, processor_inputs, stock_model, tokenizer  # noqa: F401  (autouse)
 
 import fastervlm
 from fastervlm.cli import main

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hf_tiny import FAMILIES, SPEC, checkpoint, pixels, processor_inputs, stock_model, stock_placeholders
+from hf_tiny import (  # noqa: F401  (one_thread: an autouse fixture)
+    FAMILIES, SPEC, checkpoint, one_thread, pixels, processor_inputs, stock_model, stock_placeholders,
+)
 
 import fastervlm
 from fastervlm.models.base import GenerationSettings, adapter_for
