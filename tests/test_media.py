@@ -300,7 +300,8 @@ def test_transform_equals_the_original_layout(shape, flip):
     frames = np.random.default_rng(1).integers(0, 256, (*shape, 3), dtype=np.uint8)
     out = media.languagebind_transform(frames, flip=flip)
     assert out.shape == (shape[0], 3, 224, 224) and out.dtype == torch.float32 and out.is_contiguous()
-    assert torch.equal(out, original_chain(frames, 224, flip))
+    # equal up to float rounding: interpolate's kernels may order sums differently per layout and thread count
+    torch.testing.assert_close(out, original_chain(frames, 224, flip), rtol=0, atol=1e-5)
 
 
 def test_constant_frame_gives_the_normalised_value_everywhere():
