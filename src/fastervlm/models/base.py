@@ -106,6 +106,13 @@ def register_adapter(cls: type[ModelAdapter]) -> type[ModelAdapter]:
     return cls
 
 
+def registered_adapters() -> list[type[ModelAdapter]]:
+    """Every registered family, in registration order (the built-in ones included)."""
+    from fastervlm.models import builtin  # noqa: F401  (registers the built-in families)
+
+    return list(_ADAPTERS)
+
+
 def read_config(path: Path) -> dict[str, Any]:
     """A checkpoint directory's config.json, with clear errors for a missing or broken one."""
     if not path.is_dir():
@@ -121,13 +128,12 @@ def read_config(path: Path) -> dict[str, Any]:
 
 def adapter_for(path: Path) -> type[ModelAdapter]:
     """The registered family whose `matches` accepts this checkpoint's config."""
-    from fastervlm.models import builtin  # noqa: F401  (registers the built-in families)
-
     config = read_config(path)
-    for cls in _ADAPTERS:
+    adapters = registered_adapters()
+    for cls in adapters:
         if cls.matches(config):
             return cls
-    families = ", ".join(cls.family for cls in _ADAPTERS)
+    families = ", ".join(cls.family for cls in adapters)
     raise CheckpointError(
         f"{path}/config.json (model_type {config.get('model_type')!r}, architectures {config.get('architectures')}) "
         f"is not a model fastervlm supports; supported families: {families}."

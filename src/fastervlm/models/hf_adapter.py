@@ -250,11 +250,8 @@ class HFAdapter(ModelAdapter):
 
 
 def hf_families() -> list[type[HFAdapter]]:
-    """The registered transformers-format families, in registration order."""
-    from fastervlm.models import builtin  # noqa: F401  (registers the built-in families)
-
-    # base.py keeps its registry private and answers by checkpoint path; apply() has a model, not a path.
-    return [cls for cls in base._ADAPTERS if issubclass(cls, HFAdapter)]
+    """The registered transformers-format families, in registration order (apply() has a model, not a path)."""
+    return [cls for cls in base.registered_adapters() if issubclass(cls, HFAdapter)]
 
 
 def hf_adapter_for(config: dict[str, Any]) -> type[HFAdapter] | None:
