@@ -116,17 +116,19 @@ def client(server: Server):
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A good upload, one too long for the page's limit, a text file and an mp4 that holds noise."""
+    """A good upload, one too long for the page's limit, a text file, an mp4 that holds noise, one over 1 MB."""
     from fastervlm.media import write_synthetic_video
 
     root = tmp_path_factory.mktemp("web-uploads")
     (root / "notes.txt").write_text("this is not a video\n")
     (root / "noise.mp4").write_bytes(os.urandom(4096))
+    (root / "big.mp4").write_bytes(os.urandom(1024 * 1024 + 1))
     return {
         "good": write_synthetic_video(root / "clip.mp4", num_frames=16, seed=3),
         "long": write_synthetic_video(root / "long.mp4", num_frames=8 * (MAX_SECONDS + 1), fps=8, height=32, width=32),
         "text": root / "notes.txt",
         "noise": root / "noise.mp4",
+        "big": root / "big.mp4",
     }
 
 
@@ -182,11 +184,9 @@ def test_client_bad_input_gets_a_message_not_a_traceback(client, videos: dict[st
     assert "Traceback" not in message and answer == ""
 
 
-def test_client_upload_size_is_bounded(client, tmp_path: Path) -> None:
-    big = tmp_path / "big.mp4"
-    big.write_bytes(os.urandom(1024 * 1024 + 1))
+def test_client_upload_size_is_bounded(client, videos: dict[str, Path]) -> None:
     with pytest.raises(Exception, match="maximum file size"):
-        _ask(client, big, QUESTION)
+        _ask(client, videos["big"], QUESTION)
 
 
 def test_client_results_tab(client, runs: Path) -> None:
@@ -236,9 +236,8 @@ def _upload(driver, video: Path, *, lands: bool = True) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     wait = WebDriverWait(driver, 30)
-    clear = driver.find_elements(By.CSS_SELECTOR, "#video button[aria-label='Clear']")
-    if clear:
-        clear[0].click()
+    if driver.find_elements(By.CSS_SELECTOR, "#video video"):
+        driver.find_element(By.CSS_SELECTOR, "#video button[aria-label='Clear']").click()
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#video input[type=file]"))
     driver.find_element(By.CSS_SELECTOR, "#video input[type=file]").send_keys(str(video))
     if lands:
@@ -303,6 +302,8 @@ def test_browser_ask_compare_and_bad_uploads(server: Server, browser, videos: di
 
     _upload(browser, videos["text"], lands=False)  # the page's upload box refuses it with a notice
     WebDriverWait(browser, 10).until(lambda d: "Invalid file type: notes.txt" in d.find_element(By.TAG_NAME, "body").text)
+    _upload(browser, videos["big"], lands=False)  # over --max-upload-mb: refused before it is sent
+    WebDriverWait(browser, 10).until(lambda d: "exceed the maximum allowed size" in d.find_element(By.TAG_NAME, "body").text)
     _upload(browser, videos["noise"])  # an .mp4 that holds noise reaches the server, which says what is wrong
     message = _ask_in_page(browser)
     assert message.startswith("Error:") and "noise.mp4 is not a video" in message, message
