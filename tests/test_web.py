@@ -140,3 +140,20 @@ def test_only_the_web_command_imports_gradio() -> None:
         "assert 'gradio' not in sys.modules, 'gradio imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_web_command_without_gradio_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else real(name, *a))
+    assert main(["web"]) == 2
+    assert 'pip install "fastervlm[web]"' in capsys.readouterr().err
+
+
+def test_web_command_refuses_an_image_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from fastervlm.tiny_hf import write_tiny_hf_checkpoint
+
+    checkpoint = write_tiny_hf_checkpoint(tmp_path / "llava", "llava")
+    assert main(["web", "--model", str(checkpoint), "--device", "cpu"]) == 2
+    assert "image model" in capsys.readouterr().err

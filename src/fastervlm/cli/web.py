@@ -54,5 +54,9 @@ def run(args: argparse.Namespace) -> int:
         args.model = str(ensure_tiny_checkpoint())
     settings = WebSettings(max_upload_mb=args.max_upload_mb, max_video_seconds=args.max_video_seconds,
                            generation=generation, flip=args.flip, runs_dir=Path(args.runs) if args.runs else None)
-    serve(load_model(args), settings, host=args.host, port=args.port)
+    pipeline = load_model(args)
+    if pipeline.adapter.media != "video":
+        raise FasterVLMError(f"{args.model} is an {pipeline.adapter.media} model ({pipeline.adapter.family}); the web page "
+                             "asks videos: use a video model, or `fastervlm answer --image` for images.")
+    serve(pipeline, settings, host=args.host, port=args.port)
     return 0
