@@ -157,3 +157,15 @@ def test_web_command_refuses_an_image_model(tmp_path: Path, capsys: pytest.Captu
     checkpoint = write_tiny_hf_checkpoint(tmp_path / "llava", "llava")
     assert main(["web", "--model", str(checkpoint), "--device", "cpu"]) == 2
     assert "image model" in capsys.readouterr().err
+
+
+def test_page_runs_one_generation_at_a_time_and_sends_no_analytics(tiny_pipeline, tmp_path: Path) -> None:
+    pytest.importorskip("gradio", reason='needs the [web] extra: pip install "fastervlm[web]"')
+    from fastervlm.web.app import MODEL_QUEUE, build_app
+
+    demo = build_app(tiny_pipeline, WebSettings(), tmp_path)
+    assert demo.analytics_enabled is False
+    endpoints = {fn.api_name: fn for fn in demo.fns.values()}
+    assert {"ask", "results", "items"} <= set(endpoints)
+    assert (endpoints["ask"].concurrency_limit, endpoints["ask"].concurrency_id) == (1, MODEL_QUEUE)
+    assert (tmp_path / "sample.mp4").is_file(), "the bundled sample lives in the page's temporary folder"
