@@ -20,7 +20,7 @@ from fastervlm.bench import (
     Memory,
     ModelSource,
     Stat,
-    _memory_meter,
+    _PeakMeter,
     check_targets,
     default_configs,
     run_benchmark,
@@ -114,7 +114,7 @@ def test_cheap_cls_row_equals_the_cls_row_of_the_full_eager_attention(tiny_pipel
     assert tower.config._attn_implementation is None  # the eager switch is undone
 
 
-def test_isolated_run_measures_a_fresh_process_with_shared_geometry_weights(synthetic_video) -> None:
+def test_isolated_run_measures_in_own_processes_with_shared_weights(synthetic_video) -> None:
     from fastervlm.tiny import TinySpec
 
     source = ModelSource(geometry=TinySpec(), geometry_name="tiny geometry", device="cpu")
@@ -122,7 +122,7 @@ def test_isolated_run_measures_a_fresh_process_with_shared_geometry_weights(synt
                            max_new_tokens=2, reference=False, progress=False)
     (row,) = result.rows
     assert result.model == "tiny geometry"
-    assert row.memory.kind == "peak RSS, fresh process"
+    assert row.memory.kind == "peak RSS, own process"
     assert row.memory.peak_bytes >= row.memory.baseline_bytes > 50 * 2**20  # torch and the model are resident
     assert row.visual_tokens == 8 * 64 and row.kv_cache_bytes > 0
 
@@ -131,13 +131,15 @@ def test_memory_meter_sees_an_allocation_inside_the_block() -> None:
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("peak RSS cannot be reset on this system")
     size = 200 * 2**20
-    with _memory_meter(torch.device("cpu"), isolated=False) as memory:
+    meter = _PeakMeter(torch.device("cpu"), isolated=False)
+    with meter.run():
         block = torch.ones(size // 4)  # written, so resident
         del block
-    assert memory[0].added_bytes >= 0.9 * size
-    with _memory_meter(torch.device("cpu"), isolated=False) as memory:
+    assert meter.memory().added_bytes >= 0.9 * size
+    meter = _PeakMeter(torch.device("cpu"), isolated=False)
+    with meter.run():
         pass
-    assert memory[0].added_bytes < size / 4  # the counter was reset: the earlier peak is gone
+    assert meter.memory().added_bytes < size / 4  # the counter was reset: the earlier peak is gone
 
 
 def _row(label: str, method: str, settings: dict, prefill: float, flops: int, **extra) -> BenchRow:

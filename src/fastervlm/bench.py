@@ -4,13 +4,14 @@
     result = run_benchmark(ModelSource.video_llava_7b(llm_layers=2, vision_layers=3), default_configs(), repeats=3)
     result.rows, result.extraction, result.to_json(), check_targets(result), plot(result, "bench.png")
 
-Per configuration (a method name and its settings), over `repeats` runs after `warmup` runs (median, min, max):
+Per configuration (a method name and its settings), over `repeats` timed runs after `warmup` runs, interleaved
+across configurations (median, min, max):
 - seconds per pipeline stage as `Answer.timings` reports them (decode_video, vision_encoder, cls_scoring,
   selection, projector, llm_prefill, llm_decode; CUDA-synchronised), time to first token (TTFT_STAGES: from the
   preprocessed frames to the first generated token) and decode time per generated token;
-- peak memory: on CUDA the max allocated bytes with the counter reset for the configuration; on the CPU the peak
-  RSS of a fresh process that runs only this configuration (its peak counter reset once the model is built, so
-  loading does not count), next to the RSS before the first run;
+- peak memory: on CUDA the max allocated bytes (counter reset before each run); on the CPU the peak RSS of a
+  process that runs only this configuration (its counter reset before each run, so building the model does not
+  count), next to the RSS before the first run;
 - the LLM's KV cache right after the prefill, in bytes, read from the cache object itself;
 - the analytic LLM prefill FLOPs of fastervlm.flops through the method's own schedule (Pruner.llm_prefill_flops);
 - speedups over the unpruned row (method none).
@@ -25,7 +26,7 @@ import statistics
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +38,7 @@ from fastervlm.timing import StageTimer
 
 if TYPE_CHECKING:
     from fastervlm.pipeline import Pipeline
-    from fastervlm.tiny import TinySpec, TinyWeights
+    from fastervlm.tiny import TinySpec
 
 DEFAULT_REDUCTIONS = (0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 1.0)
 """Video-LLaVA: 2048 / 1536 / 1024 / 512 / 208 / 104 / 0 visual tokens, the seed table's "# Token" column."""
@@ -46,6 +47,7 @@ TTFT_STAGES = ("vision_encoder", "cls_scoring", "selection", "projector", "llm_p
 """Time to first token: everything from preprocessed frames to the first generated token (decoding excluded)."""
 PIPELINE_STAGES = ("decode_video", *TTFT_STAGES, "llm_decode")
 QUESTION = "What is happening in the video?"
+SYNTHETIC_VIDEO = "synthetic 320x240 H.264 clip, 48 frames (media.write_synthetic_video)"
 TARGET_REDUCTION = 0.9
 """The issue's targets are stated at 208 tokens: r = 0.9 on Video-LLaVA."""
 
@@ -113,7 +115,12 @@ class ModelSource:
             return self.geometry_name or f"in-memory geometry {self.geometry}"
         return str(self.checkpoint)
 
-    def build(self, weights: TinyWeights | None = None) -> Pipeline:
+    def dtype_name(self, device: torch.device) -> str:
+        if device.type == "cpu":
+            return "float32"
+        return "float16" if self.geometry is not None else "the checkpoint's dtype"
+
+    def build(self) -> Pipeline:
         """Load (or build) the pipeline in fp32 on the CPU, the checkpoint's dtype on CUDA."""
         from fastervlm.pipeline import Pipeline, load, resolve_device
 
@@ -124,7 +131,7 @@ class ModelSource:
         from fastervlm.tiny import build_adapter
 
         dtype = torch.float32 if device.type == "cpu" else torch.float16
-        return Pipeline(build_adapter(self.geometry, device, dtype, weights), Path(self.geometry_name or "geometry"))
+        return Pipeline(build_adapter(self.geometry, device, dtype), Path(self.geometry_name or "geometry"))
 
 
 # ----- result rows -----------------------------------------------------------------------------------------------
@@ -240,8 +247,6 @@ class _Task:
     config: BenchConfig | None
     video: str
     question: str
-    warmup: int
-    repeats: int
     max_new_tokens: int
     isolated: bool
 
@@ -265,9 +270,12 @@ def run_benchmark(
 ) -> BenchResult:
     """Measure every configuration (and the [CLS] extraction comparison when `reference`).
 
-    isolate: each configuration in a fresh process (default on the CPU, where peak RSS cannot be reset between
-    configurations honestly); False measures everything in this process (memory then says it is not isolated).
-    A geometry's random weights are made once here and shared with the fresh processes through shared memory.
+    The model is built once here. Runs are interleaved: every configuration's warm-up runs, then `repeats` rounds
+    of one timed run per configuration, so a change in the machine's load touches every row alike.
+    isolate: each configuration in its own process (default on the CPU, where a process's peak RSS is the only
+    honest per-configuration memory figure). The processes receive the model through shared memory (one copy of
+    the weights) and stay up for the whole benchmark; each keeps the memory its configuration needed.
+    False: everything in this process (on the CPU the memory figures then say they are not isolated).
     """
     from tqdm import tqdm
 
@@ -279,33 +287,33 @@ def run_benchmark(
     device = resolve_device(source.device)
     isolate = device.type == "cpu" if isolate is None else isolate
     load_before = _load_average()
+    video_name = str(video) if video is not None else SYNTHETIC_VIDEO
     with tempfile.TemporaryDirectory(prefix="fastervlm-bench-") as scratch:
         if video is None:
             from fastervlm.media import write_synthetic_video
 
             video = write_synthetic_video(Path(scratch) / "bench.mp4", num_frames=48, height=240, width=320)
-        tasks = [_Task("config", c, str(video), question, warmup, repeats, max_new_tokens, isolate) for c in configs]
+        tasks = [_Task("config", c, str(video), question, max_new_tokens, isolate) for c in configs]
         if reference:
-            tasks += [_Task(kind, None, str(video), question, warmup, repeats, max_new_tokens, isolate)
-                      for kind in ("ours", "reference")]
-        weights = None
-        if source.geometry is not None:
-            from fastervlm.tiny import tiny_weights
-
-            weights = tiny_weights(source.geometry)
-        results: list[Any] = []
-        with _runner(source, weights, isolate) as run:
-            bar = tqdm(tasks, desc="bench", unit="config", disable=not progress, file=sys.stderr)
-            for task in bar:
-                bar.set_postfix_str(task.label)
-                results.append(run(task))
+            tasks += [_Task(kind, None, str(video), question, max_new_tokens, isolate) for kind in ("ours", "reference")]
+        pipeline = source.build()
+        with _workers(pipeline, tasks, isolate) as workers:
+            schedule = ["warmup"] * warmup + ["timed"] * repeats
+            bar = tqdm(total=len(schedule) * len(workers), desc="bench", unit="run", disable=not progress, file=sys.stderr)
+            for number, command in enumerate(schedule):
+                for task, worker in workers:
+                    bar.set_postfix_str(f"{task.label} ({command} {number + 1 - (warmup if command == 'timed' else 0)})")
+                    worker(command)
+                    bar.update()
+            bar.close()
+            results = [worker("result") for _, worker in workers]
+    notes = _notes(pipeline, reference)
     rows = [r for r in results if isinstance(r, BenchRow)]
     extraction = [r for r in results if isinstance(r, ExtractionRow)]
-    notes = [r for r in results if isinstance(r, str)]
     _add_speedups(rows)
     return BenchResult(
-        model=source.describe(), device=str(device), dtype="float32" if device.type == "cpu" else "checkpoint's",
-        threads=torch.get_num_threads(), torch_version=torch.__version__, video=str(video), warmup=warmup,
+        model=source.describe(), device=str(device), dtype=source.dtype_name(device),
+        threads=torch.get_num_threads(), torch_version=torch.__version__, video=video_name, warmup=warmup,
         repeats=repeats, max_new_tokens=max_new_tokens, rows=rows, extraction=extraction, notes=notes,
         load_average=None if load_before is None else (load_before, _load_average()),
     )
@@ -323,48 +331,89 @@ def check_run_settings(warmup: int, repeats: int, max_new_tokens: int) -> None:
         raise FasterVLMError("--repeats and --max-new-tokens must be at least 1, --warmup at least 0.")
 
 
-@contextmanager
-def _runner(source: ModelSource, weights: TinyWeights | None, isolate: bool) -> Iterator[Any]:
-    """A function task -> row: in a fresh spawned process per task, or against one pipeline built here."""
-    if not isolate:
-        pipeline = source.build(weights)
-        yield lambda task: _execute(pipeline, task)
-        return
-    import torch.multiprocessing as mp  # registers torch's pickling: tensors travel through shared memory
-    from concurrent.futures import ProcessPoolExecutor
-
-    context = mp.get_context("spawn")
-
-    def run(task: _Task) -> Any:
-        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            return pool.submit(_fresh_process_task, source, weights, task).result()
-
-    yield run
-
-
-def _fresh_process_task(source: ModelSource, weights: TinyWeights | None, task: _Task) -> Any:
-    """Runs in a new process: build the model, make every weight resident, then measure one task."""
-    pipeline = source.build(weights)
-    for module in _modules(pipeline):
-        for tensor in [*module.parameters(), *module.buffers()]:
-            tensor.sum()  # pages of weights in shared memory count in this process's RSS once touched
-    return _execute(pipeline, task)
-
-
-def _modules(pipeline: Pipeline) -> list[torch.nn.Module]:
-    return [m for m in vars(pipeline.adapter).values() if isinstance(m, torch.nn.Module)]
-
-
-def _execute(pipeline: Pipeline, task: _Task) -> BenchRow | ExtractionRow | str:
-    if task.kind == "config":
-        return _measure_config(pipeline, task)
+def _has_reference_tower(pipeline: Pipeline) -> bool:
     from fastervlm.models.languagebind import LanguageBindVideoTower
 
-    tower = getattr(pipeline.adapter, "tower", None)
-    if not isinstance(tower, LanguageBindVideoTower):
-        return (f"no [CLS] extraction comparison: the reference extraction is written for the LanguageBind video tower "
-                f"(original-format Video-LLaVA), and {pipeline.adapter.family} has another encoder.")
-    return _measure_extraction(pipeline, tower, task)
+    return isinstance(getattr(pipeline.adapter, "tower", None), LanguageBindVideoTower)
+
+
+def _notes(pipeline: Pipeline, reference: bool) -> list[str]:
+    if reference and not _has_reference_tower(pipeline):
+        return [f"no [CLS] extraction comparison: the reference extraction is written for the LanguageBind video "
+                f"tower (original-format Video-LLaVA), and {pipeline.adapter.family} has another encoder."]
+    return []
+
+
+@contextmanager
+def _workers(pipeline: Pipeline, tasks: list[_Task], isolate: bool) -> Iterator[list[tuple[_Task, Any]]]:
+    """One callable per task: command ("warmup", "timed", "result") -> reply, in this process or in its own."""
+    tasks = [t for t in tasks if t.kind == "config" or _has_reference_tower(pipeline)]
+    if not isolate:
+        measurers = [_measurer(pipeline, task) for task in tasks]
+        yield [(task, measurer.command) for task, measurer in zip(tasks, measurers)]
+        return
+    import torch.multiprocessing as mp  # its pickler sends tensors through shared memory
+
+    context = mp.get_context("spawn")
+    remotes = [_Remote(context, pipeline, task) for task in tasks]  # all start at once, then each is awaited
+    try:
+        yield [(task, remote) for task, remote in zip(tasks, remotes)]
+    finally:
+        for remote in remotes:
+            remote.close()
+
+
+class _Remote:
+    """A process that measures one task against the shared model, driven over a pipe."""
+
+    def __init__(self, context: Any, pipeline: Pipeline, task: _Task) -> None:
+        self.task = task
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=_remote_main, args=(child, pipeline, task), daemon=True)
+        self.process.start()
+        child.close()
+        self.ready = False
+
+    def __call__(self, command: str) -> Any:
+        if not self.ready:
+            self._receive()
+            self.ready = True
+        self.connection.send(command)
+        return self._receive()
+
+    def _receive(self) -> Any:
+        try:
+            status, value = self.connection.recv()
+        except EOFError:
+            raise FasterVLMError(f"the process measuring {self.task.label} died (exit code {self.process.exitcode}; "
+                                 "out of memory?); try fewer configurations or --in-process.") from None
+        if status == "error":
+            raise value
+        return value
+
+    def close(self) -> None:
+        self.connection.close()
+        self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.terminate()
+
+
+def _remote_main(connection: Any, pipeline: Pipeline, task: _Task) -> None:
+    """The worker process: make the shared weights resident (so they count before the first run), then serve."""
+    try:
+        for module in [m for m in vars(pipeline.adapter).values() if isinstance(m, torch.nn.Module)]:
+            for tensor in [*module.parameters(), *module.buffers()]:
+                tensor.sum()
+        measurer = _measurer(pipeline, task)
+        connection.send(("ready", None))
+        while True:
+            command = connection.recv()
+            connection.send(("ok", measurer.command(command)))
+            if command == "result":
+                return
+    except Exception as error:  # noqa: BLE001  (sent to the parent, which raises it)
+        connection.send(("error", error if isinstance(error, FasterVLMError) else
+                         FasterVLMError(f"measuring {task.label} failed: {type(error).__name__}: {error}")))
 
 
 # ----- memory ------------------------------------------------------------------------------------------------------
@@ -380,34 +429,50 @@ def _proc_status_bytes(field_name: str) -> int | None:
     return None
 
 
-@contextmanager
-def _memory_meter(device: torch.device, isolated: bool) -> Iterator[list[Memory]]:
-    """Peak memory of the block: CUDA max allocated, or the CPU peak RSS with its counter reset at the start."""
-    out: list[Memory] = []
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        baseline = torch.cuda.memory_allocated(device)
-        yield out
-        torch.cuda.synchronize(device)
-        out.append(Memory(torch.cuda.max_memory_allocated(device), baseline, "CUDA max allocated"))
-        return
-    try:
-        with open("/proc/self/clear_refs", "w") as clear:
-            clear.write("5")  # resets VmHWM (the peak RSS) to the current RSS
-        resettable = True
-    except OSError:
-        resettable = False
-    baseline = _proc_status_bytes("VmRSS")
-    yield out
-    if resettable:
-        peak = _proc_status_bytes("VmHWM")
-    else:
-        import resource
+class _PeakMeter:
+    """Peak memory over a series of runs: CUDA max allocated, or the CPU peak RSS with its counter (VmHWM) reset
+    before each run, so that what happened before the first run does not count."""
 
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-    kind = "peak RSS, fresh process" if isolated else "peak RSS in a shared process (allocator reuse can hide growth)"
-    out.append(Memory(peak, baseline, kind if resettable or isolated else kind + ", counter not reset"))
+    def __init__(self, device: torch.device, isolated: bool) -> None:
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.baseline = torch.cuda.memory_allocated(device) if self.cuda else _proc_status_bytes("VmRSS")
+        self.peak: int | None = None
+        self.kind = "CUDA max allocated" if self.cuda else (
+            "peak RSS, own process" if isolated else "peak RSS in a shared process (allocator reuse can hide growth)")
+
+    @contextmanager
+    def run(self) -> Iterator[None]:
+        self._reset()
+        yield
+        peak = self._read()
+        if peak is not None:
+            self.peak = peak if self.peak is None else max(self.peak, peak)
+
+    def memory(self) -> Memory:
+        return Memory(self.peak, self.baseline, self.kind)
+
+    def _reset(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as clear:
+                clear.write("5")  # resets VmHWM to the current RSS
+        except OSError:
+            self.kind = "peak RSS since the process started (the counter cannot be reset here)"
+
+    def _read(self) -> int | None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device)
+        peak = _proc_status_bytes("VmHWM")
+        if peak is None:
+            import resource
+
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+        return peak
 
 
 # ----- one pipeline configuration ----------------------------------------------------------------------------------
@@ -453,29 +518,48 @@ def _llm_flops(pipeline: Pipeline, pruner: Any, prompt_tokens: int, visual_token
                                     frames=frames, num_patches=patches)
 
 
-def _measure_config(pipeline: Pipeline, task: _Task) -> BenchRow:
-    from fastervlm.models.base import GenerationSettings
+def _measurer(pipeline: Pipeline, task: _Task) -> _ConfigMeasurer | _ExtractionMeasurer:
+    return _ConfigMeasurer(pipeline, task) if task.kind == "config" else _ExtractionMeasurer(pipeline, task)
 
-    config = task.config
-    assert config is not None
-    pruner = pipeline.pruner(config.method, **config.settings)
-    generation = GenerationSettings(max_new_tokens=task.max_new_tokens)
-    timings: list[dict[str, float]] = []
-    with torch.inference_mode(), _memory_meter(pipeline.adapter.device, task.isolated) as memory:
-        for run in range(task.warmup + task.repeats):
-            frames = pipeline.frames(video=task.video)
-            with _kv_probe(pipeline) as kv:
-                answer = pipeline.answer_frames([frames], [task.question], pruner, generation)[0]
-            if run >= task.warmup:
-                timings.append(_with_totals(answer.timings, len(answer.output_ids)))
-    stats = {stage: Stat.of([t[stage] for t in timings if stage in t]) for stage in timings[0]}
-    return BenchRow(
-        label=config.label, method=config.method, settings=dict(config.settings), stage=pruner.stage,
-        visual_tokens=answer.visual_tokens, prompt_tokens=answer.prompt_tokens,
-        generated_tokens=len(answer.output_ids), timings={k: v for k, v in stats.items() if v is not None},
-        memory=memory[0], kv_cache_bytes=kv[0] if kv else None,
-        llm_prefill_flops=_llm_flops(pipeline, pruner, answer.prompt_tokens, answer.visual_tokens),
-    )
+
+class _ConfigMeasurer:
+    """Runs one configuration through the pipeline, one run per command, and makes its row."""
+
+    def __init__(self, pipeline: Pipeline, task: _Task) -> None:
+        from fastervlm.models.base import GenerationSettings
+
+        assert task.config is not None
+        self.pipeline, self.task, self.config = pipeline, task, task.config
+        self.pruner = pipeline.pruner(self.config.method, **self.config.settings)
+        self.generation = GenerationSettings(max_new_tokens=task.max_new_tokens)
+        self.meter = _PeakMeter(pipeline.adapter.device, task.isolated)
+        self.timings: list[dict[str, float]] = []
+        self.answer: Any = None
+        self.kv: int | None = None
+
+    def command(self, command: str) -> BenchRow | None:
+        if command == "result":
+            return self.row()
+        with torch.inference_mode(), self.meter.run():
+            frames = self.pipeline.frames(video=self.task.video)
+            with _kv_probe(self.pipeline) as kv:
+                self.answer = self.pipeline.answer_frames([frames], [self.task.question], self.pruner, self.generation)[0]
+        self.kv = kv[0] if kv else None
+        if command == "timed":
+            self.timings.append(_with_totals(self.answer.timings, len(self.answer.output_ids)))
+        return None
+
+    def row(self) -> BenchRow:
+        answer = self.answer
+        stages = dict.fromkeys(stage for run in self.timings for stage in run)
+        return BenchRow(
+            label=self.config.label, method=self.config.method, settings=dict(self.config.settings),
+            stage=self.pruner.stage, visual_tokens=answer.visual_tokens, prompt_tokens=answer.prompt_tokens,
+            generated_tokens=len(answer.output_ids),
+            timings={stage: Stat.of([run[stage] for run in self.timings if stage in run]) for stage in stages},
+            memory=self.meter.memory(), kv_cache_bytes=self.kv,
+            llm_prefill_flops=_llm_flops(self.pipeline, self.pruner, answer.prompt_tokens, answer.visual_tokens),
+        )
 
 
 def _with_totals(timings: dict[str, float], generated: int) -> dict[str, float]:
@@ -488,51 +572,64 @@ def _with_totals(timings: dict[str, float], generated: int) -> dict[str, float]:
 
 
 # ----- the [CLS] extraction: ours against the original's ------------------------------------------------------------
-def _measure_extraction(pipeline: Pipeline, tower: Any, task: _Task) -> ExtractionRow:
-    from fastervlm.reference_extraction import eager_tower_pass, feature_select
-    from fastervlm.scoring import cls_patch_scores
+class _ExtractionMeasurer:
+    """Our tower pass + [CLS] row ("ours"), or the original's eager pass with every map ("reference")."""
 
-    adapter = pipeline.adapter
-    select_layer = getattr(adapter, "select_layer", -2)
-    pixels = pipeline.frames(video=task.video).pixels.unsqueeze(0).to(adapter.device, adapter.dtype)
-    timer_runs: list[dict[str, float]] = []
-    reference = task.kind == "reference"
-    with torch.inference_mode(), _memory_meter(adapter.device, task.isolated) as memory:
-        for run in range(task.warmup + task.repeats):
-            timer = StageTimer(adapter.device)
-            if reference:
-                with timer("encoder"):
-                    result = eager_tower_pass(tower, pixels)
-                with timer("cls_scoring"):
-                    scores = feature_select(tower, result, select_layer)[1]
-                held = result.attention_bytes
-                del result
-            else:
-                with timer("encoder"):
-                    features, cls = tower(pixels, select_layer)
-                with timer("cls_scoring"):
-                    scores = cls_patch_scores(cls.query, cls.keys, cls.scale)
-                held = sum(t.numel() * t.element_size() for t in (cls.query, cls.keys))
-                del features, cls
-            if run >= task.warmup:
-                timer_runs.append(timer.seconds)
-    difference = None
-    if reference:
-        with torch.inference_mode():
-            _, cls = tower(pixels, select_layer)
-            ours = cls_patch_scores(cls.query, cls.keys, cls.scale).unflatten(0, scores.shape[:2])
-        difference = float((scores.float() - ours.float()).abs().max())
-    layers = len(tower.vision_model.encoder.layers)
-    return ExtractionRow(
-        name=task.kind,
-        description=("every layer eager, all hidden states and attention maps returned, [CLS] row read from the "
-                     "feature layer's map (the original)") if reference else
-                    "SDPA, stops at the feature layer, [CLS] row from that layer's q/k (fastervlm)",
-        layers_run=layers if reference else tower.feature_layer_index(select_layer) + 1,
-        encoder=Stat.of([t["encoder"] for t in timer_runs]),
-        cls_scoring=Stat.of([t["cls_scoring"] for t in timer_runs]),
-        attention_bytes=held, memory=memory[0], max_score_difference=difference,
-    )
+    def __init__(self, pipeline: Pipeline, task: _Task) -> None:
+        adapter = pipeline.adapter
+        self.task, self.tower, self.device = task, adapter.tower, adapter.device
+        self.select_layer = getattr(adapter, "select_layer", -2)
+        self.pixels = pipeline.frames(video=task.video).pixels.unsqueeze(0).to(adapter.device, adapter.dtype)
+        self.meter = _PeakMeter(adapter.device, task.isolated)
+        self.timings: list[dict[str, float]] = []
+        self.held = 0
+
+    def command(self, command: str) -> ExtractionRow | None:
+        if command == "result":
+            return self.row()
+        timer = StageTimer(self.device)
+        with torch.inference_mode(), self.meter.run():
+            self.held = self._reference(timer) if self.task.kind == "reference" else self._ours(timer)[1]
+        if command == "timed":
+            self.timings.append(timer.seconds)
+        return None
+
+    def _ours(self, timer: StageTimer) -> tuple[torch.Tensor, int]:
+        from fastervlm.scoring import cls_patch_scores
+
+        with timer("encoder"):
+            features, cls = self.tower(self.pixels, self.select_layer)
+        with timer("cls_scoring"):
+            scores = cls_patch_scores(cls.query, cls.keys, cls.scale)
+        return scores.unflatten(0, features.shape[:2]), sum(t.numel() * t.element_size() for t in (cls.query, cls.keys))
+
+    def _reference(self, timer: StageTimer) -> int:
+        from fastervlm.reference_extraction import eager_tower_pass, feature_select
+
+        with timer("encoder"):
+            result = eager_tower_pass(self.tower, self.pixels)
+        with timer("cls_scoring"):
+            self.scores = feature_select(self.tower, result, self.select_layer)[1]
+        return result.attention_bytes
+
+    def row(self) -> ExtractionRow:
+        reference = self.task.kind == "reference"
+        difference = None
+        if reference:
+            with torch.inference_mode():
+                ours = self._ours(StageTimer(self.device))[0]
+            difference = float((self.scores.float() - ours.float()).abs().max())
+        layers = len(self.tower.vision_model.encoder.layers)
+        return ExtractionRow(
+            name=self.task.kind,
+            description=("every layer eager, all hidden states and attention maps returned, [CLS] row read from the "
+                         "feature layer's map (the original)") if reference else
+                        "SDPA, stops at the feature layer, [CLS] row from that layer's q/k (fastervlm)",
+            layers_run=layers if reference else self.tower.feature_layer_index(self.select_layer) + 1,
+            encoder=Stat.of([t["encoder"] for t in self.timings]),
+            cls_scoring=Stat.of([t["cls_scoring"] for t in self.timings]),
+            attention_bytes=self.held, memory=self.meter.memory(), max_score_difference=difference,
+        )
 
 
 # ----- derived numbers ----------------------------------------------------------------------------------------------
@@ -606,14 +703,15 @@ def plot(result: BenchResult, path: str | os.PathLike) -> Path:
                 left.annotate(f"x{r.ttft_speedup:.1f}", (r.visual_tokens, 1e3 * s.median), textcoords="offset points",
                               xytext=(4, 6), fontsize=8)
         if all(r.llm_prefill_flops is not None for r in rows):
-            right.plot(tokens, [r.llm_prefill_flops / 1e12 for r in rows], marker="o", label=method)
+            right.plot(tokens, [r.llm_prefill_flops / 1e9 for r in rows], marker="o", label=method)
     if base is not None:
         left.axhline(1e3 * base.timings["time_to_first_token"].median, color="grey", linestyle=":", label="none (unpruned)")
         if base.llm_prefill_flops is not None:
-            right.axhline(base.llm_prefill_flops / 1e12, color="grey", linestyle=":", label="none (unpruned)")
+            right.axhline(base.llm_prefill_flops / 1e9, color="grey", linestyle=":", label="none (unpruned)")
     left.set(xlabel="visual tokens kept", ylabel="time to first token (ms, median, min-max)", title="Time to first token")
-    right.set(xlabel="visual tokens kept", ylabel="LLM prefill TFLOPs (analytic)", title="LLM prefill FLOPs")
+    right.set(xlabel="visual tokens kept", ylabel="LLM prefill GFLOPs (analytic)", title="LLM prefill FLOPs")
     for axes in (left, right):
+        axes.set_ylim(bottom=0)
         axes.grid(alpha=0.3)
         axes.legend()
     figure.suptitle(f"{result.model} on {result.device} ({result.dtype}, {result.threads} threads)", fontsize=10)
