@@ -311,6 +311,30 @@ def test_browser_ask_compare_and_bad_uploads(server: Server, browser, videos: di
     assert _requested_hosts(browser) <= {"127.0.0.1"}, "the page must not call anything but its own server"
 
 
+@pytest.mark.browser
+def test_browser_results_tab_and_disagreement_filter(server: Server, browser) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server.url)
+    wait = WebDriverWait(browser, 30)
+    wait.until(lambda d: d.find_elements(By.XPATH, "//button[@role='tab' and normalize-space()='Results']"))
+    browser.find_element(By.XPATH, "//button[@role='tab' and normalize-space()='Results']").click()
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#load-results").is_displayed())
+    browser.find_element(By.CSS_SELECTOR, "#load-results").click()  # the folder comes from --runs
+    wait.until(lambda d: "fastervlm_r0.9" in d.find_element(By.CSS_SELECTOR, "#report-table").text)
+    wait.until(lambda d: d.execute_script(
+        "const i = document.querySelector('#report-plot img'); return i !== null && i.naturalWidth > 100"))
+
+    def item_ids(d) -> list[str]:  # the first column of the item browser's rows, read in one go (it re-renders)
+        return d.execute_script("return [...document.querySelectorAll(\"#items [role=gridcell][data-col='0']\")]"
+                                ".map(cell => cell.textContent.trim())")
+
+    wait.until(lambda d: len(item_ids(d)) == 5)
+    browser.find_element(By.CSS_SELECTOR, "#disagree input").click()
+    wait.until(lambda d: item_ids(d) == DISAGREE)
+
+
 def _screenshot(driver, path: Path) -> None:
     """The whole page as a PNG (the README's picture), in 128 colours to stay small."""
     import base64

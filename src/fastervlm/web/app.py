@@ -144,23 +144,21 @@ def ask_tab(pipeline: Any, settings: WebSettings, sample_video: Path) -> None:
           concurrency_limit=1, concurrency_id=MODEL_QUEUE, show_progress="full")
 
 
-def results_handlers(plot_dir: Path) -> tuple[Callable[..., tuple], Callable[..., Any]]:
-    """Load a runs folder (report, plot, groups) and filter the per-item table; the view lives in gr.State."""
+def results_handler(plot_dir: Path) -> Callable[..., tuple]:
+    """Load a runs folder: message, report table, plot, the group choices, the view (kept in gr.State), items."""
     import gradio as gr
 
     def load(runs_dir: str, judge_model: str, mode: str) -> tuple:
         try:
-            view = load_results(runs_dir, plot_dir, judge_model=judge_model.strip() or None, mode=mode)
-        except Exception as error:  # noqa: BLE001
+            view = load_results(runs_dir, tempfile.mkdtemp(dir=plot_dir), judge_model=judge_model.strip() or None,
+                                mode=mode)
+        except Exception as error:  # noqa: BLE001  (shown in the page, logged when unexpected)
             return _message(error), "", None, gr.update(choices=[], value=None), None, _table(None, None, False)
         first = next(iter(view.groups), None)
         return ("", view.markdown(), str(view.plot) if view.plot else None,
                 gr.update(choices=list(view.groups), value=first), view, _table(view, first, False))
 
-    def items(view: ResultsView | None, group: str | None, only_disagreements: bool) -> Any:
-        return _table(view, group, only_disagreements)
-
-    return load, items
+    return load
 
 
 def _table(view: ResultsView | None, group: str | None, only_disagreements: bool) -> Any:
@@ -176,7 +174,6 @@ def _table(view: ResultsView | None, group: str | None, only_disagreements: bool
 def results_tab(settings: WebSettings, plot_dir: Path) -> None:
     import gradio as gr
 
-    load, items = results_handlers(plot_dir)
     with gr.Row():
         runs_dir = gr.Textbox(str(settings.runs_dir or ""), label="Runs folder (what `fastervlm eval predict --out` wrote)",
                               elem_id="runs-dir", scale=4)
@@ -193,9 +190,9 @@ def results_tab(settings: WebSettings, plot_dir: Path) -> None:
         only = gr.Checkbox(label="Only items where the configurations disagree", elem_id="disagree")
     browser = gr.Dataframe(label="Items", interactive=False, wrap=True, elem_id="items")
     view = gr.State()
-    button.click(load, [runs_dir, judge_model, mode], [message, table, plot, group, view, browser], api_name="results")
-    for control in (group, only):
-        control.change(items, [view, group, only], browser, api_name=False if control is group else "items")
+    button.click(results_handler(plot_dir), [runs_dir, judge_model, mode], [message, table, plot, group, view, browser],
+                 api_name="results")
+    gr.on([group.change, only.change], _table, [view, group, only], browser, api_name="items")
 
 
 def build_app(pipeline: Any, settings: WebSettings, work_dir: Path) -> Any:
