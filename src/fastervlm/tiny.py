@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+GENERATOR_VERSION = 2
+"""Bump when the generated weights change, so that cached tiny checkpoints are rewritten."""
 LLM_DIR = "Video-LLaVA-7B"
 TOWER_DIR = "LanguageBind_Video_merge"
 
@@ -61,7 +63,9 @@ class TinySpec:
                         vision_heads=16, llm_width=4096, llm_intermediate=11008, llm_layers=llm_layers, llm_heads=32)
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        """Names the cache folder: changes with the sizes and with how the weights are generated."""
+        fields = {**asdict(self), "generator": GENERATOR_VERSION}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
 _CORPUS = [
@@ -103,6 +107,16 @@ def _randomize(state: dict[str, torch.Tensor], generator: torch.Generator) -> di
             value = 0.3 * torch.randn(tensor.shape, generator=generator)
         out[name] = value.to(torch.bfloat16).to(torch.float32)
     return out
+
+
+def _readable_output_head(llm: dict[str, torch.Tensor], spec: TinySpec) -> dict[str, torch.Tensor]:
+    """Zero the LM-head rows of the byte-fallback pieces: a random model then babbles words, not broken UTF-8."""
+    import sentencepiece as spm
+
+    pieces = spm.SentencePieceProcessor(model_proto=train_tokenizer(spec.vocab_size))
+    head = llm["lm_head.weight"].clone()
+    head[[i for i in range(pieces.get_piece_size()) if pieces.is_byte(i) or pieces.is_unknown(i)]] = 0.0
+    return {**llm, "lm_head.weight": head}
 
 
 def vision_config(spec: TinySpec) -> dict:
@@ -169,7 +183,7 @@ def tiny_weights(spec: TinySpec) -> TinyWeights:
         "logit_scale": torch.empty(()),
     }
     return TinyWeights(
-        llm=_randomize(llm, generator),
+        llm=_readable_output_head(_randomize(llm, generator), spec),
         projector=_randomize(projector, generator),
         tower=_randomize({f"vision_model.{k}" if not k.startswith("vision_model.") else k: v for k, v in tower.items()}, generator),
         text_model=_randomize(text_model, generator),

@@ -89,7 +89,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"video: {video} (frames {frames.frame_indices})\nquestion: {DEMO_QUESTION}")
     for name, result in results.items():
         print(f"\n{name}\n  answer: {result.text!r}\n  {_summary(result)}")
-        if result.kept_indices is not None:
+        if result.kept_indices is not None and result.visual_tokens < frames.pixels.shape[0] * pipeline.num_patches:
             print(f"  kept patches of frame 0: {result.kept_indices[0]}")
     print("\n(the tiny model is random: its answers are noise; the token counts and timings are the point)")
     return 0
