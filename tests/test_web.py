@@ -169,3 +169,12 @@ def test_page_runs_one_generation_at_a_time_and_sends_no_analytics(tiny_pipeline
     assert {"ask", "results", "items"} <= set(endpoints)
     assert (endpoints["ask"].concurrency_limit, endpoints["ask"].concurrency_id) == (1, MODEL_QUEUE)
     assert (tmp_path / "sample.mp4").is_file(), "the bundled sample lives in the page's temporary folder"
+
+
+def test_warm_up_ignores_the_upload_limits(tiny_pipeline, synthetic_video: Path) -> None:
+    from fastervlm.web.app import warm_up
+
+    tight = WebSettings(max_upload_mb=0.0001, max_video_seconds=0.5)
+    with pytest.raises(MediaError):
+        asking.check_video(synthetic_video, tight)
+    warm_up(tiny_pipeline, synthetic_video, tight)  # the bundled sample is not an upload

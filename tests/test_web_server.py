@@ -285,6 +285,8 @@ def test_browser_ask_compare_and_bad_uploads(server: Server, browser, videos: di
     WebDriverWait(browser, 10).until(lambda d: d.find_element(By.CSS_SELECTOR, "#answer-b").is_displayed())
 
     _upload(browser, videos["good"])
+    uploaded = browser.find_element(By.CSS_SELECTOR, "#video video").get_attribute("src")
+    assert f"{server.work_dir()}/uploads/" in uploaded, "uploads must land in the server's temporary folder"
     message = _ask_in_page(browser)
     assert message.startswith("Answered from frames"), message
     for column in ("a", "b"):

@@ -220,7 +220,8 @@ def warm_up(pipeline: Any, sample: Path, settings: WebSettings) -> None:
     from dataclasses import replace
 
     configurations = [asking.Configuration("fastervlm"), asking.Configuration("none", asking.BUDGET_NONE, None)]
-    asking.ask(pipeline, sample, SAMPLE_QUESTION, configurations, replace(settings, flip=False), max_new_tokens=2)
+    unlimited = replace(settings, max_upload_mb=float("inf"), max_video_seconds=float("inf"))  # the page's limits are for uploads
+    asking.ask(pipeline, sample, SAMPLE_QUESTION, configurations, unlimited, max_new_tokens=2)
 
 
 def serve(pipeline: Any, settings: WebSettings, *, host: str = "127.0.0.1", port: int = 7860) -> None:

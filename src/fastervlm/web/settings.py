@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,7 +28,7 @@ class WebSettings:
 
     @property
     def max_upload_bytes(self) -> int:
-        return int(self.max_upload_mb * 1024 * 1024)
+        return int(min(self.max_upload_mb * 1024 * 1024, sys.maxsize))  # inf: no limit
 
 
 def _default_generation() -> GenerationSettings:
