@@ -18,19 +18,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     bench = subparsers.add_parser(
         "bench", help="measure speed, peak memory, KV cache and FLOPs of methods x budgets",
         description="Times every pipeline stage (video decode, vision encoder, [CLS] scoring, projector, LLM prefill = "
-        "time to first token, decode per token) over repeated runs after a warm-up, with peak memory (CUDA max "
-        "allocated, or the peak RSS of a fresh process per configuration on the CPU), the KV cache after the "
+        "time to first token, decode per token) over repeated runs after a warm-up, interleaved across configurations, "
+        "with peak memory (CUDA max allocated, or on the CPU the peak RSS of a process of its own per configuration, "
+        "the weights shared), the KV cache after the "
         "prefill and the analytic LLM prefill FLOPs (docs/flops.md), against the unpruned row; plus our [CLS] "
         "extraction next to the original's (eager, every attention map returned). fp32 on the CPU.")
     model = bench.add_argument_group("model (default: the demo's tiny model)")
     source = model.add_mutually_exclusive_group()
-    source.add_argument("--model", help="checkpoint folder to measure")
+    source.add_argument("--model", metavar="DIR", help="checkpoint folder to measure")
     source.add_argument("--geometry", choices=GEOMETRIES, help="random weights with this model's real widths, heads and "
                         "token counts but --llm-layers / --vision-layers layers, built in memory")
-    model.add_argument("--llm-layers", type=int, default=2, help="with --geometry (default %(default)s)")
-    model.add_argument("--vision-layers", type=int, default=3, help="with --geometry; the feature layer is the "
+    model.add_argument("--llm-layers", type=int, default=2, metavar="N", help="with --geometry (default %(default)s)")
+    model.add_argument("--vision-layers", type=int, default=3, metavar="M", help="with --geometry; the feature layer is the "
                        "penultimate one (default %(default)s)")
-    model.add_argument("--video-tower", help="with --model: the LanguageBind_Video_merge folder")
+    model.add_argument("--video-tower", metavar="DIR", help="with --model: the LanguageBind_Video_merge folder")
     model.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     what = bench.add_argument_group("configurations")
     what.add_argument("--methods", nargs="+", metavar="METHOD[:KEY=VALUE,...]",
@@ -42,16 +43,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "512 / 208 / 104 / 0 tokens on Video-LLaVA)")
     budget.add_argument("--keep", nargs="+", type=int, metavar="L", help="per-frame budgets instead of --reductions")
     run = bench.add_argument_group("runs")
-    run.add_argument("--video", help="video to decode and answer about (default: a synthetic 320x240 clip)")
+    run.add_argument("--video", metavar="FILE", help="video to decode and answer about (default: a synthetic 320x240 clip)")
     run.add_argument("--question", help="question asked (default: a fixed one)")
-    run.add_argument("--warmup", type=int, default=1, help="untimed runs per configuration (default %(default)s)")
-    run.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (default %(default)s)")
-    run.add_argument("--max-new-tokens", type=int, default=8, help="tokens generated per run (default %(default)s)")
+    run.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed runs per configuration (default %(default)s)")
+    run.add_argument("--repeats", type=int, default=3, metavar="N", help="timed runs per configuration (default %(default)s)")
+    run.add_argument("--max-new-tokens", type=int, default=8, metavar="N", help="tokens generated per run (default %(default)s)")
     run.add_argument("--no-reference", action="store_true", help="skip the [CLS] extraction comparison")
     run.add_argument("--in-process", action="store_true", help="measure every configuration in this process (faster "
                      "on the CPU, but the peak RSS is then not per configuration)")
     out = bench.add_argument_group("output")
-    out.add_argument("--out-dir", default="bench-out", help="where bench.json and bench.png go (default %(default)s)")
+    out.add_argument("--out-dir", default="bench-out", metavar="DIR", help="where bench.json and bench.png go (default %(default)s)")
     out.add_argument("--json", action="store_true", help="print the JSON instead of the tables")
     out.add_argument("--markdown", action="store_true", help="print the tables as Markdown (for docs)")
     bench.set_defaults(handler=run_bench)
