@@ -51,7 +51,7 @@ def test_speedup_is_the_ratio_of_times_to_first_token(tiny_pipeline, synthetic_v
                               max_new_tokens=1)
     before_decoding = ("decode_video", "llm_decode")
     a, b = (sum(t for stage, t in o.answer.timings.items() if stage not in before_decoding) for o in (pruned, full))
-    assert asking.time_to_first_token(pruned.answer) == pytest.approx(a)
+    assert pruned.answer.time_to_first_token == pytest.approx(a)
     text = asking.speedup_markdown(pruned, full)
     assert f"{b / a:.2f}×" in text
     assert f"{pruned.answer.visual_tokens} instead of {full.answer.visual_tokens}" in text

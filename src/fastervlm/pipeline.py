@@ -23,7 +23,7 @@ from fastervlm import media
 from fastervlm.errors import FasterVLMError
 from fastervlm.methods import Pruner, create_pruner
 from fastervlm.models.base import GenerationSettings, ModelAdapter, adapter_for
-from fastervlm.timing import StageTimer
+from fastervlm.timing import StageTimer, time_to_first_token
 
 
 @dataclass
@@ -40,6 +40,11 @@ class Answer:
     frame_indices: list[int] | None = None
     cls_scores: torch.Tensor | None = field(default=None, repr=False)
     """(T, N) [CLS] attention per frame when the method computed it (for pictures); not in JSON."""
+
+    @property
+    def time_to_first_token(self) -> float:
+        """Seconds from preprocessed pixels to the first generated token."""
+        return time_to_first_token(self.timings)
 
     def to_json(self) -> dict[str, Any]:
         """The `--json` object (fields of conventions.md): the text is under "answer"."""

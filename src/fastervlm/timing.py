@@ -9,6 +9,15 @@ from contextlib import contextmanager
 import torch
 
 
+TTFT_STAGES = ("vision_encoder", "cls_scoring", "selection", "projector", "llm_prefill")
+"""The stages between preprocessed pixels and the first generated token: their sum is the time to first token."""
+
+
+def time_to_first_token(timings: dict[str, float]) -> float:
+    """Seconds from preprocessed pixels to the first token (video decoding excluded), from per-stage timings."""
+    return sum(timings.get(stage, 0.0) for stage in TTFT_STAGES)
+
+
 def synchronize(device: torch.device | str | None = None) -> None:
     """Wait for queued GPU work, so that a timestamp taken next is honest."""
     if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):

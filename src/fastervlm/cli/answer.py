@@ -61,7 +61,7 @@ def run_answer(args: argparse.Namespace) -> int:
 def _summary(result: Any) -> str:
     """One line: method, visual tokens, prompt length, time to first token."""
     method = result.method.get("method")
-    ttft = sum(result.timings.get(stage, 0.0) for stage in ("vision_encoder", "cls_scoring", "selection", "projector", "llm_prefill"))
+    ttft = result.time_to_first_token
     return (f"[{method}] visual tokens {result.visual_tokens}, prompt {result.prompt_tokens} tokens, "
             f"{len(result.output_ids)} generated, time to first token {ttft * 1000:.1f} ms")
 

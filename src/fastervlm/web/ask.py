@@ -139,14 +139,6 @@ def check_video(path: str | os.PathLike | None, settings: WebSettings) -> Path:
     return path
 
 
-def time_to_first_token(answer: Answer) -> float:
-    """Seconds from pixels to the first generated token, as `fastervlm bench` counts it (decoding the video is
-    left out: both configurations share it)."""
-    from fastervlm.bench import TTFT_STAGES
-
-    return sum(answer.timings.get(stage, 0.0) for stage in TTFT_STAGES)
-
-
 @dataclass
 class Outcome:
     """One configuration's answer and its kept-token picture (or why there is none)."""
@@ -210,7 +202,7 @@ def summary_markdown(outcome: Outcome) -> str:
     answer = outcome.answer
     lines = [
         f"**{answer.visual_tokens} visual tokens** · prompt {answer.prompt_tokens} tokens · "
-        f"{len(answer.output_ids)} generated · time to first token **{time_to_first_token(answer) * 1000:.1f} ms**",
+        f"{len(answer.output_ids)} generated · time to first token **{answer.time_to_first_token * 1000:.1f} ms**",
         "",
         "Stages (ms): " + " · ".join(f"{stage} {seconds * 1000:.1f}" for stage, seconds in answer.timings.items()),
     ]
@@ -221,7 +213,7 @@ def summary_markdown(outcome: Outcome) -> str:
 
 def speedup_markdown(first: Outcome, second: Outcome) -> str:
     """How much sooner the first configuration starts answering than the second (same frames, same question)."""
-    a, b = time_to_first_token(first.answer), time_to_first_token(second.answer)
+    a, b = first.answer.time_to_first_token, second.answer.time_to_first_token
     ratio = f"**{b / a:.2f}×**" if a > 0 else "n/a"
     return (f"Time to first token: {first.configuration.label()} {a * 1000:.1f} ms, "
             f"{second.configuration.label()} {b * 1000:.1f} ms: speedup {ratio} "
