@@ -98,6 +98,20 @@ def judge_models_of(runs: list[RunDir]) -> list[str]:
     return sorted({m for run in runs for m in run.judge_models()})
 
 
+def current_replies(run: RunDir, judge_model: str | None, predictions: dict[str, dict]) -> dict[str, object]:
+    """Parsed judge replies by id, only for judgments made for the prediction now in the run (same question,
+    answer and prediction text); empty when the run was not judged with `judge_model`."""
+    if judge_model is None or not (run.judge_dir(judge_model) / SETTINGS_FILE).is_file():
+        return {}
+    version = json.loads((run.judge_dir(judge_model) / SETTINGS_FILE).read_text()).get("prompt_version", PROMPT_VERSION)
+    judgments = read_judgments(run, judge_model)
+    return {
+        i: parse_reply(judgments[i]["reply"])
+        for i, p in predictions.items()
+        if i in judgments and judgments[i]["key"] == prediction_key(judge_model, p, version)
+    }
+
+
 def read_run(run: RunDir, judge_model: str | None, mode: Mode) -> RunResult:
     """Predictions, errors and (when judge_model is given) metrics of one run; a judgment counts only when it
     was made for the prediction now in the run (same question, answer and prediction text)."""
@@ -105,16 +119,8 @@ def read_run(run: RunDir, judge_model: str | None, mode: Mode) -> RunResult:
     predictions = run.predictions()
     good = {i: p for i, p in predictions.items() if not is_error(p)}
     tokens = [p["visual_tokens"] for p in good.values() if p.get("visual_tokens") is not None]
-    metrics = None
-    if judge_model is not None and (run.judge_dir(judge_model) / SETTINGS_FILE).is_file():
-        version = json.loads((run.judge_dir(judge_model) / SETTINGS_FILE).read_text()).get("prompt_version", PROMPT_VERSION)
-        judgments = read_judgments(run, judge_model)
-        replies = {
-            i: parse_reply(judgments[i]["reply"])
-            for i, p in good.items()
-            if i in judgments and judgments[i]["key"] == prediction_key(judge_model, p, version)
-        }
-        metrics = compute(replies, mode)
+    judged = judge_model is not None and (run.judge_dir(judge_model) / SETTINGS_FILE).is_file()
+    metrics = compute(current_replies(run, judge_model, good), mode) if judged else None
     bench = config["benchmark"]
     return RunResult(
         run=run,

@@ -137,19 +137,8 @@ def _cells(result: RunResult, judge_model: str | None, mode: Mode) -> dict[str, 
 
 def _current_replies(result: RunResult, judge_model: str | None, predictions: dict[str, dict]) -> dict[str, object]:
     """Parsed judge replies by id, for the predictions they were made for (as `eval report` counts them)."""
-    import json
-
-    from fastervlm.eval.judge import PROMPT_VERSION, SETTINGS_FILE, prediction_key, read_judgments
-    from fastervlm.eval.metrics import parse_reply
+    from fastervlm.eval.report import current_replies
     from fastervlm.eval.rundir import is_error
 
-    run = result.run
-    if judge_model is None or not (run.judge_dir(judge_model) / SETTINGS_FILE).is_file():
-        return {}
-    version = json.loads((run.judge_dir(judge_model) / SETTINGS_FILE).read_text()).get("prompt_version", PROMPT_VERSION)
-    judgments = read_judgments(run, judge_model)
-    return {
-        i: parse_reply(judgments[i]["reply"])
-        for i, p in predictions.items()
-        if not is_error(p) and i in judgments and judgments[i]["key"] == prediction_key(judge_model, p, version)
-    }
+    good = {i: p for i, p in predictions.items() if not is_error(p)}
+    return current_replies(result.run, judge_model, good)
