@@ -108,3 +108,8 @@ def test_image_for_a_video_model(capsys, tiny_checkpoint, tmp_path) -> None:
 def test_missing_checkpoint_folder(capsys, tmp_path, synthetic_video) -> None:
     code, _, err = run_cli(capsys, *answer_args(tmp_path / "nowhere", synthetic_video))
     assert code == 2 and "does not exist" in err
+
+
+def test_an_option_of_another_family_is_refused(capsys, tiny_checkpoint, synthetic_video) -> None:
+    code, _, err = run_cli(capsys, *answer_args(tiny_checkpoint, synthetic_video, "--keep-cls"))
+    assert code == 2 and "--keep-cls does not apply to video-llava checkpoints" in err

@@ -179,3 +179,15 @@ def test_image_model_answers_an_image_file(tmp_path_factory, tmp_path: Path) -> 
         pipeline.answer("What is it?", video=image)
     with pytest.raises(FasterVLMError, match="does not apply"):
         fastervlm.load(checkpoint("llava", tmp_path_factory), device="cpu", num_frames=8)
+
+
+def test_cli_keep_cls_adds_each_frame_cls(capsys, tmp_path_factory, synthetic_video: Path) -> None:
+    path = checkpoint("video_llava", tmp_path_factory)
+    args = ["answer", "--model", str(path), "--video", str(synthetic_video), "--question", "What moves?",
+            "--device", "cpu", "--max-new-tokens", "2", "--keep", "3", "--json"]
+    assert main(args) == 0
+    without = json.loads(capsys.readouterr().out)
+    assert main([*args, "--keep-cls"]) == 0
+    with_cls = json.loads(capsys.readouterr().out)
+    assert without["visual_tokens"] == SPEC.frames * 3
+    assert with_cls["visual_tokens"] == SPEC.frames * 3 + SPEC.frames

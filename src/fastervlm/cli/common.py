@@ -13,6 +13,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = Tru
     group.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     group.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
                        help="default: float32 on CPU, the checkpoint's dtype on CUDA")
+    group.add_argument("--keep-cls", action="store_true",
+                       help="transformers Video-LLaVA-hf: keep each frame's [CLS] token in front of its kept patches")
 
 
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,5 +101,7 @@ def load_model(args: argparse.Namespace) -> Any:
     """fastervlm.load with the model flags (family-specific options only when given)."""
     import fastervlm
 
-    options = {"video_tower": args.video_tower} if args.video_tower else {}
+    options: dict[str, Any] = {"video_tower": args.video_tower} if args.video_tower else {}
+    if getattr(args, "keep_cls", False):
+        options["keep_cls"] = True
     return fastervlm.load(args.model, device=args.device, dtype=args.dtype, **options)
