@@ -207,7 +207,9 @@ def test_llm_stage_method_sees_every_visual_token(family: str, model: torch.nn.M
     assert pruned.shape == stock.shape
     visual = (pruning.input_ids == placeholder_id(model, family)).sum(1)  # every patch reaches the LLM
     assert visual.tolist() == [FRAMES[family] * CANDIDATES[family]] * 2
-    assert [r.kept_indices for r in pruning.records] == [[list(range(CANDIDATES[family]))] * FRAMES[family]] * 2
+    for record in pruning.records:  # what FastV kept from layer K on: L per frame on average, FRAMES * L in all
+        assert record.visual_tokens == FRAMES[family] * 1 == sum(len(frame) for frame in record.kept_indices)
+        assert all(frame == sorted(frame) and set(frame) <= set(range(CANDIDATES[family])) for frame in record.kept_indices)
 
 
 def test_next_video_refuses_images_while_pruning(tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -28,6 +28,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from fastervlm.errors import FasterVLMError, UnsupportedModelError
 from fastervlm.methods.base import LLMPruner, Pruner, VisualSelection, keep_all_tokens
+from fastervlm.selection import split_by_frame
 from fastervlm.scoring import cls_patch_scores
 from fastervlm.timing import StageTimer
 
@@ -364,10 +365,11 @@ class HFPruning:
         call, visual = self._prepare(kwargs)
         self._in_generate = True
         try:
-            with self._llm_stage(visual):
+            with self._llm_stage(visual) as run:
                 if self.clock is not None:
                     self.clock.start()
                 out = self._originals["generate"](**call)
+            self._note_llm_kept(run)
         finally:
             self._in_generate = False
         if user_ids is None or call.get("input_ids") is user_ids:
@@ -382,8 +384,10 @@ class HFPruning:
             names = list(_parameters(forward))
             kwargs.update(zip(names, args))
         call, visual = self._prepare(kwargs)
-        with self._llm_stage(visual):
-            return forward(**call)
+        with self._llm_stage(visual) as run:
+            out = forward(**call)
+        self._note_llm_kept(run)
+        return out
 
     def _get_features(self, stream: VisualStream, *args: Any, **kwargs: Any) -> BaseModelOutputWithPooling:
         """Stands in for the base model's get_video_features / get_image_features: the kept tokens, projected."""
@@ -477,6 +481,16 @@ class HFPruning:
         if self.pruner.stage == "vision":
             return self.pruner.select(patches, scores)
         return keep_all_tokens(patches)
+
+    def _note_llm_kept(self, run: Any) -> None:
+        """After an LLM-stage method ran: record the visual tokens it kept from its pruning layer on, per frame."""
+        kept = getattr(run, "kept_visual", None)
+        if kept is None or self.keep_cls:  # with [CLS] tokens among the visual ones, ranks are not patch indices
+            return
+        frames, patches = self._geometry
+        for record, row in zip(self.records, kept):
+            record.kept_indices = split_by_frame(row, frames, patches)
+            record.visual_tokens = len(row)
 
     def _llm_stage(self, visual: torch.Tensor | None) -> AbstractContextManager[Any]:
         """LLM-stage methods (FastV) attached to the decoder for one call; nothing for vision-stage ones."""
