@@ -151,7 +151,7 @@ EXTRACTION_COLUMNS: list[tuple[str, Callable[[Any], str]]] = [
     ("[CLS] scoring ms", lambda e: f"{1e3 * e.cls_scoring.median:.3f}"),
     ("attention data MiB", lambda e: f"{e.attention_bytes / 2**20:.2f}"),
     ("peak MiB (+run)", lambda e: f"{_mib(e.memory.peak_bytes)} (+{_mib(e.memory.added_bytes)})"),
-    ("max |score diff|", lambda e: "-" if e.max_score_difference is None else f"{e.max_score_difference:.1e}"),
+    ("max abs score diff", lambda e: "-" if e.max_score_difference is None else f"{e.max_score_difference:.1e}"),
     ("how", lambda e: e.description),
 ]
 
@@ -165,7 +165,7 @@ def print_tables(result: Any, targets: list[Any], *, markdown: bool = False) -> 
     tables = [("configurations", ROW_COLUMNS, result.rows), ("[CLS] extraction", EXTRACTION_COLUMNS, result.extraction)]
     target_rows = [(t.name, t.measured, {True: "met", False: "NOT met", None: "n/a"}[t.met]) for t in targets]
     if markdown:
-        print(header + "\n")
+        print(header + "; times in ms: median (min-max)\n")
         for _, columns, rows in tables:
             if rows:
                 print(_markdown([c for c, _ in columns], [[f(r) for _, f in columns] for r in rows]) + "\n")
@@ -195,6 +195,6 @@ def print_tables(result: Any, targets: list[Any], *, markdown: bool = False) -> 
 
 
 def _markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = ["| " + " | ".join(h.replace("|", "\\|") for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
     return "\n".join(lines)
