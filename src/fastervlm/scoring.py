@@ -13,7 +13,9 @@ import torch
 
 def attention_row(query: torch.Tensor, keys: torch.Tensor, scale: float) -> torch.Tensor:
     """Softmax attention of one query over all keys, per head: (B, H, D) x (B, H, S, D) -> (B, H, S), fp32."""
-    logits = torch.einsum("bhd,bhsd->bhs", query.float(), keys.float()) * scale
+    # keys usually arrive as a transposed view of the layer's (B, S, H, D) projection; the product is several
+    # times faster on a contiguous copy, which costs less than the product on the view.
+    logits = torch.einsum("bhd,bhsd->bhs", query.float(), keys.float().contiguous()) * scale
     return logits.softmax(dim=-1)
 
 
