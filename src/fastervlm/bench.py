@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from fastervlm.errors import FasterVLMError
-from fastervlm.timing import StageTimer
+from fastervlm.timing import TTFT_STAGES, StageTimer, time_to_first_token
 
 if TYPE_CHECKING:
     from fastervlm.pipeline import Pipeline
@@ -43,8 +43,6 @@ if TYPE_CHECKING:
 DEFAULT_REDUCTIONS = (0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 1.0)
 """Video-LLaVA: 2048 / 1536 / 1024 / 512 / 208 / 104 / 0 visual tokens, the seed table's "# Token" column."""
 DEFAULT_METHODS = ("fastervlm", "fastv")
-TTFT_STAGES = ("vision_encoder", "cls_scoring", "selection", "projector", "llm_prefill")
-"""Time to first token: everything from preprocessed frames to the first generated token (decoding excluded)."""
 PIPELINE_STAGES = ("decode_video", *TTFT_STAGES, "llm_decode")
 QUESTION = "What is happening in the video?"
 SYNTHETIC_VIDEO = "synthetic 320x240 H.264 clip, 48 frames (media.write_synthetic_video)"
@@ -565,7 +563,7 @@ class _ConfigMeasurer:
 def _with_totals(timings: dict[str, float], generated: int) -> dict[str, float]:
     """The stage timings plus time to first token and, when more than one token came, decode time per token."""
     out = {stage: timings[stage] for stage in PIPELINE_STAGES if stage in timings}
-    out["time_to_first_token"] = sum(timings.get(stage, 0.0) for stage in TTFT_STAGES)
+    out["time_to_first_token"] = time_to_first_token(timings)
     if generated > 1 and "llm_decode" in timings:
         out["decode_per_token"] = timings["llm_decode"] / (generated - 1)
     return out
