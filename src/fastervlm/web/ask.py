@@ -21,7 +21,6 @@ from fastervlm.web.settings import WebSettings
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from fastervlm.methods import Pruner
     from fastervlm.pipeline import Answer, Frames, Pipeline
 
 BUDGET_REDUCTION = "reduction"
