@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub in tests
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# One cache for the whole session (tiny checkpoints, judge cache), inherited by the commands tests start: nothing
+# read from or left in the user's ~/.cache, so a judgment cached by an earlier run can never answer for a test.
+CACHE = Path(tempfile.mkdtemp(prefix="fastervlm-test-cache-"))
+os.environ["FASTERVLM_CACHE"] = str(CACHE)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(CACHE, ignore_errors=True)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 @pytest.fixture(scope="session")
-def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A session cache folder for tiny checkpoints and videos."""
-    return tmp_path_factory.mktemp("fastervlm-cache")
+def tiny_root() -> Path:
+    """The session's cache folder ($FASTERVLM_CACHE) for tiny checkpoints and videos."""
+    return CACHE
 
 
 @pytest.fixture(scope="session")
