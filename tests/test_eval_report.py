@@ -112,6 +112,23 @@ def test_unjudged_runs_and_several_judges(runs: Path, tmp_path: Path) -> None:
     assert build_report([runs / "tiny/tgif"], judge_model="other-judge").judge_model == "other-judge"
 
 
+def test_an_undefined_ratio_is_left_out_of_the_average_and_flagged(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    make_run(root / "tiny/msvd/none", _answers([True, False]), benchmark="msvd")
+    make_run(root / "tiny/tgif/none", _answers([False, False]), benchmark="tgif")  # baseline accuracy 0
+    make_run(root / "tiny/msvd/fastervlm_r0.9", _answers([True, False]), benchmark="msvd", method=FASTERVLM)
+    make_run(root / "tiny/tgif/fastervlm_r0.9", _answers([True, False]), benchmark="tgif", method=FASTERVLM)
+    with FakeOpenAI() as server:
+        judge_runs(_all(root), JudgeSettings(base_url=server.url, cache_dir=tmp_path / "cache"), api_key="k",
+                   progress=False, report=lambda _: None)
+    report = build_report([root])
+    fast = report.rows[1]
+    assert fast.relative_accuracy == pytest.approx(1.0)  # msvd only: tgif's ratio 0.5 / 0 is undefined
+    assert fast.relative_score == pytest.approx((3.0 / 3.0 + 3.0 / 1.0) / 2)
+    assert fast.relative_over == 1
+    assert "| 100.00%† | 200.00%† |" in report.markdown()
+
+
 def test_compat_mode_reads_the_same_judgments_with_the_original_rules(runs: Path) -> None:
     path = runs / "tiny/msvd/none/judge/gpt-3.5-turbo/judgments.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines()]

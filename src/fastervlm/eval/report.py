@@ -150,7 +150,8 @@ class Row:
     relative_accuracy: float | None = None
     relative_score: float | None = None
     relative_over: int = 0
-    """Benchmarks the relative averages cover."""
+    """Benchmarks both relative averages cover (a benchmark whose ratio is undefined, e.g. a baseline accuracy
+    of 0, is not covered)."""
 
     @property
     def is_baseline(self) -> bool:
@@ -325,8 +326,10 @@ def _metric_cells(result: RunResult | None) -> list[str]:
     return [f"{100 * result.metrics.accuracy:.1f}{flag}", f"{score:.2f}{flag}" if score is not None else "–"]
 
 
-def _ratio_mean(pairs: list[tuple[float | None, float | None]]) -> float | None:
-    return _mean([v / b for v, b in pairs if v is not None and b])
+def _ratio_mean(pairs: list[tuple[float | None, float | None]]) -> tuple[float | None, int]:
+    """The mean of the defined ratios value / baseline, and how many there were."""
+    ratios = [v / b for v, b in pairs if v is not None and b]
+    return _mean(ratios), len(ratios)
 
 
 def build_report(paths: list[str | os.PathLike], *, judge_model: str | None = None, mode: Mode = "strict") -> Report:
@@ -365,9 +368,9 @@ def _relate_to_baselines(rows: list[Row], mode: Mode) -> None:
         common = [name for name in row.results if name in base.results]
         pairs = [(row.results[n].metrics, base.results[n].metrics) for n in common]
         pairs = [(m, b) for m, b in pairs if m is not None and b is not None]
-        row.relative_accuracy = _ratio_mean([(m.accuracy, b.accuracy) for m, b in pairs])
-        row.relative_score = _ratio_mean([(m.score, b.score) for m, b in pairs])
-        row.relative_over = len(pairs)
+        row.relative_accuracy, accuracy_over = _ratio_mean([(m.accuracy, b.accuracy) for m, b in pairs])
+        row.relative_score, score_over = _ratio_mean([(m.score, b.score) for m, b in pairs])
+        row.relative_over = min(accuracy_over, score_over)
         if row is not base:
             for name in common:
                 mine, theirs = row.results[name].metrics, base.results[name].metrics
