@@ -199,3 +199,14 @@ def test_fastv_reports_the_tokens_it_kept_per_frame(tiny_pipeline) -> None:
     assert sum(len(frame) for frame in result.kept_indices) == 8 * 3  # FastV's budget is over the whole video
     assert all(frame == sorted(frame) and all(0 <= i < tiny_pipeline.num_patches for i in frame) for frame in result.kept_indices)
     assert result.cls_scores is None  # FastV scores inside the LLM, not with [CLS]
+
+
+def test_decoding_a_video_never_waits_for_the_gpu(tiny_pipeline, synthetic_video: Path, monkeypatch) -> None:
+    """Pipeline.frames runs on the CPU, often in a prefetch thread beside the model: a CUDA sync there would stall
+    it behind the model's queued work and count that wait as decoding time."""
+    syncs: list[object] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: syncs.append(device))
+    frames = tiny_pipeline.frames(video=synthetic_video)
+    assert frames.pixels.shape[0] == tiny_pipeline.num_frames and frames.decode_seconds > 0
+    assert syncs == []

@@ -131,7 +131,7 @@ class Pipeline:
             raise FasterVLMError(f"{self.adapter.family} answers questions about videos: pass --video, not --image.")
         if video is not None and self.adapter.media == "image":
             raise FasterVLMError(f"{self.adapter.family} answers questions about images: pass --image, not --video.")
-        timer = StageTimer()
+        timer = StageTimer("cpu")  # CPU work: no GPU sync, which would stall a prefetch thread behind the model
         with timer("decode"):
             if video is not None:
                 sampled = media.read_video_frames(video, self.num_frames)
