@@ -127,6 +127,18 @@ def test_isolated_run_measures_in_own_processes_with_shared_weights(synthetic_vi
     assert row.visual_tokens == 8 * 64 and row.kv_cache_bytes > 0
 
 
+def test_a_failing_configuration_stops_the_other_processes_quietly(synthetic_video, capfd) -> None:
+    from fastervlm.errors import BudgetError
+    from fastervlm.tiny import TinySpec
+
+    source = ModelSource(geometry=TinySpec(), geometry_name="tiny geometry", device="cpu")
+    configs = [BenchConfig("none"), BenchConfig("fastervlm", {"reduction": 7.0})]
+    with pytest.raises(BudgetError, match="reduction"):
+        run_benchmark(source, configs, video=synthetic_video, warmup=0, repeats=1, max_new_tokens=2, reference=False,
+                      isolate=True, progress=False)
+    assert "Traceback" not in capfd.readouterr().err  # the workers it no longer needs end without one
+
+
 def test_memory_meter_sees_an_allocation_inside_the_block() -> None:
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("peak RSS cannot be reset on this system")

@@ -26,7 +26,7 @@ import statistics
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -397,7 +397,13 @@ class _Remote:
 
 
 def _remote_main(connection: Any, pipeline: Pipeline, task: _Task) -> None:
-    """The worker process: make the shared weights resident (so they count before the first run), then serve."""
+    """The worker process: make the shared weights resident (so they count before the first run), then serve.
+
+    Ctrl-C is the parent's to handle: it closes the pipes, and a worker whose parent stopped (Ctrl-C, or another
+    configuration failed) ends quietly instead of printing a traceback of its own."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         for module in [m for m in vars(pipeline.adapter).values() if isinstance(m, torch.nn.Module)]:
             for tensor in [*module.parameters(), *module.buffers()]:
@@ -409,9 +415,12 @@ def _remote_main(connection: Any, pipeline: Pipeline, task: _Task) -> None:
             connection.send(("ok", measurer.command(command)))
             if command == "result":
                 return
+    except (EOFError, BrokenPipeError):
+        return  # the parent closed the pipe: it stopped, and has nothing more to ask
     except Exception as error:  # noqa: BLE001  (sent to the parent, which raises it)
-        connection.send(("error", error if isinstance(error, FasterVLMError) else
-                         FasterVLMError(f"measuring {task.label} failed: {type(error).__name__}: {error}")))
+        with suppress(OSError):  # the parent may be gone as well
+            connection.send(("error", error if isinstance(error, FasterVLMError) else
+                             FasterVLMError(f"measuring {task.label} failed: {type(error).__name__}: {error}")))
 
 
 # ----- memory ------------------------------------------------------------------------------------------------------
