@@ -210,3 +210,25 @@ def test_decoding_a_video_never_waits_for_the_gpu(tiny_pipeline, synthetic_video
     frames = tiny_pipeline.frames(video=synthetic_video)
     assert frames.pixels.shape[0] == tiny_pipeline.num_frames and frames.decode_seconds > 0
     assert syncs == []
+
+
+def test_tower_and_projector_load_without_random_init_in_the_asked_dtype(tiny_checkpoint: Path, monkeypatch) -> None:
+    """Random init of modules whose every weight is then loaded is wasted time (seconds for the real tower)."""
+    inits: list[tuple[int, ...]] = []
+    real = torch.nn.init.kaiming_uniform_
+
+    def counting(*args, **kwargs):
+        tensor = args[0] if args else kwargs["tensor"]
+        if tensor.device.type != "meta":  # transformers builds the LLM on the meta device: no real init there
+            inits.append(tuple(tensor.shape))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.init, "kaiming_uniform_", counting)
+    adapter = fastervlm.load(tiny_checkpoint, device="cpu", dtype="bf16").adapter
+    assert inits == []
+    weights = tiny_weights(TinySpec())
+    for module, expected in ((adapter.tower, weights.tower), (adapter.projector, weights.projector)):
+        loaded = module.state_dict()
+        assert loaded.keys() == expected.keys()
+        for name, value in loaded.items():
+            assert value.dtype == torch.bfloat16 and torch.equal(value, expected[name].to(torch.bfloat16)), name

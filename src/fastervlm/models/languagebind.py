@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPVisionConfig
+from transformers.initialization import no_init_weights
 from transformers.models.clip.modeling_clip import CLIPAttention, CLIPMLP, CLIPVisionEmbeddings
 
 from fastervlm.errors import CheckpointError, FasterVLMError
@@ -168,9 +169,14 @@ def vision_config_from(tower_dir: Path) -> CLIPVisionConfig:
 
 
 def load_video_tower(tower_dir: Path, *, device: torch.device, dtype: torch.dtype) -> LanguageBindVideoTower:
-    """Build the tower from its config and load only its `vision_model.*` weights (the text model is skipped)."""
+    """Build the tower from its config and load only its `vision_model.*` weights (the text model is skipped).
+
+    The tower is built without random init (every weight is loaded, strictly) and on its device and dtype
+    first, so the weights go from the file straight there, with no fp32 copy of the tower held on the CPU.
+    """
     config = vision_config_from(tower_dir)
-    tower = LanguageBindVideoTower(config)
+    with no_init_weights():
+        tower = LanguageBindVideoTower(config).to(device=device, dtype=dtype)
     state = load_prefix(tower_dir, WEIGHT_PREFIX)
     frames_in_weights = state.get(f"{WEIGHT_PREFIX}encoder.layers.0.temporal_embedding")
     if frames_in_weights is not None and frames_in_weights.shape[1] != config.num_frames:
@@ -179,4 +185,4 @@ def load_video_tower(tower_dir: Path, *, device: torch.device, dtype: torch.dtyp
             f"{frames_in_weights.shape[1]} frames; use the config.json that came with these weights."
         )
     load_into(tower, state, tower_dir)
-    return tower.to(device=device, dtype=dtype).eval()
+    return tower.eval()

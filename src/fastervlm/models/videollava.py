@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 from transformers import logging as hf_logging
+from transformers.initialization import no_init_weights
 
 from fastervlm import media
 from fastervlm.errors import CheckpointError
@@ -123,9 +124,10 @@ class VideoLlavaAdapter(ModelAdapter):
                 f"{tower.config.hidden_size}; pass the tower this checkpoint was trained with (--video-tower)."
             )
         llm = _load_llama(path, config, device, dtype)
-        projector = build_projector(config)
+        with no_init_weights():  # every weight is loaded (strictly) just below
+            projector = build_projector(config).to(device=device, dtype=dtype)
         load_into(projector, load_prefix(path, PROJECTOR_PREFIX, strip=True), path)
-        projector = projector.to(device=device, dtype=dtype).eval()
+        projector = projector.eval()
         tokenizer = _load_tokenizer(path)
         generation = GenerationConfig.from_pretrained(path) if (path / "generation_config.json").is_file() else GenerationConfig()
         return cls(llm, projector, tower, tokenizer, config, generation)
