@@ -129,6 +129,27 @@ def test_an_unreachable_judge_fails_loudly_and_quickly(tmp_path: Path) -> None:
     assert not any(j["valid"] for j in judgments.values())  # nothing is recorded as judged (or as wrong)
 
 
+def test_a_stop_ends_the_wait_between_attempts(tmp_path: Path) -> None:
+    """A stopped run (the judge looks down, or Ctrl-C) does not sit out the workers' backoff before exiting."""
+    import threading
+    import time
+
+    from fastervlm.eval.judge import Judge
+
+    with FakeOpenAI({"in q0?": [Status(500)] * 5}) as server:
+        judge = Judge(JudgeSettings(base_url=server.url, backoff=30.0, max_backoff=30.0, max_attempts=3), api_key=KEY)
+        stop, outcomes = threading.Event(), []
+        worker = threading.Thread(target=lambda: outcomes.append(judge.judge("what is in q0?", "a", "p", stop)))
+        worker.start()
+        deadline = time.monotonic() + 10
+        while not server.calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stop.set()
+        worker.join(timeout=5)
+    assert not worker.is_alive()
+    assert outcomes[0].attempts == 1 and not outcomes[0].valid and outcomes[0].transport_failure
+
+
 def test_a_refused_request_stops_at_once_without_the_key(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run", ANSWERS)
     with FakeOpenAI({"in q": [Status(401, message=f"Incorrect API key provided: {KEY}")] * 100}) as server:

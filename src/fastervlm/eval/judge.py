@@ -14,7 +14,6 @@ import json
 import os
 import random
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
@@ -220,11 +219,12 @@ class Judge:
     def judge(self, question: str, answer: str, pred: str, stop: threading.Event | None = None) -> Outcome:
         """Ask until a reply parses exactly or `max_attempts` are spent; transport errors and bad replies both
         count as attempts. A non-retryable API error (bad key, unknown model, bad request) raises JudgeUnavailable.
-        `stop` ends the retries early (the run is being stopped)."""
+        `stop` ends the retries early, the wait between two attempts included (the run is being stopped)."""
         messages = judge_messages(question, answer, pred, self.settings.prompt_version)
+        stop = stop or threading.Event()
         outcome = Outcome()
         for attempt in range(1, self.settings.max_attempts + 1):
-            if stop is not None and stop.is_set():
+            if stop.is_set():
                 break
             outcome.attempts = attempt
             error: Exception | None = None
@@ -248,8 +248,8 @@ class Judge:
                     outcome.pred, outcome.score, outcome.error = verdict.pred, verdict.score, None
                     return outcome
                 outcome.error = f"unusable reply: {problem}"
-            if attempt < self.settings.max_attempts:
-                time.sleep(self._delay(attempt, error))
+            if attempt < self.settings.max_attempts and stop.wait(self._delay(attempt, error)):
+                break
         return outcome
 
 
