@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, GenerationConfig, LlamaForCausalLM
 
 import fastervlm
 from fastervlm.errors import CheckpointError, FasterVLMError
@@ -17,6 +17,7 @@ from fastervlm.models.videollava import (
     IMAGE_TOKEN_INDEX,
     VideoLlavaAdapter,
     build_projector,
+    llama_config,
     llava_v1_prompt,
     tokenize_with_placeholders,
 )
@@ -113,7 +114,7 @@ def _in_memory_adapter(spec: TinySpec, checkpoint: Path) -> VideoLlavaAdapter:
     """The model the tiny checkpoint was written from, built without reading any weight file."""
     weights = tiny_weights(spec)
     config = llm_config(spec, "")
-    llm = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in config.items() if k in LlamaConfig.__dataclass_fields__}))
+    llm = LlamaForCausalLM(llama_config(config))
     llm.load_state_dict(weights.llm)
     tower = LanguageBindVideoTower(vision_config_from_dict(vision_config(spec)))
     tower.load_state_dict(weights.tower)
@@ -232,3 +233,15 @@ def test_tower_and_projector_load_without_random_init_in_the_asked_dtype(tiny_ch
         assert loaded.keys() == expected.keys()
         for name, value in loaded.items():
             assert value.dtype == torch.bfloat16 and torch.equal(value, expected[name].to(torch.bfloat16)), name
+
+
+def test_llama_config_keeps_the_rope_settings_of_a_legacy_config_json() -> None:
+    """transformers 5 folds rope_theta / rope_scaling into rope_parameters; dropping them would silently run
+    another position encoding than the checkpoint was trained with."""
+    config = {**llm_config(TinySpec(), "../tower"), "rope_theta": 500000.0, "rope_scaling": {"type": "linear", "factor": 2.0}}
+    llama = llama_config(config)
+    assert llama.rope_parameters["rope_theta"] == 500000.0
+    assert llama.rope_parameters["rope_type"] == "linear" and llama.rope_parameters["factor"] == 2.0
+    assert llama.hidden_size == config["hidden_size"] and llama.model_type == "llama"
+    assert not any(hasattr(llama, key) for key in config if key.startswith("mm_"))
+    assert llama_config({k: v for k, v in config.items() if not k.startswith("rope")}).rope_parameters["rope_theta"] == 10000.0

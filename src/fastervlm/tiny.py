@@ -160,16 +160,15 @@ class TinyWeights:
 
 def tiny_weights(spec: TinySpec) -> TinyWeights:
     """Seeded random weights with the real key names (module structures built from the real classes)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from fastervlm.models.languagebind import LanguageBindVideoTower, vision_config_from_dict
-    from fastervlm.models.videollava import build_projector
+    from fastervlm.models.videollava import build_projector, llama_config
 
     generator = torch.Generator().manual_seed(spec.seed)
     config = llm_config(spec, "")
-    llama = LlamaConfig(**{k: v for k, v in config.items() if k in LlamaConfig.__dataclass_fields__})
     with torch.device("meta"):
-        llm = LlamaForCausalLM(llama).state_dict()
+        llm = LlamaForCausalLM(llama_config(config)).state_dict()
         tower = LanguageBindVideoTower(vision_config_from_dict(vision_config(spec))).state_dict()
         projector = build_projector(config).state_dict()
     width = spec.vision_width
@@ -292,18 +291,16 @@ def build_adapter(
     through a temporary folder. The weight tensors are used as they are when device and dtype match (so tensors
     in shared memory stay shared with the process that made them).
     """
-    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, GenerationConfig, LlamaForCausalLM
     from transformers.initialization import no_init_weights
 
     from fastervlm.models.languagebind import LanguageBindVideoTower, vision_config_from_dict
-    from fastervlm.models.videollava import VideoLlavaAdapter, build_projector
+    from fastervlm.models.videollava import VideoLlavaAdapter, build_projector, llama_config
 
     weights = weights if weights is not None else tiny_weights(spec)
     config = llm_config(spec, "")
-    llama = LlamaConfig(**{k: v for k, v in config.items() if k in LlamaConfig.__dataclass_fields__},
-                        attn_implementation="sdpa")
     with no_init_weights():  # every parameter is replaced by the given tensors below
-        llm = LlamaForCausalLM(llama)
+        llm = LlamaForCausalLM(llama_config(config, attn_implementation="sdpa"))
         tower = LanguageBindVideoTower(vision_config_from_dict(vision_config(spec)))
         projector = build_projector(config)
     llm.load_state_dict(weights.llm, assign=True)

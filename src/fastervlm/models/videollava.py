@@ -275,17 +275,28 @@ def _tower_dir(path: Path, config: dict[str, Any], video_tower: str | Path | Non
     )
 
 
+# Llama settings that transformers 5 takes as arguments, not fields: it folds them into rope_parameters.
+_LEGACY_ROPE_KEYS = ("rope_theta", "rope_scaling")
+
+
+def llama_config(config: dict[str, Any], **overrides: Any) -> LlamaConfig:
+    """The Llama part of an original-format config.json: LlamaConfig's fields plus the legacy RoPE settings;
+    the mm_* fields, `architectures` (LlavaLlamaForCausalLM) and `model_type` ("llava") are left out."""
+    kept = {k: v for k, v in config.items()
+            if (k in LlamaConfig.__dataclass_fields__ or k in _LEGACY_ROPE_KEYS) and k not in ("architectures", "model_type")}
+    return LlamaConfig(**kept, **overrides)
+
+
 def _load_llama(path: Path, config: dict[str, Any], device: torch.device, dtype: torch.dtype) -> LlamaForCausalLM:
     """transformers' own Llama from the checkpoint's shards; the projector and tower copies in them are skipped."""
     weight_files(path)  # a clear error when the weights are missing
-    llama_fields = {k: v for k, v in config.items() if not k.startswith("mm_") and k not in ("architectures", "model_type")}
-    llama_config = LlamaConfig(**{k: v for k, v in llama_fields.items() if k in LlamaConfig.__dataclass_fields__})
+    llama = llama_config(config)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the skipped mm_projector / tower keys are expected, not news
     hf_logging.disable_progress_bar()
     try:
         llm, info = LlamaForCausalLM.from_pretrained(
-            path, config=llama_config, dtype=dtype, attn_implementation="sdpa", output_loading_info=True
+            path, config=llama, dtype=dtype, attn_implementation="sdpa", output_loading_info=True
         )
     finally:
         hf_logging.set_verbosity(verbosity)
@@ -295,7 +306,7 @@ def _load_llama(path: Path, config: dict[str, Any], device: torch.device, dtype:
         raise CheckpointError(f"{path} lacks LLM weights {sorted(missing)[:5]}; finish the download or check the folder.")
     # Decoding settings come from GenerationSettings alone; the checkpoint's max_length etc. must not leak in.
     llm.generation_config = GenerationConfig(
-        bos_token_id=llama_config.bos_token_id, eos_token_id=llama_config.eos_token_id, pad_token_id=llama_config.pad_token_id
+        bos_token_id=llama.bos_token_id, eos_token_id=llama.eos_token_id, pad_token_id=llama.pad_token_id
     )
     return llm.to(device).eval()
 
