@@ -43,3 +43,31 @@ def test_attention_row_is_the_last_row_of_a_causal_eager_layer():
         row = attention_row(query[:, :, -1], repeat_kv(keys, layer.num_key_value_groups), layer.scaling)
     torch.testing.assert_close(row, weights[:, :, -1], rtol=0, atol=1e-6)
     assert row.dtype == torch.float32
+
+
+def test_half_precision_keys_in_a_transposed_view_are_copied_once():
+    """The usual input on a GPU: fp16 keys as a (B, S, H, D) -> (B, H, S, D) view. One fp32 contiguous copy
+    serves both the cast and the layout; the result equals the fp32 computation on the same values."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CopyCounter(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.copies: list[int] = []  # sizes of the tensors copied
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if any(word in func.__name__ for word in ("copy", "clone", "contiguous")):
+                self.copies.append(out.numel())
+            return out
+
+    generator = torch.Generator().manual_seed(0)
+    projected = torch.randn(2, 30, 4, 16, generator=generator).half()  # (B, S, H, D), as a k_proj output viewed
+    keys = projected.transpose(1, 2)
+    query = torch.randn(2, 4, 16, generator=generator).half()
+    with CopyCounter() as counter:
+        row = attention_row(query, keys, 0.25)
+    assert counter.copies.count(keys.numel()) == 1, counter.copies
+    expected = attention_row(query.float(), keys.float().contiguous(), 0.25)
+    torch.testing.assert_close(row, expected, rtol=0, atol=0)
+    assert row.dtype == torch.float32

@@ -14,8 +14,10 @@ import torch
 def attention_row(query: torch.Tensor, keys: torch.Tensor, scale: float) -> torch.Tensor:
     """Softmax attention of one query over all keys, per head: (B, H, D) x (B, H, S, D) -> (B, H, S), fp32."""
     # keys usually arrive as a transposed view of the layer's (B, S, H, D) projection; the product is several
-    # times faster on a contiguous copy, which costs less than the product on the view.
-    logits = torch.einsum("bhd,bhsd->bhs", query.float(), keys.float().contiguous()) * scale
+    # times faster on a contiguous copy, which costs less than the product on the view. One copy does both the
+    # fp32 cast and the layout (`.float()` alone keeps a view's strides, so fp16 keys were copied twice).
+    contiguous = keys.to(torch.float32, memory_format=torch.contiguous_format)
+    logits = torch.einsum("bhd,bhsd->bhs", query.float(), contiguous) * scale
     return logits.softmax(dim=-1)
 
 
