@@ -46,8 +46,12 @@ def _parse_value(text: str) -> Any:
     return text
 
 
-def method_settings(args: argparse.Namespace) -> tuple[str | None, dict[str, Any]]:
-    """The method name and its settings from the parsed flags (only those the user gave)."""
+def method_settings(args: argparse.Namespace, *, check_budget: bool = True) -> tuple[str | None, dict[str, Any]]:
+    """The method name and its settings from the parsed flags (only those the user gave).
+
+    check_budget: refuse method settings without a budget and warn about a method without one (off for the sweep,
+    whose budgets come from --reductions).
+    """
     from fastervlm.errors import BudgetError
 
     settings: dict[str, Any] = {}
@@ -64,7 +68,26 @@ def method_settings(args: argparse.Namespace) -> tuple[str | None, dict[str, Any
         settings[key.replace("-", "_")] = _parse_value(value)
     if getattr(args, "seed", None) is not None and "seed" not in settings and _has_setting(args.method, "seed"):
         settings["seed"] = args.seed  # --seed also seeds a random method unless --method-option seed= says otherwise
+    if check_budget:
+        _check_budget(args.method, settings)
     return args.method, settings
+
+
+def _check_budget(method: str | None, settings: dict[str, Any]) -> None:
+    """A pruning request without a budget prunes nothing: refuse it or say so, rather than run unpruned silently."""
+    import sys
+
+    from fastervlm.errors import BudgetError
+
+    if "keep" in settings or "reduction" in settings:
+        return
+    if method is None and settings:
+        flags = ", ".join("--global-budget" if key == "global_budget" else f"--method-option {key}" for key in settings)
+        raise BudgetError(f"{flags} needs a budget: add --keep L or --reduction R (e.g. --reduction 0.9), "
+                          "and --method for a method other than fastervlm.")
+    if method not in (None, "none"):
+        print(f"fastervlm: note: --method {method} without --keep or --reduction keeps every visual token "
+              "(no pruning); add e.g. --reduction 0.9.", file=sys.stderr)
 
 
 def _has_setting(method: str | None, name: str) -> bool:

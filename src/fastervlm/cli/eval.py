@@ -223,7 +223,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     from fastervlm.eval.sweep import grid, sweep_predict
 
     _, options = method_settings(argparse.Namespace(method=None, keep=None, reduction=None, global_budget=False,
-                                                    method_option=args.method_option))
+                                                    method_option=args.method_option), check_budget=False)
     cells = grid(_comma_list(args.methods), _comma_list(args.reductions, float), options, baseline=not args.no_baseline)
     loaded = _load_benchmarks(_comma_list(args.benchmarks), args.data_root, args.limit)
     generation = generation_settings(args)
