@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -172,6 +173,14 @@ def test_hub_tower_name_asks_for_video_tower(checkpoint_copy: Path) -> None:
         fastervlm.load(checkpoint_copy, device="cpu")
     loaded = fastervlm.load(checkpoint_copy, device="cpu", video_tower=checkpoint_copy.parent / "LanguageBind_Video_merge")
     assert loaded.num_frames == 8
+
+
+def test_config_without_a_video_tower_asks_for_one(checkpoint_copy: Path) -> None:
+    config = json.loads((checkpoint_copy / "config.json").read_text())
+    del config["mm_video_tower"]
+    (checkpoint_copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"names no video tower \(mm_video_tower\);.*--video-tower"):
+        fastervlm.load(checkpoint_copy, device="cpu")
 
 
 def test_tower_whose_frame_count_disagrees(checkpoint_copy: Path) -> None:

@@ -265,14 +265,13 @@ def _tower_dir(path: Path, config: dict[str, Any], video_tower: str | Path | Non
             raise CheckpointError(f"--video-tower {tower} is not a folder: pass the LanguageBind_Video_merge checkpoint folder.")
         return tower
     named = config.get("mm_video_tower")
-    if named:
-        candidate = (path / Path(named).expanduser()) if not Path(named).is_absolute() else Path(named)
-        if candidate.is_dir():
-            return candidate
-    raise CheckpointError(
-        f"{path}/config.json names the video tower {named!r}, which is not a local folder; download "
-        "LanguageBind/LanguageBind_Video_merge and pass its folder with --video-tower."
-    )
+    fix = "download LanguageBind/LanguageBind_Video_merge and pass its folder with --video-tower."
+    if not named:
+        raise CheckpointError(f"{path}/config.json names no video tower (mm_video_tower); {fix}")
+    candidate = path / Path(named).expanduser()  # an absolute path stays itself
+    if not candidate.is_dir():
+        raise CheckpointError(f"{path}/config.json names the video tower {named!r}, which is not a local folder; {fix}")
+    return candidate
 
 
 # Llama settings that transformers 5 takes as arguments, not fields: it folds them into rope_parameters.
