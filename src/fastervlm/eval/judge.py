@@ -354,7 +354,7 @@ def _judge_pending(pending, judge: Judge, cache: JudgeCache, out: JsonlAppender,
     if not pending:
         return
     stop = threading.Event()
-    transport_streak = 0
+    transport_streak, last_error = 0, None
 
     def task(prediction: dict[str, Any], key: str) -> Outcome | None:
         """In a worker thread: judge one item and cache a success at once (paid work survives a stop)."""
@@ -391,6 +391,7 @@ def _judge_pending(pending, judge: Judge, cache: JudgeCache, out: JsonlAppender,
                 else:
                     summary.failed += 1
                     transport_streak = transport_streak + 1 if outcome.transport_failure else 0
+                    last_error = outcome.error
                 bar.update(1)
                 bar.set_postfix(failed=summary.failed, calls=judge.calls, refresh=False)
             if transport_streak >= min(judge.settings.down_after, len(pending)):
@@ -398,7 +399,7 @@ def _judge_pending(pending, judge: Judge, cache: JudgeCache, out: JsonlAppender,
                 raise JudgeUnavailable(
                     f"the judge endpoint {_public_url(judge.base_url) or 'api.openai.com'} looks down: "
                     f"{transport_streak} items in a row failed {judge.settings.max_attempts} attempts "
-                    f"(last: {outcome.error})."
+                    f"(last: {last_error})."
                 )
     finally:
         stop.set()
