@@ -39,12 +39,23 @@ class RunResult:
     """The method configuration without the budget: one line per model and variant in the plot."""
     settings: dict[str, Any]
     items: int
-    predicted: int
-    errors: int
+    predictions: dict[str, dict[str, Any]] = field(repr=False)
+    """Every prediction record by id, error records included (RunDir.predictions)."""
+    replies: dict[str, Any] = field(repr=False)
+    """Parsed judge replies by id, for the predictions now in the run only (current_replies)."""
     visual_tokens: float | None
     metrics: Metrics | None
     """None when the run has no judgments from the chosen judge."""
     baseline_test: PairedTest | None = None
+
+    @property
+    def errors(self) -> int:
+        return sum(is_error(p) for p in self.predictions.values())
+
+    @property
+    def predicted(self) -> int:
+        """Items with a prediction (error records not counted)."""
+        return len(self.predictions) - self.errors
 
     @property
     def missing_predictions(self) -> int:
@@ -120,7 +131,7 @@ def read_run(run: RunDir, judge_model: str | None, mode: Mode) -> RunResult:
     good = {i: p for i, p in predictions.items() if not is_error(p)}
     tokens = [p["visual_tokens"] for p in good.values() if p.get("visual_tokens") is not None]
     judged = judge_model is not None and (run.judge_dir(judge_model) / SETTINGS_FILE).is_file()
-    metrics = compute(current_replies(run, judge_model, good), mode) if judged else None
+    replies = current_replies(run, judge_model, good)
     bench = config["benchmark"]
     return RunResult(
         run=run,
@@ -131,10 +142,10 @@ def read_run(run: RunDir, judge_model: str | None, mode: Mode) -> RunResult:
         variant=variant_name(config["method"], config.get(PROVENANCE, {}).get("tag")),
         settings=config["method"],
         items=bench["items"],
-        predicted=len(good),
-        errors=len(predictions) - len(good),
+        predictions=predictions,
+        replies=replies,
         visual_tokens=sum(tokens) / len(tokens) if tokens else None,
-        metrics=metrics,
+        metrics=compute(replies, mode) if judged else None,
     )
 
 

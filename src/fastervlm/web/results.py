@@ -118,27 +118,15 @@ def load_results(runs_dir: str | os.PathLike, plot_dir: str | os.PathLike, *, ju
         label = f"{result.model} / {result.title}"
         group = groups.setdefault(label, Group(label, [], result.run.items(), {}))
         group.configurations.append(result.row)
-        group.cells[result.row] = _cells(result, report.judge_model, mode)
+        group.cells[result.row] = _cells(result)
     return ResultsView(report, plot, groups)
 
 
-def _cells(result: RunResult, judge_model: str | None, mode: Mode) -> dict[str, Cell]:
-    """Per item: the prediction (or its error) and the judgment made for exactly this prediction."""
-    from fastervlm.eval.metrics import read_item
-
-    predictions = result.run.predictions()
-    replies = _current_replies(result, judge_model, predictions)
+def _cells(result: RunResult) -> dict[str, Cell]:
+    """Per item: the prediction (or its error) and the judgment made for exactly this prediction, read as the
+    report's metrics read it."""
+    verdicts = result.metrics.items if result.metrics else {}
     return {
-        item_id: Cell(record.get("pred"), record.get("error"),
-                      read_item(replies[item_id], mode) if item_id in replies else None, item_id in replies)
-        for item_id, record in predictions.items()
+        item_id: Cell(record.get("pred"), record.get("error"), verdicts.get(item_id), item_id in result.replies)
+        for item_id, record in result.predictions.items()
     }
-
-
-def _current_replies(result: RunResult, judge_model: str | None, predictions: dict[str, dict]) -> dict[str, object]:
-    """Parsed judge replies by id, for the predictions they were made for (as `eval report` counts them)."""
-    from fastervlm.eval.report import current_replies
-    from fastervlm.eval.rundir import is_error
-
-    good = {i: p for i, p in predictions.items() if not is_error(p)}
-    return current_replies(result.run, judge_model, good)
