@@ -29,8 +29,6 @@ MODEL_CLASSES = {
     "llava_onevision": "LlavaOnevisionForConditionalGeneration",
     "qwen2_vl": "Qwen2VLForConditionalGeneration",
 }
-_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 # In the style of the llava-hf templates: media placeholders first, then the text, then "ASSISTANT:".
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{ message['role'].upper() }}: "
@@ -136,6 +134,8 @@ def write_tiny_hf_checkpoint(
     """Save a tiny random checkpoint of `family` into `folder` (created); returns the folder."""
     from transformers import VideoLlavaImageProcessor
 
+    from fastervlm.media import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
     if family not in FAMILIES:
         raise ValueError(f"tiny checkpoints exist for {FAMILIES}; {family!r} is config-only (tiny_hf_config)")
     folder = Path(folder)
@@ -146,7 +146,7 @@ def write_tiny_hf_checkpoint(
     size = spec.image_size
     frame = {"do_resize": True, "size": {"shortest_edge": size}, "do_center_crop": True,
              "crop_size": {"height": size, "width": size}, "do_rescale": True, "rescale_factor": 1 / 255,
-             "do_normalize": True, "image_mean": _CLIP_MEAN, "image_std": _CLIP_STD, "resample": 3,
+             "do_normalize": True, "image_mean": list(OPENAI_CLIP_MEAN), "image_std": list(OPENAI_CLIP_STD), "resample": 3,
              "do_convert_rgb": True}
     if family == "video_llava":
         VideoLlavaImageProcessor(**frame).save_pretrained(folder)
