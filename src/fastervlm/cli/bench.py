@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -124,9 +125,13 @@ def _times(value: float | None) -> str:
     return "-" if value is None else f"x{value:.2f}"
 
 
-ROW_COLUMNS: list[tuple[str, Callable[[Any], str]]] = [
+Columns = list[tuple[str, Callable[[Any], str]]]
+
+KEY_COLUMNS: Columns = [
     ("method", lambda r: r.label),
     ("visual tokens", lambda r: str(r.visual_tokens)),
+]
+TIME_COLUMNS: Columns = [
     ("prompt", lambda r: str(r.prompt_tokens)),
     ("decode video", lambda r: _ms(r.timings.get("decode_video"))),
     ("vision encoder", lambda r: _ms(r.timings.get("vision_encoder"))),
@@ -135,6 +140,8 @@ ROW_COLUMNS: list[tuple[str, Callable[[Any], str]]] = [
     ("LLM prefill (min-max)", lambda r: _ms_spread(r.timings.get("llm_prefill"))),
     ("TTFT (min-max)", lambda r: _ms_spread(r.timings.get("time_to_first_token"))),
     ("decode per token", lambda r: _ms(r.timings.get("decode_per_token"))),
+]
+COST_COLUMNS: Columns = [
     ("peak MiB (+run)", lambda r: f"{_mib(r.memory.peak_bytes)} (+{_mib(r.memory.added_bytes)})"),
     ("KV MiB", lambda r: "-" if r.kv_cache_bytes is None else f"{r.kv_cache_bytes / 2**20:.1f}"),
     ("prefill GFLOPs", lambda r: "-" if r.llm_prefill_flops is None else f"{r.llm_prefill_flops / 1e9:.4g}"),
@@ -142,9 +149,11 @@ ROW_COLUMNS: list[tuple[str, Callable[[Any], str]]] = [
     ("prefill speedup", lambda r: _times(r.prefill_speedup)),
     ("TTFT speedup", lambda r: _times(r.ttft_speedup)),
 ]
-"""Times in ms: median over the timed runs, (min-max) where shown."""
+ROW_COLUMNS: Columns = KEY_COLUMNS + TIME_COLUMNS + COST_COLUMNS
+"""One row per configuration (Markdown); the terminal shows it as two tables, times and costs, so that it fits.
+Times in ms: median over the timed runs, (min-max) where shown."""
 
-EXTRACTION_COLUMNS: list[tuple[str, Callable[[Any], str]]] = [
+EXTRACTION_COLUMNS: Columns = [
     ("[CLS] extraction", lambda e: e.name),
     ("layers run", lambda e: str(e.layers_run)),
     ("encoder ms (min-max)", lambda e: _ms_spread(e.encoder)),
@@ -176,13 +185,24 @@ def print_tables(result: Any, targets: list[Any], *, markdown: bool = False) -> 
 
         console = Console(width=max(Console().width, 160))
         console.print(header)
-        for title, columns, rows in tables:
+        terminal_tables = [
+            ("configurations: time", KEY_COLUMNS + TIME_COLUMNS, result.rows, "times in ms: median (min-max)"),
+            ("configurations: memory, FLOPs, speedup over none", KEY_COLUMNS + COST_COLUMNS, result.rows, None),
+            ("[CLS] extraction", EXTRACTION_COLUMNS, result.extraction, "times in ms: median (min-max)"),
+        ]
+        for title, columns, rows, caption in terminal_tables:
             if rows:
-                table = Table(title=title, caption="times in ms: median (min-max)")
+                table = Table(title=title, caption=caption)
+                cells = [[f(row) for _, f in columns] for row in rows]
                 for number, (name, _) in enumerate(columns):
-                    table.add_column(name, overflow="fold", no_wrap=number == 0)
-                for row in rows:
-                    table.add_row(*(f(row) for _, f in columns))
+                    if name == "how":  # the prose column wraps
+                        table.add_column(name, overflow="fold")
+                        continue
+                    # headers wrap at spaces to the widest cell, so that the numbers never break
+                    width = max(max(len(line[number]) for line in cells), *(len(word) for word in name.split()))
+                    table.add_column(textwrap.fill(name, width), no_wrap=True)
+                for line in cells:
+                    table.add_row(*line)
                 console.print(table)
         targets_table = Table(title="targets")
         for name in ("target", "measured", "result"):
