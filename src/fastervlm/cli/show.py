@@ -38,6 +38,7 @@ def run_show(args: argparse.Namespace) -> int:
 
     if args.columns < 1 or (args.scale is not None and args.scale < 1):
         raise FasterVLMError("--columns and --scale must be at least 1.")
+    _check_outputs(args)
     method, settings = method_settings(args)
     pipeline = _pipeline(args)
     pruner = pipeline.pruner(method, **settings)
@@ -58,6 +59,21 @@ def run_show(args: argparse.Namespace) -> int:
     print(f"{out}: {picture.width}x{picture.height}, {answer.visual_tokens} visual tokens kept "
           f"({answer.method.get('method')})" + (f"; animation {args.animation}" if args.animation else ""), file=sys.stderr)
     return 0
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse an unwritable --out / --animation before the model runs, not after."""
+    from PIL import Image
+
+    from fastervlm.errors import FasterVLMError
+
+    for flag, path in (("--out", args.out), ("--animation", args.animation)):
+        if path is not None and not Path(path).parent.is_dir():
+            raise FasterVLMError(f"{flag} {path}: the folder {Path(path).parent} does not exist; create it first.")
+    suffix = Path(args.out).suffix.lower()
+    if suffix not in Image.registered_extensions():
+        raise FasterVLMError(f"--out {args.out}: Pillow cannot write {suffix or 'a file without an extension'}; "
+                             "use a picture name such as kept.png.")
 
 
 def _pipeline(args: argparse.Namespace):
