@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from fastervlm.cli.common import add_generation_arguments, add_model_arguments, generation_settings, load_model
 
@@ -47,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
         raise FasterVLMError("--max-upload-mb and --max-video-seconds must be above 0.")
     if not 0 < args.port < 65536:
         raise FasterVLMError(f"--port {args.port} is not a port number: give one from 1 to 65535.")
+    if args.runs and not Path(args.runs).is_dir():
+        raise FasterVLMError(f"--runs {args.runs} is not a folder: give the folder `fastervlm eval predict --out` "
+                             "wrote, or leave --runs out and pick one in the page's Results tab.")
     generation = generation_settings(args)
     if args.model is None:
         from fastervlm.tiny import ensure_tiny_checkpoint
@@ -54,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         args.model = str(ensure_tiny_checkpoint())
     settings = WebSettings(max_upload_mb=args.max_upload_mb, max_video_seconds=args.max_video_seconds,
                            generation=generation, flip=args.flip, runs_dir=Path(args.runs) if args.runs else None)
+    print(f"fastervlm web: loading {args.model} ...", file=sys.stderr)
     pipeline = load_model(args)
     if pipeline.adapter.media != "video":
         raise FasterVLMError(f"{args.model} is an {pipeline.adapter.media} model ({pipeline.adapter.family}); the web page "
