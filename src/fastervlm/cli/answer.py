@@ -11,6 +11,7 @@ from fastervlm.cli.common import (
     add_generation_arguments,
     add_method_arguments,
     add_model_arguments,
+    check_max_new_tokens,
     generation_settings,
     load_model,
     method_settings,
@@ -72,6 +73,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from fastervlm.models.base import GenerationSettings
     from fastervlm.tiny import default_cache_dir, ensure_tiny_checkpoint
 
+    check_max_new_tokens(args.max_new_tokens)
     cache = default_cache_dir() if args.cache_dir is None else __import__("pathlib").Path(args.cache_dir)
     print(f"tiny checkpoint: {ensure_tiny_checkpoint(cache_dir=cache)}", file=sys.stderr)
     pipeline = fastervlm.load(ensure_tiny_checkpoint(cache_dir=cache), device="cpu")

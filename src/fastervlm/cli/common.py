@@ -109,12 +109,18 @@ def add_generation_arguments(parser: argparse.ArgumentParser, *, max_new_tokens:
     group.add_argument("--flip", action="store_true", help="flip the frames horizontally (the original flips at random, p = 0.5)")
 
 
+def check_max_new_tokens(value: int) -> None:
+    from fastervlm.errors import FasterVLMError
+
+    if value < 1:
+        raise FasterVLMError(f"--max-new-tokens must be at least 1 (got {value}).")
+
+
 def generation_settings(args: argparse.Namespace) -> Any:
     from fastervlm.errors import FasterVLMError
     from fastervlm.models.base import GenerationSettings
 
-    if args.max_new_tokens < 1:
-        raise FasterVLMError(f"--max-new-tokens must be at least 1 (got {args.max_new_tokens}).")
+    check_max_new_tokens(args.max_new_tokens)
     if args.sample and args.temperature <= 0:
         raise FasterVLMError("--temperature must be above 0 with --sample; leave out --sample for greedy decoding.")
     return GenerationSettings(max_new_tokens=args.max_new_tokens, sample=args.sample, temperature=args.temperature, seed=args.seed)
