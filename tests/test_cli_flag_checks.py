@@ -12,3 +12,11 @@ def test_demo_refuses_zero_new_tokens_before_writing_anything(capsys, tmp_path) 
     assert "--max-new-tokens must be at least 1 (got 0)" in err and "Traceback" not in err
     assert not cache.exists()  # no tiny checkpoint written, no model loaded
 
+
+def test_predict_refuses_a_negative_prefetch_before_reading_data(capsys, tmp_path) -> None:
+    code = main(["eval", "predict", "--benchmark", "msvd", "--data-root", str(tmp_path / "no-data"),
+                 "--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "runs"), "--prefetch", "-1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "--prefetch" in err and "got -1" in err and "no-data" not in err
+    assert not (tmp_path / "runs").exists()

@@ -158,6 +158,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if args.run_dir and len(args.benchmark) > 1:
         raise FasterVLMError("--run-dir names one run: give one --benchmark with it, or use --out.")
+    if args.prefetch < 0:
+        raise FasterVLMError(f"--prefetch is a number of videos decoded ahead: 0 or more (got {args.prefetch}).")
     loaded = _load_benchmarks(args.benchmark, args.data_root, args.limit)  # bad data fails before the model loads
     method, settings = method_settings(args)
     generation = generation_settings(args)
