@@ -254,3 +254,16 @@ def test_llama_config_keeps_the_rope_settings_of_a_legacy_config_json() -> None:
     assert llama.hidden_size == config["hidden_size"] and llama.model_type == "llama"
     assert not any(hasattr(llama, key) for key in config if key.startswith("mm_"))
     assert llama_config({k: v for k, v in config.items() if not k.startswith("rope")}).rope_parameters["rope_theta"] == 10000.0
+
+
+def test_tower_saved_with_position_ids_loads(checkpoint_copy: Path) -> None:
+    """Older transformers saved CLIP's position_ids buffer into the weights; it is derived, not loaded."""
+    tower_file = checkpoint_copy.parent / "LanguageBind_Video_merge" / "pytorch_model.bin"
+    state = torch.load(tower_file, weights_only=True)
+    reference = fastervlm.load(checkpoint_copy, device="cpu")
+    state["vision_model.embeddings.position_ids"] = torch.arange(reference.num_patches + 1)[None]
+    torch.save(state, tower_file)
+    loaded = fastervlm.load(checkpoint_copy, device="cpu")
+    pixels = _pixels(loaded)[None]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.adapter.tower(pixels)[0], reference.adapter.tower(pixels)[0], atol=0, rtol=0)

@@ -178,6 +178,8 @@ def load_video_tower(tower_dir: Path, *, device: torch.device, dtype: torch.dtyp
     with no_init_weights():
         tower = LanguageBindVideoTower(config).to(device=device, dtype=dtype)
     state = load_prefix(tower_dir, WEIGHT_PREFIX)
+    # transformers releases before 4.31 saved CLIP's position_ids (an arange) as a weight; the embeddings build it.
+    state.pop(f"{WEIGHT_PREFIX}embeddings.position_ids", None)
     frames_in_weights = state.get(f"{WEIGHT_PREFIX}encoder.layers.0.temporal_embedding")
     if frames_in_weights is not None and frames_in_weights.shape[1] != config.num_frames:
         raise CheckpointError(
