@@ -46,6 +46,13 @@ def test_torn_last_line_is_skipped_then_cut_before_the_next_append(tmp_path: Pat
     assert path.read_text() == '{"id": "q0"}\n{"id": "q2"}\n'
 
 
+def test_a_damaged_line_names_the_file_the_line_and_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"id": "q0"}\n{"id": q1}\n{"id": "q2"}\n')
+    with pytest.raises(FasterVLMError, match=r"p\.jsonl line 2 is not JSON.*Repair or delete that line"):
+        list(read_jsonl(path))
+
+
 def test_two_writers_on_one_file_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "p.jsonl"
     with JsonlAppender(path):

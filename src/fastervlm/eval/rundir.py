@@ -109,7 +109,11 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
             try:
                 yield json.loads(line)
             except json.JSONDecodeError as err:
-                raise FasterVLMError(f"{path} line {number} is not JSON ({err}); the file was edited or damaged.") from err
+                raise FasterVLMError(
+                    f"{path} line {number} is not JSON ({err}): the file was edited or damaged. Repair or delete that "
+                    "line and run the command again (a deleted prediction is made again, a deleted judgment is "
+                    "judged again, from the judge cache when it holds it)."
+                ) from err
 
 
 class JsonlAppender:
