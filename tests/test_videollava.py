@@ -256,13 +256,23 @@ def test_llama_config_keeps_the_rope_settings_of_a_legacy_config_json() -> None:
     assert llama_config({k: v for k, v in config.items() if not k.startswith("rope")}).rope_parameters["rope_theta"] == 10000.0
 
 
-def test_tower_saved_with_position_ids_loads(checkpoint_copy: Path) -> None:
+
+def _with_position_ids(state: dict, tower_file: Path) -> None:
     """Older transformers saved CLIP's position_ids buffer into the weights; it is derived, not loaded."""
+    patches = state["vision_model.embeddings.position_embedding.weight"].shape[0]
+    torch.save({**state, "vision_model.embeddings.position_ids": torch.arange(patches)[None]}, tower_file)
+
+
+def _legacy_format(state: dict, tower_file: Path) -> None:
+    """torch.save's pre-1.6 format, which cannot be memory-mapped."""
+    torch.save(state, tower_file, _use_new_zipfile_serialization=False)
+
+
+@pytest.mark.parametrize("rewrite", [_with_position_ids, _legacy_format])
+def test_older_tower_files_load(checkpoint_copy: Path, rewrite) -> None:
     tower_file = checkpoint_copy.parent / "LanguageBind_Video_merge" / "pytorch_model.bin"
-    state = torch.load(tower_file, weights_only=True)
     reference = fastervlm.load(checkpoint_copy, device="cpu")
-    state["vision_model.embeddings.position_ids"] = torch.arange(reference.num_patches + 1)[None]
-    torch.save(state, tower_file)
+    rewrite(torch.load(tower_file, weights_only=True), tower_file)
     loaded = fastervlm.load(checkpoint_copy, device="cpu")
     pixels = _pixels(loaded)[None]
     with torch.no_grad():

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from transformers.modeling_utils import load_state_dict
 
 from fastervlm.errors import CheckpointError
 
@@ -49,7 +50,8 @@ def load_prefix(directory: Path, prefix: str, *, strip: bool = False) -> dict[st
             with safe_open(str(file), framework="pt") as handle:
                 found.update({k: handle.get_tensor(k) for k in handle.keys() if k.startswith(prefix)})
         else:
-            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            # transformers' reader memory-maps zip-format files and also reads the legacy (pre-1.6) format
+            state = load_state_dict(file, map_location="cpu", weights_only=True)
             found.update({k: v for k, v in state.items() if k.startswith(prefix)})
     if not found:
         raise CheckpointError(f"no weights named {prefix}* in {directory}: is this the right checkpoint folder?")
