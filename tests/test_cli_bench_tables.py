@@ -21,3 +21,14 @@ def test_terminal_tables_keep_numbers_whole(tmp_path, tiny_checkpoint, synthetic
         assert len(rows) == 2  # one row in each table, none wrapped onto a second line
         assert len(re.findall(r"\d+\.\d \(\d+-\d+\)", rows[0])) == 2  # LLM prefill and TTFT, median (min-max)
         assert re.search(r"x\d+\.\d\d\s+│\s+x\d+\.\d\d\s+│$", rows[1])  # prefill and TTFT speedups, whole
+
+
+def test_no_progress_hides_the_bar(tmp_path, tiny_checkpoint, synthetic_video, capsys) -> None:
+    argv = ["bench", "--model", str(tiny_checkpoint), "--device", "cpu", "--video", str(synthetic_video),
+            "--methods", "fastervlm", "--keep", "4", "--warmup", "0", "--repeats", "1", "--max-new-tokens", "1",
+            "--in-process", "--no-reference", "--out-dir", str(tmp_path), "--json"]
+    assert main(argv) == 0
+    assert "bench:" in capsys.readouterr().err  # the bar, by default
+    assert main([*argv, "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "bench:" not in err and "wrote" in err

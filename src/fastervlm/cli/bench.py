@@ -56,6 +56,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     out.add_argument("--out-dir", default="bench-out", metavar="DIR", help="where bench.json and bench.png go (default %(default)s)")
     out.add_argument("--json", action="store_true", help="print the JSON instead of the tables")
     out.add_argument("--markdown", action="store_true", help="print the tables as Markdown (for docs)")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar")
     bench.set_defaults(handler=run_bench)
 
 
@@ -94,7 +95,7 @@ def run_bench(args: argparse.Namespace) -> int:
         source = ModelSource.tiny(device=args.device)
     result = run_benchmark(source, configs, video=args.video, question=args.question or QUESTION, warmup=args.warmup,
                            repeats=args.repeats, max_new_tokens=args.max_new_tokens, reference=not args.no_reference,
-                           isolate=False if args.in_process else None)
+                           isolate=False if args.in_process else None, progress=not args.no_progress)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = result.to_json()
