@@ -90,3 +90,12 @@ def test_find_runs_walks_a_tree(tmp_path: Path) -> None:
     assert [r.path for r in find_runs(tmp_path / "m/tgif/none")] == [tmp_path / "m/tgif/none"]
     with pytest.raises(FasterVLMError, match="not a run directory"):
         RunDir(tmp_path / "m").config()
+
+
+@pytest.mark.parametrize("damage", ["config.json", "items.json"])
+def test_a_damaged_run_record_gets_a_clear_error(tmp_path: Path, damage: str) -> None:
+    run = RunDir(tmp_path / "run")
+    run.create_or_check(_config(), ITEMS)
+    (run.path / damage).write_text('{"benchmark": ')
+    with pytest.raises(FasterVLMError, match=rf"{damage} is missing or damaged .*start a fresh run"):
+        run.config() if damage == "config.json" else run.items()

@@ -185,11 +185,21 @@ class RunDir:
     def config(self) -> dict[str, Any]:
         if not self.exists():
             raise FasterVLMError(f"{self.path} is not a run directory (no {CONFIG_FILE}); run `fastervlm eval predict` first.")
-        return json.loads(self.config_file.read_text())
+        return self._read_record(self.config_file)
 
     def items(self) -> list[dict[str, Any]]:
         """The benchmark items in order (id, video_name, question, answer)."""
-        return json.loads((self.path / ITEMS_FILE).read_text())
+        return self._read_record(self.path / ITEMS_FILE)
+
+    def _read_record(self, path: Path) -> Any:
+        """One of the run's own JSON records, with an error that says what to do when it is missing or damaged."""
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise FasterVLMError(
+                f"{path} is missing or damaged ({err}); the predictions in {self.path} are intact, but this record "
+                "cannot be rebuilt safely: restore it from a backup, or start a fresh run with another --out or --tag."
+            ) from err
 
     def create_or_check(self, config: dict[str, Any], items: list[dict[str, Any]]) -> bool:
         """Record the configuration (True) or check it equals the recorded one; a difference is refused."""
