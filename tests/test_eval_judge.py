@@ -183,3 +183,12 @@ def test_error_records_are_not_sent_to_the_judge(tmp_path: Path) -> None:
     with FakeOpenAI() as server:
         summary, = _judge([run], _settings(server, tmp_path))
         assert (summary.items, len(server.calls)) == (1, 1)
+
+
+@pytest.mark.parametrize("setting", [{"concurrency": 0}, {"max_attempts": 0}, {"down_after": 0}, {"timeout": 0.0}])
+def test_judge_settings_out_of_range_are_refused(setting: dict) -> None:
+    from fastervlm.errors import FasterVLMError
+    from fastervlm.eval.judge import JudgeSettings
+
+    with pytest.raises(FasterVLMError, match=next(iter(setting))):
+        JudgeSettings(**setting)

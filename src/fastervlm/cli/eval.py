@@ -131,11 +131,8 @@ def _comma_list(text: str, kind: type = str) -> list:
 
 
 def _judge_settings(args: argparse.Namespace):  # noqa: ANN202
-    from fastervlm.errors import FasterVLMError
     from fastervlm.eval.judge import JudgeSettings
 
-    if args.concurrency < 1 or args.max_attempts < 1 or args.judge_timeout <= 0:
-        raise FasterVLMError("--concurrency and --max-attempts must be at least 1, --judge-timeout above 0.")
     return JudgeSettings(model=args.judge_model, base_url=args.base_url, temperature=args.judge_temperature,
                          max_attempts=args.max_attempts, concurrency=args.concurrency, timeout=args.judge_timeout,
                          cache_dir=args.cache_dir)

@@ -97,6 +97,15 @@ class JudgeSettings:
     """Stop the whole run when this many items in a row (or all of them, when fewer) exhausted their attempts on
     transport errors."""
 
+    def __post_init__(self) -> None:
+        limits = {"concurrency (--concurrency)": self.concurrency, "max_attempts (--max-attempts)": self.max_attempts,
+                  "down_after": self.down_after}
+        for name, value in limits.items():
+            if not isinstance(value, int) or value < 1:
+                raise FasterVLMError(f"judge setting {name} must be a whole number of at least 1 (got {value!r}).")
+        if not self.timeout > 0:
+            raise FasterVLMError(f"judge timeout (--judge-timeout) must be above 0 seconds (got {self.timeout!r}).")
+
     def record(self, base_url: str | None) -> dict[str, Any]:
         """What judge.json keeps: no key, and no credentials embedded in the URL."""
         out = {k: v for k, v in asdict(self).items() if k not in ("cache_dir", "base_url")}
