@@ -358,3 +358,11 @@ def test_find_video_tries_extensions_in_order(tmp_path):
     (tmp_path / "clip.2.gif").write_bytes(b"")
     assert media.find_video(tmp_path, "clip.2") == tmp_path / "clip.2.gif"
     assert media.find_video(tmp_path, "clip.2", extensions=(".mp4",)) is None
+
+
+def test_an_ffmpeg_error_is_reported_in_words_without_errno(tmp_path):
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video at all")
+    with pytest.raises(media.MediaError) as caught:
+        media.read_video_frames(text)
+    assert "Errno" not in str(caught.value) and "Invalid data" in str(caught.value)

@@ -54,7 +54,7 @@ def sample_indices(total: int, num: int) -> list[int]:
 def _existing_file(path: str | os.PathLike, kind: str) -> Path:
     path = Path(path)
     if path.is_dir():
-        raise MediaError(f"{path} is a directory, not {kind} file: pass the path of one {kind} file.")
+        raise MediaError(f"{path} is a directory, not a {kind} file: pass the path of one {kind} file.")
     if not path.is_file():
         raise MediaError(f"{kind} file not found: {path}. Check the path (and the data folder it should be in).")
     return path
@@ -72,6 +72,11 @@ def read_video_frames(path: str | os.PathLike, num_frames: int = 8, backend: str
     raise FasterVLMError(f"unknown video backend {backend!r}: use 'pyav' (default) or 'decord'.")
 
 
+def _reason(error: av.FFmpegError) -> str:
+    """FFmpeg's own words ("Invalid data found when processing input"), without its errno and the path again."""
+    return getattr(error, "strerror", None) or str(error)
+
+
 @contextmanager
 def _open_video(path: Path) -> Iterator[av.container.InputContainer]:
     """An open container with a video stream; any PyAV error inside the block becomes a MediaError."""
@@ -82,7 +87,7 @@ def _open_video(path: Path) -> Iterator[av.container.InputContainer]:
                                  "or re-download it.")
             yield container
     except av.FFmpegError as error:
-        raise MediaError(f"{path} is not a video PyAV can read ({error}): {_REENCODE.format(path=path)}") from error
+        raise MediaError(f"{path} is not a video PyAV can read ({_reason(error)}): {_REENCODE.format(path=path)}") from error
 
 
 def _frame_count_hint(path: Path) -> int:
@@ -124,7 +129,7 @@ def _decode(path: Path, wanted: set[int]) -> tuple[dict[int, np.ndarray], int]:
                     break
         except av.FFmpegError as error:
             if count == 0:
-                raise MediaError(f"{path} is corrupt or truncated ({error}): {_REENCODE.format(path=path)}") from error
+                raise MediaError(f"{path} is corrupt or truncated ({_reason(error)}): {_REENCODE.format(path=path)}") from error
             # a damaged tail: the caller sees fewer frames than packets and says so
     return kept, count
 
