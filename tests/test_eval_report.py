@@ -15,7 +15,7 @@ from fastervlm.errors import FasterVLMError
 from fastervlm.eval.judge import JudgeSettings, judge_runs
 from fastervlm.eval.metrics import mcnemar_exact_p
 from fastervlm.eval.report import build_report, compare_runs, write_report
-from fastervlm.eval.rundir import JsonlAppender
+from fastervlm.eval.rundir import JsonlAppender, RunDir
 
 FASTERVLM = {"method": "fastervlm", "keep": None, "reduction": 0.9, "global_budget": False}
 
@@ -146,3 +146,22 @@ def test_compat_mode_reads_the_same_judgments_with_the_original_rules(runs: Path
 def test_no_runs_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(FasterVLMError, match="no run directories"):
         build_report([tmp_path])
+
+
+def test_compare_names_the_real_problem(runs: Path, tmp_path: Path) -> None:
+    base = runs / "tiny/msvd/none"
+    with pytest.raises(FasterVLMError, match="no such run folder"):
+        compare_runs(base, runs / "tiny/msvd/nonexistent")
+    with pytest.raises(FasterVLMError, match="not a run directory"):
+        compare_runs(tmp_path, base)
+    unjudged = make_run(tmp_path / "more/msvd/none", _answers([True, False, True, True])).path
+    with pytest.raises(FasterVLMError, match=f"{unjudged} is not judged yet: run `fastervlm eval judge"):
+        compare_runs(base, unjudged)
+    unjudged_tgif = make_run(tmp_path / "more/tgif/none", _answers([True]), benchmark="tgif").path
+    with pytest.raises(FasterVLMError, match="paired tests need the same items"):
+        compare_runs(base, unjudged_tgif)
+    with FakeOpenAI() as server:
+        judge_runs([RunDir(unjudged)], JudgeSettings(model="other-judge", base_url=server.url,
+                   cache_dir=tmp_path / "cache"), api_key="k", progress=False, report=lambda _: None)
+    with pytest.raises(FasterVLMError, match="no judge model in common.*gpt-3.5-turbo.*other-judge"):
+        compare_runs(base, unjudged)
