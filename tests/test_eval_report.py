@@ -165,3 +165,19 @@ def test_compare_names_the_real_problem(runs: Path, tmp_path: Path) -> None:
                    cache_dir=tmp_path / "cache"), api_key="k", progress=False, report=lambda _: None)
     with pytest.raises(FasterVLMError, match="no judge model in common.*gpt-3.5-turbo.*other-judge"):
         compare_runs(base, unjudged)
+
+
+def test_a_judge_that_judged_nothing_does_not_count(runs: Path, tmp_path: Path) -> None:
+    from fastervlm.eval.judge import JudgeUnavailable
+
+    server = FakeOpenAI().start()
+    url = server.url
+    server.stop()
+    dead = JudgeSettings(model="dead-judge", base_url=url, cache_dir=tmp_path / "cache", backoff=0.001,
+                         max_backoff=0.01, max_attempts=1)
+    with pytest.raises(JudgeUnavailable):
+        judge_runs(_all(runs / "tiny/msvd/none"), dead, api_key="k", progress=False, report=lambda _: None)
+    assert "dead-judge" in RunDir(runs / "tiny/msvd/none").judge_models()  # the folder is there ...
+    report = build_report([runs])  # ... but it judged nothing, so there is only one judge to choose
+    assert report.judge_model == "gpt-3.5-turbo"
+    assert compare_runs(runs / "tiny/msvd/none", runs / "tiny/msvd/fastervlm_r0.9").common == 4

@@ -105,8 +105,14 @@ class RunResult:
         }
 
 
+def judged_models(run: RunDir) -> list[str]:
+    """Judge models with at least one valid judgment in `run`: a judge run that failed on every item (e.g. an
+    unreachable endpoint) leaves a judge/<model>/ folder but judged nothing, so it does not count."""
+    return [m for m in run.judge_models() if any(j.get("valid", True) for j in read_judgments(run, m).values())]
+
+
 def judge_models_of(runs: list[RunDir]) -> list[str]:
-    return sorted({m for run in runs for m in run.judge_models()})
+    return sorted({m for run in runs for m in judged_models(run)})
 
 
 def current_replies(run: RunDir, judge_model: str | None, predictions: dict[str, dict]) -> dict[str, object]:
@@ -413,7 +419,7 @@ def _run_to_compare(path: str | os.PathLike) -> RunDir:
 
 def _compare_judge_model(run_a: RunDir, run_b: RunDir) -> str:
     """The only judge model both runs have valid judgments from, or an error naming the real problem."""
-    models_a, models_b = run_a.judge_models(), run_b.judge_models()
+    models_a, models_b = judged_models(run_a), judged_models(run_b)
     for run, models in ((run_a, models_a), (run_b, models_b)):
         if not models:
             raise FasterVLMError(f"{run.path} is not judged yet: run `fastervlm eval judge {run.path}` first.")
