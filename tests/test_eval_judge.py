@@ -123,7 +123,7 @@ def test_an_unreachable_judge_fails_loudly_and_quickly(tmp_path: Path) -> None:
     url = server.url
     server.stop()
     settings = JudgeSettings(base_url=url, cache_dir=tmp_path / "cache", backoff=0.001, max_backoff=0.01, concurrency=2)
-    with pytest.raises(JudgeUnavailable, match=r"looks down.*up to 6 items of 1 runs are unjudged"):
+    with pytest.raises(JudgeUnavailable, match=r"looks down.*up to 6 items of 1 run are unjudged"):
         _judge([run], settings)
     judgments = read_judgments(run, "gpt-3.5-turbo")
     assert not any(j["valid"] for j in judgments.values())  # nothing is recorded as judged (or as wrong)
@@ -192,3 +192,12 @@ def test_judge_settings_out_of_range_are_refused(setting: dict) -> None:
 
     with pytest.raises(FasterVLMError, match=next(iter(setting))):
         JudgeSettings(**setting)
+
+
+def test_judge_names_the_path_without_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fastervlm.cli import main
+
+    make_run(tmp_path / "runs/msvd/none", ANSWERS)
+    for path, words in [(tmp_path / "nonexist", "(no such folder)"), (tmp_path / "runs/msvd/none/predictions", "")]:
+        assert main(["eval", "judge", str(tmp_path / "runs"), str(path)]) == 2
+        assert f"no run directories under {path}{' ' + words if words else ':'}" in capsys.readouterr().err

@@ -181,3 +181,9 @@ def test_a_judge_that_judged_nothing_does_not_count(runs: Path, tmp_path: Path) 
     report = build_report([runs])  # ... but it judged nothing, so there is only one judge to choose
     assert report.judge_model == "gpt-3.5-turbo"
     assert compare_runs(runs / "tiny/msvd/none", runs / "tiny/msvd/fastervlm_r0.9").common == 4
+
+
+def test_an_unjudged_report_says_so(tmp_path: Path) -> None:
+    make_run(tmp_path / "tiny/msvd/none", _answers([True, False]))
+    legend = build_report([tmp_path]).markdown()
+    assert "not judged yet (run `fastervlm eval judge`)" in legend and "judge no judge" not in legend

@@ -178,9 +178,9 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_judge(args: argparse.Namespace) -> int:
     from fastervlm.eval.judge import judge_runs
-    from fastervlm.eval.rundir import find_runs
+    from fastervlm.eval.rundir import find_runs_under
 
-    runs = [run for path in args.paths for run in find_runs(path)]
+    runs = find_runs_under(args.paths)
     judge_runs(runs, _judge_settings(args), progress=not args.no_progress, report=lambda line: print(line, file=sys.stderr))
     return 0
 

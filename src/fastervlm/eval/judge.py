@@ -430,8 +430,9 @@ def judge_runs(runs: list[RunDir], settings: JudgeSettings, *, api_key: str | No
             for line in (s.line() for s in summaries):
                 report(line)
             pending = sum(len([p for p in r.predictions().values() if not is_error(p)]) for r in runs[len(summaries):])
+            left = len(runs) - len(summaries)
             raise JudgeUnavailable(
-                f"{err} Judging stopped: up to {pending} items of {len(runs) - len(summaries)} runs are unjudged "
+                f"{err} Judging stopped: up to {pending} items of {left} run{'s' if left != 1 else ''} are unjudged "
                 "(finished judgments are cached: rerunning costs nothing for them)."
             ) from None
         report(summaries[-1].line())

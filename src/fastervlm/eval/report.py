@@ -20,7 +20,7 @@ from fastervlm.errors import FasterVLMError
 from fastervlm.eval.benchmarks import BENCHMARKS
 from fastervlm.eval.judge import PROMPT_VERSION, SETTINGS_FILE, prediction_key, read_judgments
 from fastervlm.eval.metrics import Metrics, Mode, PairedTest, compute, paired_test, parse_reply
-from fastervlm.eval.rundir import PROVENANCE, RunDir, find_runs, is_error, variant_name
+from fastervlm.eval.rundir import PROVENANCE, RunDir, find_runs_under, is_error, variant_name
 
 FLAG = "†"
 
@@ -235,9 +235,9 @@ class Report:
         return "\n".join(lines) + "\n"
 
     def _legend(self) -> str:
-        judge = self.judge_model or "no judge"
+        judge = f"judge {self.judge_model}" if self.judge_model else "not judged yet (run `fastervlm eval judge`)"
         return (
-            f"Acc = yes/(yes+no) in %, Score = mean judge score (0-5); judge {judge}, metrics mode {self.mode}. "
+            f"Acc = yes/(yes+no) in %, Score = mean judge score (0-5); {judge}, metrics mode {self.mode}. "
             "Avg = mean over benchmarks of the ratio to the baseline row (method none / reduction 0) of the same "
             f"model; {FLAG} = incomplete run, or an average over fewer benchmarks than the table has."
         )
@@ -351,9 +351,7 @@ def _ratio_mean(pairs: list[tuple[float | None, float | None]]) -> tuple[float |
 
 def build_report(paths: list[str | os.PathLike], *, judge_model: str | None = None, mode: Mode = "strict") -> Report:
     """Read every run under `paths` and lay them out as the seed's table."""
-    runs = [run for p in paths for run in find_runs(p)]
-    if not runs:
-        raise FasterVLMError(f"no run directories under {', '.join(map(str, paths))}: run `fastervlm eval predict` first.")
+    runs = find_runs_under(paths)
     if judge_model is None:
         models = judge_models_of(runs)
         if len(models) > 1:

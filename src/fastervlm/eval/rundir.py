@@ -253,3 +253,17 @@ def find_runs(root: str | os.PathLike) -> list[RunDir]:
     if (root / CONFIG_FILE).is_file():
         return [RunDir(root)]
     return [RunDir(p.parent) for p in sorted(root.rglob(CONFIG_FILE)) if (p.parent / ITEMS_FILE).is_file()]
+
+
+def find_runs_under(paths: list[str | os.PathLike]) -> list[RunDir]:
+    """Every run directory under each of `paths`; an error naming the path that holds none."""
+    runs = []
+    for path in paths:
+        found = find_runs(path)
+        if not found:
+            missing = "" if Path(path).exists() else " (no such folder)"
+            raise FasterVLMError(
+                f"no run directories under {path}{missing}: run `fastervlm eval predict` first, or pass the folder it wrote."
+            )
+        runs += found
+    return runs
