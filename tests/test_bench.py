@@ -213,3 +213,26 @@ def test_bench_command_prints_markdown_tables(tmp_path, tiny_checkpoint, synthet
 def test_bench_command_refuses_bad_settings(tmp_path, capsys, argv, message) -> None:
     assert main(["bench", "--device", "cpu", "--out-dir", str(tmp_path), *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_budgets_out_of_range_are_refused_before_any_run(tmp_path, tiny_checkpoint, synthetic_video, capsys,
+                                                         monkeypatch) -> None:
+    from fastervlm import bench
+
+    def no_build(self):  # noqa: ANN001, ANN202
+        raise AssertionError("the model was built")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ModelSource, "build", no_build)
+        assert main(["bench", "--device", "cpu", "--out-dir", str(tmp_path), "--reductions", "2"]) == 2
+        assert "bench fastervlm reduction=2.0: --reduction must be between 0 and 1" in capsys.readouterr().err
+
+    def no_workers(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("a run started")
+
+    monkeypatch.setattr(bench, "_workers", no_workers)
+    assert main(["bench", "--model", str(tiny_checkpoint), "--device", "cpu", "--video", str(synthetic_video),
+                 "--keep", "999", "--in-process", "--out-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "bench fastervlm keep=999: --keep must be a whole number of patches per frame between 0 and" in err
+    assert "bench:" not in err  # no progress bar

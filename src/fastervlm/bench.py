@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from fastervlm.errors import FasterVLMError
+from fastervlm.errors import BudgetError, FasterVLMError
 from fastervlm.timing import TTFT_STAGES, StageTimer, time_to_first_token
 
 if TYPE_CHECKING:
@@ -70,12 +70,32 @@ def default_configs(
     keeps: Sequence[int] | None = None,
     method_settings: dict[str, dict[str, Any]] | None = None,
 ) -> list[BenchConfig]:
-    """The unpruned row first, then every method at every budget (reductions, or per-frame keeps when given)."""
+    """The unpruned row first, then every method at every budget (reductions, or per-frame keeps when given).
+    Budgets out of range are refused here, before any model is built (keeps are checked against the model's
+    patch count by check_budgets once it is known)."""
     budgets = [{"keep": k} for k in keeps] if keeps is not None else [{"reduction": r} for r in reductions]
     extra = method_settings or {}
-    return [BenchConfig("none")] + [
+    configs = [BenchConfig("none")] + [
         BenchConfig(method, {**budget, **extra.get(method, {})}) for method in methods for budget in budgets
     ]
+    check_budgets(configs)
+    return configs
+
+
+def check_budgets(configs: Sequence[BenchConfig], num_patches: int | None = None) -> None:
+    """Refuse a reduction outside [0, 1] or a keep outside [0, num_patches] (keeps only once the patch count is
+    known), naming the configuration: the same rule as the methods apply (resolve_keep)."""
+    from fastervlm.selection import resolve_keep
+
+    for config in configs:
+        keep, reduction = config.settings.get("keep"), config.settings.get("reduction")
+        if (keep is None and reduction is None) or (num_patches is None and keep is not None):
+            continue
+        try:
+            resolve_keep(num_patches or 0, keep=keep, reduction=reduction)
+        except BudgetError as err:
+            model = f" (this model has {num_patches} patches per frame)" if num_patches is not None else ""
+            raise BudgetError(f"bench {config.label}: {err}{model}") from None
 
 
 @dataclass(frozen=True)
@@ -295,6 +315,7 @@ def run_benchmark(
         if reference:
             tasks += [_Task(kind, None, str(video), question, max_new_tokens, isolate) for kind in ("ours", "reference")]
         pipeline = source.build()
+        check_budgets(configs, pipeline.num_patches)  # before any worker starts or the progress bar shows
         with _workers(pipeline, tasks, isolate) as workers:
             schedule = ["warmup"] * warmup + ["timed"] * repeats
             bar = tqdm(total=len(schedule) * len(workers), desc="bench", unit="run", disable=not progress, file=sys.stderr)
