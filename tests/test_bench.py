@@ -236,3 +236,16 @@ def test_budgets_out_of_range_are_refused_before_any_run(tmp_path, tiny_checkpoi
     err = capsys.readouterr().err
     assert "bench fastervlm keep=999: --keep must be a whole number of patches per frame between 0 and" in err
     assert "bench:" not in err  # no progress bar
+
+
+def test_targets_do_not_apply_to_a_toy_model(tiny_result) -> None:
+    from dataclasses import replace
+
+    from fastervlm.bench import TARGET_MIN_WIDTH
+
+    assert tiny_result.llm_width is not None and tiny_result.llm_width < TARGET_MIN_WIDTH
+    targets = check_targets(tiny_result)
+    assert [t.met for t in targets] == [None] * 3
+    assert all("n/a: a toy model" in t.measured for t in targets)
+    wide = check_targets(replace(tiny_result, llm_width=4096))  # same numbers on a real-width model: judged
+    assert wide[1].met is not None and "n/a" not in wide[1].measured
