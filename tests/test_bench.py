@@ -235,6 +235,7 @@ def test_budgets_out_of_range_are_refused_before_any_run(tmp_path, tiny_checkpoi
                  "--keep", "999", "--in-process", "--out-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "bench fastervlm keep=999: --keep must be a whole number of patches per frame between 0 and" in err
+    assert err.rstrip().endswith("(got 999).")  # one sentence, not a repeated patch count
     assert "bench:" not in err  # no progress bar
 
 

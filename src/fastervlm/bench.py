@@ -98,8 +98,7 @@ def check_budgets(configs: Sequence[BenchConfig], num_patches: int | None = None
         try:
             resolve_keep(num_patches or 0, keep=keep, reduction=reduction)
         except BudgetError as err:
-            model = f" (this model has {num_patches} patches per frame)" if num_patches is not None else ""
-            raise BudgetError(f"bench {config.label}: {err}{model}") from None
+            raise BudgetError(f"bench {config.label}: {err}") from None  # its range names the patch count
 
 
 @dataclass(frozen=True)
