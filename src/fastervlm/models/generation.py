@@ -62,3 +62,8 @@ def generation_config(settings: GenerationSettings, tokenizer: Any, defaults: Ge
         top_k=defaults.top_k if defaults.top_k is not None else 50,
         **special,
     )
+
+
+def until_eos(ids: list[int], eos: int | None) -> list[int]:
+    """Generated ids up to and including the first EOS: a batch pads shorter answers after theirs."""
+    return ids[: ids.index(eos) + 1] if eos in ids else ids

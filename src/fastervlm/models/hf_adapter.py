@@ -25,7 +25,7 @@ from fastervlm.errors import CheckpointError, FasterVLMError
 from fastervlm.methods.base import LLMPruner, Pruner
 from fastervlm.models import base
 from fastervlm.models.base import Generated, GenerationSettings, ModelAdapter
-from fastervlm.models.generation import StepClock, generation_config
+from fastervlm.models.generation import StepClock, generation_config, until_eos
 from fastervlm.models.hf_common import HFPruning, VisualStream
 from fastervlm.timing import StageTimer
 
@@ -196,12 +196,11 @@ class HFAdapter(ModelAdapter):
                 logits_processor=[clock],
             )
         clock.report(timer)
-        eos = self.tokenizer.eos_token_id
         llm_budget = isinstance(pruner, LLMPruner) and pruner.prunes  # FastV: count what layers >= K keep
         results = []
         for row, record, length in zip(out[:, input_ids.shape[1]:].tolist(), pruning.records,
                                        pruning.attention_mask.sum(1).tolist()):
-            ids = row[: row.index(eos) + 1] if eos in row else row
+            ids = until_eos(row, self.tokenizer.eos_token_id)
             results.append(Generated(
                 text=self.tokenizer.decode(ids, skip_special_tokens=True).strip(),
                 output_ids=ids,

@@ -23,7 +23,7 @@ from fastervlm import media
 from fastervlm.errors import CheckpointError
 from fastervlm.methods.base import LLMPruner, Pruner, VisualSelection, keep_all_tokens
 from fastervlm.models.base import Generated, GenerationSettings, ModelAdapter, read_config, register_adapter
-from fastervlm.models.generation import StepClock, generation_config
+from fastervlm.models.generation import StepClock, generation_config, until_eos
 from fastervlm.models.languagebind import LanguageBindVideoTower, load_video_tower
 from fastervlm.models.weights import load_into, load_prefix, weight_files
 from fastervlm.scoring import cls_patch_scores
@@ -235,13 +235,8 @@ class VideoLlavaAdapter(ModelAdapter):
                 logits_processor=[clock],
             )
         clock.report(timer)
-        outputs = [self._trim(row.tolist()) for row in out]
+        outputs = [until_eos(row.tolist(), self.tokenizer.eos_token_id) for row in out]
         return outputs, lengths, getattr(run, "kept_visual", None)
-
-    def _trim(self, ids: list[int]) -> list[int]:
-        """Generated ids up to and including the first EOS (padding after it removed)."""
-        eos = self.tokenizer.eos_token_id
-        return ids[: ids.index(eos) + 1] if eos in ids else ids
 
     def _decode(self, ids: list[int]) -> str:
         text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
