@@ -98,7 +98,7 @@ def check_budgets(configs: Sequence[BenchConfig], num_patches: int | None = None
         try:
             resolve_keep(num_patches or 0, keep=keep, reduction=reduction)
         except BudgetError as err:
-            raise BudgetError(f"bench {config.label}: {err}") from None  # its range names the patch count
+            raise BudgetError(f"bench {config.label}: {err.template}") from None  # its range names the patch count
 
 
 @dataclass(frozen=True)

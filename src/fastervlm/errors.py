@@ -3,6 +3,13 @@
 The CLI prints these without a traceback; anything else is a bug and keeps its traceback.
 """
 
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+_PARAMETER = re.compile(r"\{([a-z][a-z0-9_]*)\}")
+
 
 class FasterVLMError(Exception):
     """A bad input or set-up that the user can fix; the message says how."""
@@ -17,7 +24,26 @@ class CheckpointError(FasterVLMError):
 
 
 class BudgetError(FasterVLMError):
-    """An invalid --keep / --reduction or method setting."""
+    """An invalid budget (keep / reduction) or method setting.
+
+    The message names the library's parameters as `{keep}`, `{reduction}`, `{layer}` ...: `str()` shows them as
+    the Python call spells them (keep, reduction), and the CLI shows its own flags instead (`render`).
+    """
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        super().__init__(self.render({}))
+
+    def render(self, names: Mapping[str, str]) -> str:
+        """The message with each `{parameter}` replaced by `names[parameter]` (the parameter itself when absent)."""
+
+        def name(match: re.Match[str]) -> str:
+            try:
+                return names[match[1]]
+            except KeyError:
+                return match[1]
+
+        return _PARAMETER.sub(name, self.template)
 
 
 class UnsupportedModelError(FasterVLMError):

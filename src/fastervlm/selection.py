@@ -17,22 +17,22 @@ from fastervlm.errors import BudgetError
 def keep_from_reduction(num_patches: int, reduction: float) -> int:
     """Per-frame budget L = round(N * (1 - r)), rounding halves up (0.9 -> 26, 0.95 -> 13 for N = 256)."""
     if not 0.0 <= reduction <= 1.0:
-        raise BudgetError(f"--reduction must be between 0 and 1 (got {reduction}); e.g. 0.9 keeps 10% of the patches.")
+        raise BudgetError(f"{{reduction}} must be between 0 and 1 (got {reduction}); e.g. 0.9 keeps 10% of the patches.")
     exact = round(num_patches * (1.0 - reduction), 6)  # strip float noise: 256 * 0.1 = 25.599999999999998
     return int(math.floor(exact + 0.5))
 
 
 def resolve_keep(num_patches: int, keep: int | None = None, reduction: float | None = None) -> int:
-    """The per-frame budget from either --keep or --reduction; neither means keep all N patches."""
+    """The per-frame budget from either `keep` or `reduction`; neither means keep all N patches."""
     if keep is not None and reduction is not None:
-        raise BudgetError("--keep and --reduction are two ways to set one budget: give only one of them.")
+        raise BudgetError("{keep} and {reduction} are two ways to set one budget: give only one of them.")
     if reduction is not None:
         return keep_from_reduction(num_patches, reduction)
     if keep is None:
         return num_patches
     if isinstance(keep, bool) or not isinstance(keep, int) or not 0 <= keep <= num_patches:
         raise BudgetError(
-            f"--keep must be a whole number of patches per frame between 0 and {num_patches} (got {keep!r})."
+            f"{{keep}} must be a whole number of patches per frame between 0 and {num_patches} (got {keep!r})."
         )
     return keep
 

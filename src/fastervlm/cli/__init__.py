@@ -31,11 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; FasterVLMError becomes a one-line message and exit code 2, Ctrl-C exit code 130."""
-    from fastervlm.errors import FasterVLMError
+    from fastervlm.cli.common import CliParameterNames
+    from fastervlm.errors import BudgetError, FasterVLMError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
+    except BudgetError as err:  # the library names its parameters (keep=); the CLI its flags (--keep)
+        print(f"fastervlm: error: {err.render(CliParameterNames())}", file=sys.stderr)
+        return 2
     except FasterVLMError as err:
         print(f"fastervlm: error: {err}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
@@ -31,6 +32,48 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
                        help="any other setting of the method, e.g. --method fastv --method-option layer=3 "
                        "(repeatable; `fastervlm methods` lists each method's settings)")
+
+
+class CliParameterNames(dict):
+    """How the CLI spells the library's parameters in error messages (BudgetError.render): the budget and the
+    flags of their own, and `--method-option NAME` for every other method setting."""
+
+    def __init__(self) -> None:
+        super().__init__(keep="--keep", reduction="--reduction", global_budget="--global-budget", seed="--seed")
+
+    def __missing__(self, key: str) -> str:
+        return f"--method-option {key}"
+
+
+def parse_setting(text: str, flag: str = "--method-option") -> tuple[str | None, str, Any]:
+    """'[METHOD:]KEY=VALUE' -> (METHOD or None, key with '-' as '_', typed value): the one syntax of method settings
+    on every command; the METHOD: prefix scopes a setting to one method where a command runs several."""
+    from fastervlm.errors import BudgetError
+
+    scope, colon, assignment = text.partition(":")
+    if not colon or "=" in scope:
+        scope, assignment = "", text
+    key, sep, value = assignment.partition("=")
+    if not sep or not key.strip():
+        raise BudgetError(f"{flag} {text!r} is not [METHOD:]KEY=VALUE, e.g. {flag} layer=3 or {flag} fastv:layer=3.")
+    return scope.strip() or None, key.strip().replace("-", "_"), _parse_value(value.strip())
+
+
+def split_list(values: Sequence[str] | str | None, kind: Callable[[str], Any] = str, flag: str = "") -> list[Any]:
+    """A list flag's values: space-separated (the convention, argparse nargs) with commas also accepted, so
+    `--reductions 0.5 0.9` and `--reductions 0.5,0.9` are the same list."""
+    from fastervlm.errors import FasterVLMError
+
+    if values is None:
+        return []
+    tokens = [values] if isinstance(values, str) else list(values)
+    parts = [part.strip() for token in tokens for part in token.split(",") if part.strip()]
+    try:
+        return [kind(part) for part in parts]
+    except ValueError as err:
+        kind_name = getattr(kind, "__name__", "value")
+        raise FasterVLMError(f"{flag or 'a list flag'}: {' '.join(tokens)!r} is not a list of {kind_name} values "
+                             f"({err}).") from err
 
 
 def _parse_value(text: str) -> Any:

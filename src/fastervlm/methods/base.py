@@ -1,17 +1,22 @@
-"""What every pruning method is: a name, an attach point, its settings, and the budget it enforces.
+"""What every pruning method is: a name, where it acts, what it needs, its settings and the budget it enforces.
 
-Methods attach at one of two points that every model adapter exposes:
-- "vision": before the projector. The adapter hands over the feature layer's patch tokens per frame (and the
-  [CLS] scores when the method asks for them); the method returns the tokens the LLM will see.
-- "llm": inside the language model (FastV). The adapter hands the LLM all visual tokens plus a mask of where
-  they are; the method drops tokens from layer K on.
-Methods never import an adapter.
+A method class declares everything callers need to know, so that no caller (CLI, web, bench, eval, show, the
+engine) ever compares a method's name:
+- `stage`: "vision" (chooses visual tokens before the projector, from the encoder's output) or "llm" (drops
+  visual tokens inside the language model, FastV);
+- `inputs`: what a vision-stage method reads from the encoder besides the patch features (`CLS_SCORES`, ...);
+- `budget`: "per_frame" (L per frame, frames x L in all) or "none" (the method takes no budget);
+- `baseline`: the method keeps every token (the unpruned row of every table);
+- `default`: the method that a budget alone selects (`--reduction 0.9` without `--method`);
+- `selects_patches`: kept tokens are patches of the frame (`kept_indices` defined) rather than merged ones;
+- settings: the dataclass fields, each with a default and a help text (`setting(...)`).
+Methods never import a model adapter or the engine.
 """
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
@@ -23,6 +28,32 @@ if TYPE_CHECKING:
     from fastervlm.flops import LLMGeometry
 
 Stage = Literal["vision", "llm"]
+Budget = Literal["per_frame", "none"]
+
+CLS_SCORES = "cls_scores"
+"""Input: the [CLS] query's attention over each frame's patches at the feature layer, head mean, (T, N)."""
+ENCODER_INPUTS = (CLS_SCORES,)
+"""Every input an encoder can hand a vision-stage method besides the features."""
+
+BUDGET_PARAMETERS = ("keep", "reduction")
+"""The two spellings of the one budget that every pruning method takes (conventions.md)."""
+
+
+def setting(default: Any, help: str) -> Any:  # noqa: A002  (argparse's word for it)
+    """A method setting: a dataclass field with its default and the help text `fastervlm methods` shows."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class EncodedVideo:
+    """What the vision encoder hands a vision-stage method for one sample (a video, or an image as one frame).
+
+    features: (T, N, C) the feature layer's candidate tokens per frame ([CLS] excluded).
+    cls_scores: (T, N) the [CLS] attention over them, present when the method's inputs ask for it.
+    """
+
+    features: torch.Tensor
+    cls_scores: torch.Tensor | None = None
 
 
 @dataclass
@@ -44,11 +75,26 @@ class Pruner:
 
     name: ClassVar[str] = ""
     stage: ClassVar[Stage] = "vision"
-    needs_cls_scores: ClassVar[bool] = False
+    inputs: ClassVar[frozenset[str]] = frozenset()
+    budget: ClassVar[Budget] = "per_frame"
+    baseline: ClassVar[bool] = False
+    default: ClassVar[bool] = False
+    selects_patches: ClassVar[bool] = True
     summary: ClassVar[str] = ""
+    reference: ClassVar[str] = ""
+    """The paper (and reference code) the method follows."""
 
-    keep: int | None = None
-    reduction: float | None = None
+    keep: int | None = setting(None, "visual tokens kept per frame (L)")
+    reduction: float | None = setting(None, "fraction of visual tokens dropped: L = round(N x (1 - reduction))")
+
+    def required_inputs(self) -> frozenset[str]:
+        """What this configuration reads from the encoder (a setting may change it)."""
+        return self.inputs
+
+    @property
+    def needs_cls_scores(self) -> bool:
+        """Whether the encoder must have a [CLS] token (and compute its attention) for this configuration."""
+        return CLS_SCORES in self.required_inputs()
 
     def per_frame_budget(self, num_patches: int) -> int:
         """L for a model with `num_patches` patches per frame (all of them when no budget is set)."""
@@ -60,6 +106,7 @@ class Pruner:
 
     @property
     def prunes(self) -> bool:
+        """Whether a budget was given (a method without one keeps every token)."""
         return self.keep is not None or self.reduction is not None
 
     def kept_visual_tokens(self, frames: int, num_patches: int) -> int:
@@ -82,8 +129,8 @@ class VisionPruner(Pruner):
 
     stage: ClassVar[Stage] = "vision"
 
-    def select(self, features: torch.Tensor, cls_scores: torch.Tensor | None) -> VisualSelection:
-        """features: (T, N, C) patch tokens of one video; cls_scores: (T, N) or None."""
+    def select(self, encoded: EncodedVideo) -> VisualSelection:
+        """The tokens of one sample that reach the projector."""
         raise NotImplementedError
 
 
@@ -108,11 +155,12 @@ class LLMPruner(Pruner):
         raise NotImplementedError
 
 
-def check_whole_number(value: Any, setting: str, example: str, minimum: int | None = None) -> None:
-    """A method setting that must be an int (not a bool), at least `minimum`; else a BudgetError showing `example`."""
+def check_whole_number(value: Any, setting_name: str, example: str, minimum: int | None = None) -> None:
+    """A method setting that must be an int (not a bool), at least `minimum`; else a BudgetError showing `example`
+    (written with `{parameter}` names, e.g. "{layer}=2", so that the CLI can show its flags)."""
     if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
         bound = "" if minimum is None else f" >= {minimum}"
-        raise BudgetError(f"{setting} must be a whole number{bound} (got {value!r}), e.g. {example}.")
+        raise BudgetError(f"{setting_name} must be a whole number{bound} (got {value!r}), e.g. {example}.")
 
 
 def keep_all_tokens(features: torch.Tensor) -> VisualSelection:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from fastervlm.methods.base import VisionPruner, VisualSelection
+from fastervlm.methods.base import CLS_SCORES, EncodedVideo, VisionPruner, VisualSelection, setting
 from fastervlm.methods.registry import register
 from fastervlm.selection import gather_tokens, topk_global, topk_per_frame
 
@@ -15,18 +13,20 @@ from fastervlm.selection import gather_tokens, topk_global, topk_per_frame
 @dataclass
 class FasterVLM(VisionPruner):
     name = "fastervlm"
-    needs_cls_scores = True
+    inputs = frozenset({CLS_SCORES})
+    default = True
     summary = "[CLS] attention in the vision encoder ranks patches; top-L per frame (or 8L over the video) reach the LLM"
+    reference = "FasterVLM, arXiv 2412.01818 (github.com/Theia-4869/FasterVLM)"
 
-    global_budget: bool = False
-    """Keep the best T*L patches over the whole video instead of L in every frame."""
+    global_budget: bool = setting(False, "keep the best frames x L patches over the whole video instead of L per frame")
 
-    def select(self, features: torch.Tensor, cls_scores: torch.Tensor | None) -> VisualSelection:
-        assert cls_scores is not None, "the adapter must compute [CLS] scores for fastervlm"
-        frames, patches, _ = features.shape
+    def select(self, encoded: EncodedVideo) -> VisualSelection:
+        scores = encoded.cls_scores
+        assert scores is not None, "the engine computes [CLS] scores for methods whose inputs ask for them"
+        frames, patches, _ = encoded.features.shape
         keep = self.per_frame_budget(patches)
         if self.global_budget:
-            indices = topk_global(cls_scores, frames * keep)
+            indices = topk_global(scores, frames * keep)
         else:
-            indices = list(topk_per_frame(cls_scores, keep).unbind(0))
-        return VisualSelection(gather_tokens(features, indices), indices, [len(i) for i in indices])
+            indices = list(topk_per_frame(scores, keep).unbind(0))
+        return VisualSelection(gather_tokens(encoded.features, indices), indices, [len(i) for i in indices])

@@ -29,7 +29,7 @@ import torch
 
 from fastervlm.errors import BudgetError, UnsupportedModelError
 from fastervlm.flops import LLMGeometry, attention_row_flops, prefill_flops
-from fastervlm.methods.base import LLMPruner, check_whole_number
+from fastervlm.methods.base import LLMPruner, check_whole_number, setting
 from fastervlm.methods.registry import register
 from fastervlm.scoring import attention_row
 from fastervlm.selection import topk_per_frame
@@ -55,11 +55,13 @@ class FastV(LLMPruner):
     name = "fastv"
     summary = "the last prompt token's attention in LLM layer K-1 ranks visual tokens; layers >= K keep frames*L of them"
 
-    layer: int = 2
-    """K: the first layer that sees only the kept visual tokens (FastV's paper: 2; its lmms-eval file: 3)."""
+    reference = "FastV, arXiv 2403.06764 (github.com/pkunlp-icler/FastV)"
+
+    layer: int = setting(2, "K: the first LLM layer that sees only the kept visual tokens (FastV's paper: 2; its "
+                            "lmms-eval file: 3)")
 
     def __post_init__(self) -> None:
-        check_whole_number(self.layer, "fastv's layer K", "--method-option layer=2", minimum=1)
+        check_whole_number(self.layer, "fastv's {layer} K", "{layer}=2", minimum=1)
 
     @contextmanager
     def attach(
@@ -114,7 +116,7 @@ class _Hooks:
             raise UnsupportedModelError(f"fastv needs a Llama-style decoder with .layers, got {type(decoder).__name__}.")
         if not 1 <= layer < len(layers):
             raise BudgetError(f"fastv's layer K={layer} must be between 1 and {len(layers) - 1} for this "
-                              f"{len(layers)}-layer LLM (--method-option layer=K).")
+                              f"{len(layers)}-layer LLM ({{layer}}=K).")
         attn = layers[layer - 1].self_attn
         if not all(hasattr(attn, name) for name in ("q_proj", "k_proj", "head_dim", "scaling", "num_key_value_groups")):
             raise UnsupportedModelError(f"fastv reads q_proj/k_proj of a Llama-style attention; {type(attn).__name__} differs.")

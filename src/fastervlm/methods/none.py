@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from fastervlm.errors import BudgetError
-from fastervlm.methods.base import VisionPruner, VisualSelection, keep_all_tokens
+from fastervlm.methods.base import EncodedVideo, VisionPruner, VisualSelection, keep_all_tokens
 from fastervlm.methods.registry import register
 
 
@@ -15,11 +13,13 @@ from fastervlm.methods.registry import register
 @dataclass
 class NoPruning(VisionPruner):
     name = "none"
+    budget = "none"
+    baseline = True
     summary = "no pruning: all patches of all frames reach the LLM"
 
     def __post_init__(self) -> None:
         if self.prunes:
-            raise BudgetError("method 'none' keeps every token: drop --keep/--reduction or choose another method.")
+            raise BudgetError("method 'none' keeps every token: drop {keep}/{reduction} or choose another method.")
 
-    def select(self, features: torch.Tensor, cls_scores: torch.Tensor | None) -> VisualSelection:
-        return keep_all_tokens(features)
+    def select(self, encoded: EncodedVideo) -> VisualSelection:
+        return keep_all_tokens(encoded.features)

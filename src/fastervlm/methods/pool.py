@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from fastervlm.errors import UnsupportedModelError
-from fastervlm.methods.base import VisionPruner, VisualSelection
+from fastervlm.methods.base import EncodedVideo, VisionPruner, VisualSelection
 from fastervlm.methods.registry import register
 
 
@@ -46,9 +46,11 @@ def pooling_matrix(grid: int, cells: int) -> torch.Tensor:
 @dataclass
 class Pool(VisionPruner):
     name = "pool"
+    selects_patches = False
     summary = "average pooling of each frame's patch grid into exactly L rectangles (merges patches)"
 
-    def select(self, features: torch.Tensor, cls_scores: torch.Tensor | None) -> VisualSelection:
+    def select(self, encoded: EncodedVideo) -> VisualSelection:
+        features = encoded.features
         frames, patches, width = features.shape
         grid = math.isqrt(patches)
         if grid * grid != patches:

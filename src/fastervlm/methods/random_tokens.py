@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fastervlm.methods.base import VisionPruner, VisualSelection, check_whole_number
+from fastervlm.methods.base import EncodedVideo, VisionPruner, VisualSelection, check_whole_number, setting
 from fastervlm.methods.registry import register
 from fastervlm.selection import gather_tokens, topk_per_frame
 
@@ -17,13 +17,13 @@ class RandomTokens(VisionPruner):
     name = "random"
     summary = "L patches per frame chosen uniformly at random (seeded), kept in raster order"
 
-    seed: int = 0
-    """The same seed picks the same patches for every video, whatever the batch, device or dtype."""
+    seed: int = setting(0, "the same seed picks the same patches for every video, whatever the batch, device or dtype")
 
     def __post_init__(self) -> None:
-        check_whole_number(self.seed, "random's seed", "--seed 1")
+        check_whole_number(self.seed, "random's {seed}", "{seed}=1")
 
-    def select(self, features: torch.Tensor, cls_scores: torch.Tensor | None) -> VisualSelection:
+    def select(self, encoded: EncodedVideo) -> VisualSelection:
+        features = encoded.features
         frames, patches, _ = features.shape
         generator = torch.Generator().manual_seed(self.seed)  # on the CPU: the same draw on every device
         scores = torch.rand(frames, patches, generator=generator)

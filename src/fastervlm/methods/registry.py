@@ -1,12 +1,16 @@
-"""The method registry: create_pruner("fastervlm", reduction=0.9), list_methods()."""
+"""The method registry: create_pruner("fastervlm", reduction=0.9), list_methods(), and what callers ask of it.
+
+A leaf (timm's `_registry.py` habit): it imports no method. `fastervlm.methods` imports the built-in methods,
+each of which registers itself with `@register`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 from fastervlm.errors import BudgetError
-from fastervlm.methods.base import Pruner
+from fastervlm.methods.base import BUDGET_PARAMETERS, Pruner
 
 _METHODS: dict[str, type[Pruner]] = {}
 
@@ -21,16 +25,19 @@ def register(cls: type[Pruner]) -> type[Pruner]:
 
 def list_methods() -> dict[str, type[Pruner]]:
     """Every registered method by name, in registration order."""
-    _load_builtin_methods()
     return dict(_METHODS)
+
+
+def get_method(name: str) -> type[Pruner]:
+    """A registered method class by name, with an error that lists the others."""
+    if name not in _METHODS:
+        raise BudgetError(f"unknown method {name!r}; choose one of: {', '.join(_METHODS)} (see `fastervlm methods`).")
+    return _METHODS[name]
 
 
 def create_pruner(name: str, **settings: Any) -> Pruner:
     """Build a method by name; settings left out take the method's defaults, unknown ones are an error."""
-    methods = list_methods()
-    if name not in methods:
-        raise BudgetError(f"unknown method {name!r}; choose one of: {', '.join(methods)} (see `fastervlm methods`).")
-    cls = methods[name]
+    cls = get_method(name)
     known = {f.name for f in fields(cls) if f.init}
     unknown = sorted(set(settings) - known)
     if unknown:
@@ -38,6 +45,54 @@ def create_pruner(name: str, **settings: Any) -> Pruner:
     return cls(**settings)
 
 
-def _load_builtin_methods() -> None:
-    """Import the method modules once so that their @register decorators run."""
-    from fastervlm.methods import builtin  # noqa: F401
+def _the_one(flag: str) -> str:
+    found = [name for name, cls in _METHODS.items() if getattr(cls, flag)]
+    if len(found) != 1:
+        raise RuntimeError(f"exactly one registered method must declare {flag} = True, found {found}")
+    return found[0]
+
+
+def baseline_method() -> str:
+    """The method that keeps every token: the unpruned row of every table."""
+    return _the_one("baseline")
+
+
+def default_method(budget_given: bool) -> str:
+    """The method a request without --method means: the default one with a budget, the baseline without."""
+    return _the_one("default") if budget_given else baseline_method()
+
+
+def is_baseline(settings: dict[str, Any]) -> bool:
+    """Whether a configuration's settings (`Pruner.settings()`, as stored in a run) keep every token: the
+    baseline method, a method without a budget, or one at reduction 0."""
+    cls = _METHODS.get(settings.get("method", ""))
+    if cls is None:
+        return False
+    keep, reduction = (settings.get(key) for key in BUDGET_PARAMETERS)
+    return cls.baseline or (keep is None and reduction in (None, 0))
+
+
+@dataclass(frozen=True)
+class SettingInfo:
+    """One setting of a method, as `fastervlm methods`, the CLI and the web page show it."""
+
+    name: str
+    default: Any
+    type: str
+    help: str
+
+
+def method_settings(method: str | type[Pruner], *, budget: bool = False) -> list[SettingInfo]:
+    """A method's settings with defaults and help (the budget's two parameters only when `budget`)."""
+    cls = get_method(method) if isinstance(method, str) else method
+    return [
+        SettingInfo(f.name, None if f.default is MISSING else f.default, str(f.type), f.metadata.get("help", ""))
+        for f in fields(cls)
+        if f.init and (budget or f.name not in BUDGET_PARAMETERS)
+    ]
+
+
+def has_setting(method: str | None, name: str) -> bool:
+    """Whether a registered method takes the setting `name` (False for an unknown method)."""
+    cls = _METHODS.get(method or "")
+    return cls is not None and any(f.name == name for f in fields(cls))

@@ -107,9 +107,7 @@ def register_adapter(cls: type[ModelAdapter]) -> type[ModelAdapter]:
 
 
 def registered_adapters() -> list[type[ModelAdapter]]:
-    """Every registered family, in registration order (the built-in ones included)."""
-    from fastervlm.models import builtin  # noqa: F401  (registers the built-in families)
-
+    """Every registered family, in registration order (`fastervlm.models` imports the built-in ones)."""
     return list(_ADAPTERS)
 
 

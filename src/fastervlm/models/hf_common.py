@@ -27,7 +27,7 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from fastervlm.errors import FasterVLMError, UnsupportedModelError
-from fastervlm.methods.base import LLMPruner, Pruner, VisualSelection, keep_all_tokens
+from fastervlm.methods.base import EncodedVideo, LLMPruner, Pruner, VisualSelection, keep_all_tokens
 from fastervlm.selection import split_by_frame
 from fastervlm.scoring import cls_patch_scores
 from fastervlm.timing import StageTimer
@@ -67,8 +67,9 @@ def encoder_without_cls(config: dict[str, Any]) -> str | None:
 def methods_without_cls() -> list[str]:
     """Registered methods that do not rank patches by [CLS] attention (they work on any vision encoder)."""
     from fastervlm.methods import list_methods
+    from fastervlm.methods.base import CLS_SCORES
 
-    return [name for name, cls in list_methods().items() if not cls.needs_cls_scores]
+    return [name for name, cls in list_methods().items() if CLS_SCORES not in cls.inputs]
 
 
 def no_cls_error(model: str, encoder: str, method: str) -> UnsupportedModelError:
@@ -479,7 +480,7 @@ class HFPruning:
 
     def _select(self, patches: torch.Tensor, scores: torch.Tensor | None) -> VisualSelection:
         if self.pruner.stage == "vision":
-            return self.pruner.select(patches, scores)
+            return self.pruner.select(EncodedVideo(patches, scores))
         return keep_all_tokens(patches)
 
     def _note_llm_kept(self, run: Any) -> None:

@@ -21,7 +21,7 @@ from transformers.initialization import no_init_weights
 
 from fastervlm import media
 from fastervlm.errors import CheckpointError
-from fastervlm.methods.base import LLMPruner, Pruner, VisualSelection, keep_all_tokens
+from fastervlm.methods.base import EncodedVideo, LLMPruner, Pruner, VisualSelection, keep_all_tokens
 from fastervlm.models.base import Generated, GenerationSettings, ModelAdapter, read_config, register_adapter
 from fastervlm.models.generation import StepClock, generation_config, until_eos
 from fastervlm.models.languagebind import LanguageBindVideoTower, load_video_tower
@@ -179,7 +179,7 @@ class VideoLlavaAdapter(ModelAdapter):
     @staticmethod
     def _select(pruner: Pruner, features: torch.Tensor, scores: torch.Tensor | None) -> VisualSelection:
         if pruner.stage == "vision":
-            return pruner.select(features, scores)
+            return pruner.select(EncodedVideo(features, scores))
         return keep_all_tokens(features)
 
     def _prompts(self, questions: list[str], selections: list[VisualSelection], projected: torch.Tensor) -> list[_Prompt]:
