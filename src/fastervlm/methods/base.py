@@ -32,7 +32,12 @@ Budget = Literal["per_frame", "none"]
 
 CLS_SCORES = "cls_scores"
 """Input: the [CLS] query's attention over each frame's patches at the feature layer, head mean, (T, N)."""
-ENCODER_INPUTS = (CLS_SCORES,)
+RECEIVED_SCORES = "received_scores"
+"""Input: the mean attention each patch receives from every query of the feature layer, head mean, (T, N); for
+encoders without a [CLS] token (computed from the layer's q/k in chunks, never as a full map)."""
+PATCH_KEYS = "patch_keys"
+"""Input: the feature layer's keys of the patches, per head, (T, H, N, D) (VisionZip merges by them)."""
+ENCODER_INPUTS = (CLS_SCORES, RECEIVED_SCORES, PATCH_KEYS)
 """Every input an encoder can hand a vision-stage method besides the features."""
 
 BUDGET_PARAMETERS = ("keep", "reduction")
@@ -49,11 +54,13 @@ class EncodedVideo:
     """What the vision encoder hands a vision-stage method for one sample (a video, or an image as one frame).
 
     features: (T, N, C) the feature layer's candidate tokens per frame ([CLS] excluded).
-    cls_scores: (T, N) the [CLS] attention over them, present when the method's inputs ask for it.
+    The others are present when the method's `required_inputs()` ask for them (see the input names above).
     """
 
     features: torch.Tensor
     cls_scores: torch.Tensor | None = None
+    received_scores: torch.Tensor | None = None
+    patch_keys: torch.Tensor | None = None
 
 
 @dataclass
