@@ -97,8 +97,9 @@ def test_reference_extraction_row_agrees_with_ours(tiny_result, tiny_pipeline) -
 @torch.no_grad()
 def test_cheap_cls_row_equals_the_cls_row_of_the_full_eager_attention(tiny_pipeline) -> None:
     """Issue 2's check through the benchmark's reference: every layer eager, every map returned, row of [-2]."""
-    from fastervlm.reference_extraction import eager_tower_pass, feature_select
-    from fastervlm.scoring import cls_patch_scores
+    from fastervlm.engine import encode
+    from fastervlm.methods.base import CLS_SCORES
+    from fastervlm.models.languagebind_reference import eager_tower_pass, feature_select
 
     tower = tiny_pipeline.adapter.tower
     size = tower.config.image_size
@@ -107,8 +108,9 @@ def test_cheap_cls_row_equals_the_cls_row_of_the_full_eager_attention(tiny_pipel
     assert len(result.attentions) == tower.config.num_hidden_layers and len(result.hidden_states) == len(result.attentions) + 1
     torch.testing.assert_close(result.attentions[-2].sum(-1), torch.ones(result.attentions[-2].shape[:-1]))
     features, scores = feature_select(tower, result, -2)
-    ours_features, cls = tower(pixels, select_layer=-2)
-    ours = cls_patch_scores(cls.query, cls.keys, cls.scale).unflatten(0, (2, tiny_pipeline.num_frames))
+    encoded = encode(tiny_pipeline.adapter.stream, pixels, frozenset({CLS_SCORES}))
+    ours_features = torch.stack([sample.video.features for sample in encoded])
+    ours = torch.stack([sample.video.cls_scores for sample in encoded])
     torch.testing.assert_close(scores, ours, atol=1e-5, rtol=0)
     torch.testing.assert_close(features, ours_features, atol=1e-4, rtol=1e-4)
     assert tower.config._attn_implementation is None  # the eager switch is undone

@@ -15,7 +15,7 @@ import fastervlm
 from fastervlm.cli import main
 from fastervlm.errors import FasterVLMError, UnsupportedModelError
 from fastervlm.models.base import GenerationSettings, adapter_for
-from fastervlm.models.hf_common import compact, placeholder_keep_mask
+from fastervlm.hf import compact, placeholder_keep_mask
 from fastervlm.tiny_hf import tiny_hf_config, tiny_hf_model
 
 P = 9  # placeholder id in the hand-made prompts below

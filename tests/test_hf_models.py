@@ -12,7 +12,10 @@ from hf_tiny import (  # noqa: F401  (one_thread: an autouse fixture)
 
 import fastervlm
 from fastervlm.models.base import GenerationSettings, adapter_for
-from fastervlm.models.hf_common import ClsAttentionRow, HFPruning, feature_layer_index
+from fastervlm.capture import QKCapture, split_heads
+from fastervlm.hf import HFPruning
+from fastervlm.models.base import feature_layer_index
+from fastervlm.scoring import cls_patch_scores
 
 NEW_TOKENS = 5
 PATCHES = (SPEC.image_size // SPEC.patch_size) ** 2
@@ -97,11 +100,14 @@ def test_cls_row_from_q_k_equals_eager_attention(family: str, model: torch.nn.Mo
     stream = adapter_for(checkpoint(family, None)).streams(model)[0]
     flat = next(iter(pixels(family, batch=2).values()))
     flat = flat.flatten(0, 1) if flat.ndim == 5 else flat
-    layer = feature_layer_index(len(stream.tower.encoder.layers), stream.feature_layer)
-    with ClsAttentionRow(stream.tower.encoder.layers[layer].self_attn) as row:
+    layer = feature_layer_index(len(stream.tower.encoder.layers), stream.feature_layer, "vision_feature_layer")
+    attention = stream.tower.encoder.layers[layer].self_attn
+    assert attention is stream.feature_attention()
+    with QKCapture(attention) as row:
         assert stream.tower.config._attn_implementation == "sdpa"  # the tower keeps its fast attention
         stream.tower(flat, output_hidden_states=stream.feature_layer)
-    cheap = row.scores()
+    query, keys = split_heads(row.query, attention.head_dim)[:, :, 0], split_heads(row.keys, attention.head_dim)
+    cheap = cls_patch_scores(query, keys, attention.scale)
     model.set_attn_implementation({"vision_config": "eager", "text_config": "sdpa", "": "sdpa"})
     try:
         eager = stream.tower(flat, output_attentions=True).attentions[layer][:, :, 0, 1:].mean(1)
@@ -109,7 +115,7 @@ def test_cls_row_from_q_k_equals_eager_attention(family: str, model: torch.nn.Mo
         model.set_attn_implementation("sdpa")
     torch.testing.assert_close(cheap, eager, atol=1e-6, rtol=1e-5)
     side = SPEC.image_size // SPEC.patch_size
-    pooled = stream.pool_scores(cheap)
+    pooled = stream.candidate_scores(cheap)
     if family == "llava_next_video":  # a pooled token scores the mean of its 2 x 2 patches
         expected = eager.view(-1, side // 2, 2, side // 2, 2).mean(dim=(2, 4)).flatten(1)
         torch.testing.assert_close(pooled, expected, atol=1e-6, rtol=1e-5)

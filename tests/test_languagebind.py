@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from fastervlm.scoring import cls_patch_scores
+from fastervlm.engine import encode
+from fastervlm.methods.base import CLS_SCORES
 
 
 def eager_attention(attention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,13 +52,14 @@ def _pixels(pipeline, seed: int = 0) -> torch.Tensor:
 def test_features_and_cls_row_equal_the_full_eager_computation(tiny_pipeline) -> None:
     tower = tiny_pipeline.adapter.tower
     pixels = _pixels(tiny_pipeline)
-    features, cls = tower(pixels, select_layer=-2)
+    (encoded,) = encode(tiny_pipeline.adapter.stream, pixels, frozenset({CLS_SCORES}))
+    features = encoded.video.features[None]
     hidden, maps = reference_tower(tower, pixels)
 
     expected_features = hidden[-2][:, 1:].unflatten(0, (1, tiny_pipeline.num_frames))
     torch.testing.assert_close(features, expected_features, atol=1e-5, rtol=1e-5)
     expected_scores = maps[-2][:, :, 0, 1:].mean(dim=1)  # CLS query row, CLS key dropped, no renormalising
-    scores = cls_patch_scores(cls.query, cls.keys, cls.scale)
+    scores = encoded.video.cls_scores
     torch.testing.assert_close(scores, expected_scores, atol=1e-5, rtol=0)
     assert scores.shape == (tiny_pipeline.num_frames, tiny_pipeline.num_patches)
     assert torch.all(scores.sum(-1) < 1.0)  # the CLS->CLS share is missing, not renormalised away
@@ -82,15 +84,13 @@ def test_temporal_attention_mixes_frames(tiny_pipeline) -> None:
     pixels = _pixels(tiny_pipeline)
     changed = pixels.clone()
     changed[:, 3] = torch.randn_like(changed[:, 3])
-    before, _ = tower(pixels)
-    after, _ = tower(changed)
+    before, after = tower(pixels)[:, :, 1:], tower(changed)[:, :, 1:]
     assert not torch.allclose(before[:, 0], after[:, 0], atol=1e-4), "frame 0 must see frame 3 through time attention"
 
     for layer in tower.vision_model.encoder.layers:
         layer.add_time_attn = False
     try:
-        plain_before, _ = tower(pixels)
-        plain_after, _ = tower(changed)
+        plain_before, plain_after = tower(pixels)[:, :, 1:], tower(changed)[:, :, 1:]
     finally:
         for layer in tower.vision_model.encoder.layers:
             layer.add_time_attn = True

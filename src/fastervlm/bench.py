@@ -16,7 +16,7 @@ across configurations (median, min, max):
 - the analytic LLM prefill FLOPs of fastervlm.flops through the method's own schedule (Pruner.llm_prefill_flops);
 - speedups over the unpruned row (method none).
 Plus the [CLS] extraction side by side: our tower pass (SDPA, stops at the feature layer, one [CLS] row from the
-q/k) against the original's (reference_extraction: every layer eager, every attention map returned).
+q/k) against the original's (models.languagebind_reference: every layer eager, every attention map returned).
 """
 
 from __future__ import annotations
@@ -617,8 +617,8 @@ class _ExtractionMeasurer:
 
     def __init__(self, pipeline: Pipeline, task: _Task) -> None:
         adapter = pipeline.adapter
-        self.task, self.tower, self.device = task, adapter.tower, adapter.device
-        self.select_layer = getattr(adapter, "select_layer", -2)
+        self.task, self.stream, self.device = task, adapter.stream, adapter.device
+        self.tower, self.select_layer = adapter.stream.tower, adapter.stream.select_layer
         self.pixels = pipeline.frames(video=task.video).pixels.unsqueeze(0).to(adapter.device, adapter.dtype)
         self.meter = _PeakMeter(adapter.device, task.isolated)
         self.timings: list[dict[str, float]] = []
@@ -635,16 +635,22 @@ class _ExtractionMeasurer:
         return None
 
     def _ours(self, timer: StageTimer) -> tuple[torch.Tensor, int]:
-        from fastervlm.scoring import cls_patch_scores
+        """The engine's encode (SDPA, stops at the feature layer, [CLS] row from its q/k); also the bytes of the
+        [CLS] queries and keys it reads."""
+        from fastervlm.engine import encode
+        from fastervlm.methods.base import CLS_SCORES
 
-        with timer("encoder"):
-            features, cls = self.tower(self.pixels, self.select_layer)
-        with timer("cls_scoring"):
-            scores = cls_patch_scores(cls.query, cls.keys, cls.scale)
-        return scores.unflatten(0, features.shape[:2]), sum(t.numel() * t.element_size() for t in (cls.query, cls.keys))
+        seconds = StageTimer(self.device)
+        encoded = encode(self.stream, self.pixels, frozenset({CLS_SCORES}), seconds)
+        timer.add("encoder", seconds.seconds["vision_encoder"])
+        timer.add("cls_scoring", seconds.seconds["cls_scoring"])
+        attention = self.stream.feature_attention()
+        frames, tokens = self.pixels.shape[0] * self.pixels.shape[1], self.tower.num_patches + 1
+        held = frames * attention.num_heads * (1 + tokens) * attention.head_dim * self.pixels.element_size()
+        return torch.stack([sample.video.cls_scores for sample in encoded]), held
 
     def _reference(self, timer: StageTimer) -> int:
-        from fastervlm.reference_extraction import eager_tower_pass, feature_select
+        from fastervlm.models.languagebind_reference import eager_tower_pass, feature_select
 
         with timer("encoder"):
             result = eager_tower_pass(self.tower, self.pixels)

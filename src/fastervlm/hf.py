@@ -5,32 +5,46 @@
     out = model.generate(**inputs)        # the processor's inputs as they are; out starts with inputs.input_ids
     pruning.remove()                      # or fastervlm.remove(model); or `with fastervlm.apply(...):`
 
-Supported: VideoLlavaForConditionalGeneration, LlavaForConditionalGeneration (LLaVA-1.5) and
-LlavaNextVideoForConditionalGeneration; see docs/transformers.md. The same families load from a folder with
-`fastervlm.load(path)`.
+While applied, `model.generate(**inputs)` and `model(**inputs)` run the engine's stages on the pixels (encode ->
+select -> project), shrink each placeholder run of the prompt to the kept tokens, and call the stock code with
+those tokens as its pre-computed encoder outputs (`mm_encoder_outputs`). LLM-stage methods get every visual
+token and attach to the decoder around the call. Only the instance is touched (two attributes), so other
+instances stay stock. Supported: the registered transformers families (`fastervlm.models.hf_base`); the same
+families load from a folder with `fastervlm.load(path)`.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from fastervlm import engine
 from fastervlm.errors import FasterVLMError, UnsupportedModelError
 from fastervlm.methods import Pruner, create_pruner
-from fastervlm.models.hf_adapter import hf_adapter_for, hf_families
-from fastervlm.models.hf_common import HFPruning, encoder_without_cls, no_cls_error
+from fastervlm.models.base import Modality
+from fastervlm.models.hf_base import HFAdapter, HFStream, hf_adapter_for, hf_families
+from fastervlm.models.hf_no_cls import encoder_without_cls
 
 
-def apply(model: nn.Module, method: str | Pruner = "fastervlm", *, keep_cls: bool = False, **settings: Any) -> HFPruning:
+def apply(model: nn.Module, method: str | Pruner | None = None, *, keep_cls: bool = False, **settings: Any) -> HFPruning:
     """Install a pruning method on `model` (replacing one applied before) and return the handle that undoes it.
 
-    method: a method name with its `settings` (keep=, reduction=, ...), or a Pruner instance.
-    keep_cls: also feed each frame's [CLS] token where the stock model does (Video-LLaVA-hf videos).
+    method: a method name with its `settings` (keep=, reduction=, ...), or a Pruner instance; by default the
+    registry's default method. keep_cls: also feed each frame's [CLS] token where the stock model does
+    (Video-LLaVA-hf videos).
     """
+    from fastervlm.methods import default_method
+
     if isinstance(method, Pruner) and settings:
         raise FasterVLMError("pass method settings either to create_pruner or to apply(), not both.")
-    pruner = method if isinstance(method, Pruner) else create_pruner(method, **settings)
+    pruner = method if isinstance(method, Pruner) else create_pruner(method or default_method(True), **settings)
     config = model.config.to_dict()
     name = type(model).__name__
     family = hf_adapter_for(config)
@@ -38,13 +52,13 @@ def apply(model: nn.Module, method: str | Pruner = "fastervlm", *, keep_cls: boo
                    f"{config.get('model_type')!r}) is not one of them yet.")
     encoder = encoder_without_cls(config)
     if encoder is not None and pruner.needs_cls_scores:
-        error = no_cls_error(name, encoder, pruner.name)
+        error = engine.no_cls_error(name, encoder, pruner.name)
         raise error if family is not None else UnsupportedModelError(f"{error} {unsupported}")
     if family is None:
         raise UnsupportedModelError(unsupported)
     if not (hasattr(model, "generate") and hasattr(model, "model")):
         raise UnsupportedModelError(f"pass the whole {family.model_class}, not its {name} part.")
-    return family.pruning(model, pruner, keep_cls=keep_cls).install()
+    return HFPruning(model, family, pruner, keep_cls=keep_cls).install()
 
 
 def remove(model: nn.Module) -> bool:
@@ -54,3 +68,240 @@ def remove(model: nn.Module) -> bool:
         return False
     pruning.remove()
     return True
+
+
+@dataclass
+class ItemRecord:
+    """What one video or image handed to the LLM in the last call (for tests and inspection)."""
+
+    modality: Modality
+    visual_tokens: int
+    kept_indices: list[list[int]] | None
+    cls_scores: torch.Tensor | None
+
+
+class HFPruning:
+    """A pruning method installed on one transformers VLM instance; `remove()` (or leaving `with`) undoes it."""
+
+    ATTRIBUTE = "_fastervlm_pruning"
+
+    def __init__(self, model: nn.Module, family: type[HFAdapter], pruner: Pruner, *, keep_cls: bool = False) -> None:
+        self.model, self.pruner, self.keep_cls = model, pruner, keep_cls
+        self.streams = family.streams(model)
+        self.inputs = engine.encoder_inputs(pruner)
+        for stream in self.streams:
+            stream.check()
+            engine.check_inputs(stream, self.inputs, type(model).__name__, pruner.name)
+        self.decoder = family.decoder_of(model)
+        self.unpruned_inputs = family.unpruned_inputs
+        pad = model.config.text_config.pad_token_id
+        self.pad_token_id = pad if pad is not None else 0
+        self.records: list[ItemRecord] = []
+        self.input_ids: torch.Tensor | None = None  # the last call's prompt as the LLM saw it
+        self.attention_mask: torch.Tensor | None = None
+        self._geometry = (1, self.streams[0].tokens_per_frame)
+        self._saved: list[tuple[str, bool, Any]] = []
+        self._originals: dict[str, Callable[..., Any]] = {}
+
+    # ----- install / remove ------------------------------------------------------------------------------------
+    def install(self) -> HFPruning:
+        previous = getattr(self.model, self.ATTRIBUTE, None)
+        if previous is not None:
+            previous.remove()
+        self._override("generate", self._generate)
+        self._override("forward", self._forward)
+        setattr(self.model, self.ATTRIBUTE, self)
+        return self
+
+    def remove(self) -> None:
+        """Restore the stock model (idempotent)."""
+        for name, had, previous in reversed(self._saved):
+            if had:
+                setattr(self.model, name, previous)
+            else:
+                delattr(self.model, name)
+        self._saved = []
+        if getattr(self.model, self.ATTRIBUTE, None) is self:
+            delattr(self.model, self.ATTRIBUTE)
+
+    @property
+    def installed(self) -> bool:
+        return bool(self._saved)
+
+    def __enter__(self) -> HFPruning:
+        if not self.installed:
+            self.install()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def _override(self, name: str, replacement: Callable[..., Any]) -> None:
+        """Shadow `model.name` on the instance; functools.wraps keeps the signature transformers inspects."""
+        had = name in vars(self.model)
+        self._saved.append((name, had, vars(self.model).get(name)))
+        self._originals[name] = original = getattr(self.model, name)
+
+        @functools.wraps(original)
+        def override(*args: Any, **kwargs: Any) -> Any:
+            return replacement(*args, **kwargs)
+
+        setattr(self.model, name, override)
+
+    # ----- the overrides ---------------------------------------------------------------------------------------
+    def _generate(self, *args: Any, **kwargs: Any) -> Any:
+        if len(args) > 1:
+            raise TypeError("with fastervlm applied, pass generate's arguments after the inputs by keyword")
+        if args or "inputs" in kwargs:  # generate's own name for its first argument
+            kwargs["input_ids"] = args[0] if args else kwargs.pop("inputs")
+        user_ids = kwargs.get("input_ids")
+        call, visual = self._prepare(kwargs)
+        out = self._call("generate", call, visual)
+        if user_ids is None or call.get("input_ids") is user_ids:
+            return out
+        return _with_prefix(out, user_ids, call["input_ids"].shape[1])
+
+    def _forward(self, *args: Any, **kwargs: Any) -> Any:
+        if args:
+            kwargs.update(zip(inspect.signature(self._originals["forward"]).parameters, args))
+        call, visual = self._prepare(kwargs)  # generate's own steps carry no pixels: they pass straight through
+        return self._call("forward", call, visual)
+
+    def _call(self, name: str, call: dict[str, Any], visual: torch.Tensor | None) -> Any:
+        """The stock `name` with the prepared call, an LLM-stage method attached while it runs."""
+        if visual is None:
+            return self._originals[name](**call)
+        frames, patches = self._geometry
+        with engine.llm_stage(self.pruner, self.decoder, visual, frames, patches) as run:
+            out = self._originals[name](**call)
+        self._note_llm_kept(run)
+        return out
+
+    # ----- the work ---------------------------------------------------------------------------------------------
+    def _prepare(self, call: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor | None]:
+        """The call with pixels replaced by the kept, projected tokens and each placeholder run shrunk to match."""
+        self._refuse_unpruned(call)
+        present = [s for s in self.streams if call.get(s.pixel_key) is not None]
+        if not present:
+            return call, None
+        self.records = []
+        ids = call.get("input_ids")
+        encoded: dict[str, BaseModelOutputWithPooling] = {}
+        keep: torch.Tensor | None = None
+        for stream in present:
+            items, frames = self._encode(stream, call.pop(stream.pixel_key))
+            encoded[stream.modality] = BaseModelOutputWithPooling(pooler_output=stream.package(items))
+            kept, stock = [len(item) for item in items], [stream.stock_tokens(frames)] * len(items)
+            self._geometry = (frames, stream.tokens_per_frame)
+            if ids is None:
+                if kept != stock:
+                    raise FasterVLMError("with fastervlm applied, pass input_ids (not inputs_embeds): the "
+                                         "placeholder runs in the prompt are shrunk to the kept tokens.")
+                continue
+            mask = placeholder_keep_mask(ids, stream.token_id, stock, kept, stream.modality)
+            if mask is not None:
+                keep = mask if keep is None else keep & mask
+        call["mm_encoder_outputs"] = {**(call.get("mm_encoder_outputs") or {}), **encoded}
+        if ids is None:
+            return call, None
+        if keep is not None:
+            _shorten(call, ids, keep, self.pad_token_id)
+        self.input_ids, self.attention_mask = call["input_ids"], call.get("attention_mask")
+        token_ids = torch.tensor([s.token_id for s in present], device=ids.device)
+        return call, torch.isin(call["input_ids"], token_ids)
+
+    def _refuse_unpruned(self, call: dict[str, Any]) -> None:
+        if not self.pruner.prunes:
+            return
+        for key in self.unpruned_inputs:
+            if call.get(key) is not None:
+                raise UnsupportedModelError(
+                    f"fastervlm prunes this model's {', '.join(s.modality + 's' for s in self.streams)} only, "
+                    f"but the call also passes {key}; call fastervlm.remove(model) before such calls."
+                )
+
+    def _encode(self, stream: HFStream, pixels: torch.Tensor) -> tuple[list[torch.Tensor], int]:
+        """The engine's encode -> select -> project for a batch of items of one stream; (tokens per item, frames)."""
+        if stream.modality == "image":
+            pixels = pixels[:, None]
+        encoded = engine.encode(stream, pixels, self.inputs, keep_cls=self.keep_cls)
+        visuals = engine.project(stream, encoded, engine.select(encoded, self.pruner))
+        for visual in visuals:
+            self.records.append(ItemRecord(stream.modality, visual.tokens, visual.kept_indices,
+                                           None if visual.cls_scores is None else visual.cls_scores.float().cpu()))
+        return [torch.cat(visual.frames) for visual in visuals], pixels.shape[1]
+
+    def _note_llm_kept(self, run: Any) -> None:
+        """After an LLM-stage method ran: record the visual tokens it kept from its pruning layer on, per frame."""
+        from fastervlm.selection import split_by_frame
+
+        kept = getattr(run, "kept_visual", None)
+        if kept is None:
+            return
+        frames, patches = self._geometry
+        for record, row in zip(self.records, kept):
+            record.visual_tokens = len(row)
+            if not self.keep_cls:  # with [CLS] tokens among the visual ones, ranks are not patch indices
+                record.kept_indices = split_by_frame(row, frames, patches)
+
+
+# ----- the prompt's placeholder runs -----------------------------------------------------------------------------
+def placeholder_keep_mask(
+    input_ids: torch.Tensor, token_id: int, stock: list[int], kept: list[int], what: str = "visual"
+) -> torch.Tensor | None:
+    """Which prompt positions stay when each item's `stock` placeholders shrink to its `kept` tokens.
+
+    Items meet placeholders in reading order (row after row), as the model's masked_scatter fills them; each
+    item keeps the first `kept` of its run. None when the prompt already holds exactly the kept count.
+    """
+    found = input_ids == token_id
+    total = int(found.sum())
+    if total == sum(kept):
+        return None
+    if total != sum(stock):
+        raise FasterVLMError(
+            f"the prompt holds {total} {what} placeholder tokens, but its {len(stock)} {what} input(s) take "
+            f"{sum(stock)} (as the model's processor expands them) or {sum(kept)} (after pruning); build "
+            "input_ids with the checkpoint's processor, one placeholder run per input."
+        )
+    positions = found.flatten().nonzero().squeeze(1)
+    keep = torch.ones(input_ids.numel(), dtype=torch.bool, device=input_ids.device)
+    start = 0
+    for run, kept_here in zip(stock, kept):
+        keep[positions[start + kept_here : start + run]] = False
+        start += run
+    return keep.view_as(input_ids)
+
+
+def compact(tensor: torch.Tensor, keep: torch.Tensor, fill: int) -> torch.Tensor:
+    """Rows of (B, S, ...) without the dropped positions, left-padded with `fill` when rows end up unequal."""
+    lengths = keep.sum(1)
+    width = int(lengths.max()) if len(lengths) else 0
+    out = tensor.new_full((tensor.shape[0], width, *tensor.shape[2:]), fill)
+    for row in range(tensor.shape[0]):
+        out[row, width - int(lengths[row]) :] = tensor[row][keep[row]]
+    return out
+
+
+def _shorten(call: dict[str, Any], ids: torch.Tensor, keep: torch.Tensor, pad_token_id: int) -> None:
+    """input_ids, attention_mask and labels of the call without the dropped placeholder positions."""
+    for key in ("position_ids", "token_type_ids", "inputs_embeds"):
+        if call.get(key) is not None:
+            raise FasterVLMError(f"with fastervlm applied, leave out {key}: the prompt is shortened to the kept tokens.")
+    mask = call.get("attention_mask")
+    call["attention_mask"] = compact(torch.ones_like(ids) if mask is None else mask, keep, 0)
+    if call.get("labels") is not None:
+        call["labels"] = compact(call["labels"], keep, -100)
+    call["input_ids"] = compact(ids, keep, pad_token_id)
+
+
+def _with_prefix(out: Any, user_ids: torch.Tensor, prompt_length: int) -> Any:
+    """generate's output with the caller's own input_ids in front of the new tokens (beams/samples repeated)."""
+    sequences = out if isinstance(out, torch.Tensor) else out.sequences
+    repeats = sequences.shape[0] // user_ids.shape[0]
+    prefix = user_ids.to(sequences.device).repeat_interleave(repeats, dim=0)
+    full = torch.cat([prefix, sequences[:, prompt_length:]], dim=1)
+    if isinstance(out, torch.Tensor):
+        return full
+    out.sequences = full
+    return out

@@ -1,33 +1,27 @@
-"""Media in, arrays and tensors out: video/image decoding (PyAV, decord optional) and the LanguageBind transform.
+"""Media in, arrays out: video/image decoding (PyAV, decord optional) and frame sampling; no model code (each
+model adapter preprocesses the frames its own way).
 
 Frames are sampled as the original (spec 1.2): `floor(linspace(0, n-1, F))` over frames numbered in decode order,
 as decord numbers them, and converted to rgb24 exactly as decord does. Decoding keeps only the sampled frames, so
 a long video never sits in memory. Every unusable file raises `MediaError` naming the file and the fix.
 
-torch is imported inside `languagebind_transform` only, so `find_video` and the readers stay cheap to import.
+No torch: `find_video` and the readers stay cheap to import.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import av
 import numpy as np
 
 from fastervlm.errors import FasterVLMError, MediaError
 
-if TYPE_CHECKING:
-    import torch
-
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".gif")
 
 _REENCODE = "re-download it, or re-encode it: ffmpeg -i '{path}' -c:v libx264 -pix_fmt yuv420p fixed.mp4"
@@ -179,35 +173,6 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     except (UnidentifiedImageError, OSError) as error:
         raise MediaError(f"{path} is not an image Pillow can read ({error}): pass a .jpg or .png file.") from error
     return rgb[None]
-
-
-def languagebind_transform(
-    frames: np.ndarray,
-    size: int = 224,
-    mean: Sequence[float] = OPENAI_CLIP_MEAN,
-    std: Sequence[float] = OPENAI_CLIP_STD,
-    flip: bool = False,
-) -> torch.Tensor:
-    """The original video transform (spec 1.2) on (T, H, W, 3) uint8 frames, giving (T, 3, size, size) float32.
-
-    Order as the original: /255, normalise, short side -> size (bilinear, align_corners=False, no antialias),
-    centre crop, then a horizontal flip of the whole clip when `flip` (the original flips at random, p=0.5).
-    The original works on (C, T, H, W) with C as the batch; each (frame, channel) plane is resized on its own
-    either way, so this (T, C, H, W) layout gives the same numbers.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"frames must be (T, H, W, 3), got {frames.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2) / 255.0
-    x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    h, w = x.shape[-2:]
-    new_size = (int(math.floor(h / w * size)), size) if w < h else (size, int(math.floor(w / h * size)))
-    x = F.interpolate(x, size=new_size, mode="bilinear", align_corners=False)
-    top, left = int(round((new_size[0] - size) / 2.0)), int(round((new_size[1] - size) / 2.0))
-    x = x[..., top : top + size, left : left + size]
-    return (x.flip(-1) if flip else x).contiguous()
 
 
 def write_synthetic_video(

@@ -21,7 +21,8 @@ import torch
 
 from fastervlm import media
 from fastervlm.errors import FasterVLMError
-from fastervlm.methods import Pruner, create_pruner
+from fastervlm import engine
+from fastervlm.methods import Pruner, create_pruner, default_method
 from fastervlm.models.base import GenerationSettings, ModelAdapter, adapter_for
 from fastervlm.timing import StageTimer, time_to_first_token
 
@@ -104,13 +105,14 @@ class Pipeline:
         return self.adapter.num_patches
 
     def pruner(self, method: str | Pruner | None = None, **settings: Any) -> Pruner:
-        """A method instance from a name (default fastervlm, or none when no budget is given) or as given."""
+        """A method instance from a name (by default the registry's default method, or its baseline when no budget
+        is given) or as given."""
         if isinstance(method, Pruner):
             if settings:
                 raise FasterVLMError("pass settings either to create_pruner or to answer(), not both.")
             return method
         if method is None:
-            method = "fastervlm" if settings.get("keep") is not None or settings.get("reduction") is not None else "none"
+            method = default_method(settings.get("keep") is not None or settings.get("reduction") is not None)
         return create_pruner(method, **settings)
 
     def frames(
@@ -186,7 +188,7 @@ class Pipeline:
         settings = generation or GenerationSettings()
         timer = StageTimer(self.adapter.device)
         pixels = torch.stack([f.pixels for f in frames])
-        generated = self.adapter.generate(pixels, questions, pruner, settings, timer)
+        generated = engine.answer(self.adapter, pixels, questions, pruner, settings, timer)
         per_sample = {stage: seconds / len(frames) for stage, seconds in timer.seconds.items()}
         return [
             Answer(

@@ -134,7 +134,7 @@ def write_tiny_hf_checkpoint(
     """Save a tiny random checkpoint of `family` into `folder` (created); returns the folder."""
     from transformers import VideoLlavaImageProcessor
 
-    from fastervlm.media import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    from fastervlm.models.base import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
     if family not in FAMILIES:
         raise ValueError(f"tiny checkpoints exist for {FAMILIES}; {family!r} is config-only (tiny_hf_config)")

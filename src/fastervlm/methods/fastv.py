@@ -9,7 +9,7 @@ How it plugs into a transformers 5.x Llama-style decoder (Llama, Mistral, Qwen2:
 with `attention_mask=`, `position_embeddings=(cos, sin)`, `position_ids=` keywords) without copying its forward:
 - a pre-hook on the decoder notes whether a call sees the whole sequence (the prefill, or any call without a
   cache) and which keys are padding;
-- forward hooks on layer K-1's q_proj and k_proj keep the last query and the keys that the layer computes anyway,
+- layer K-1's queries and keys come from its q_proj and k_proj outputs (capture.QKCapture), which the layer computes anyway,
   so the score is one attention row (scoring.attention_row) and the layer runs once, on SDPA/flash as before;
 - a pre-hook on every layer >= K hands it the pruned inputs: at prefill the hidden states (at layer K), RoPE
   cos/sin, position ids and mask rows/columns gathered at the kept positions; while decoding, the mask's key
@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from fastervlm.capture import QKCapture, split_heads
 from fastervlm.errors import BudgetError, UnsupportedModelError
 from fastervlm.flops import LLMGeometry, attention_row_flops, prefill_flops
 from fastervlm.methods.base import LLMPruner, check_whole_number, setting
@@ -102,8 +103,6 @@ class _Pass:
     length: int
     visual: torch.Tensor | None = None  # (B, n) at a full pass
     valid: torch.Tensor | None = None  # (B, n) keys that are not padding, or None when all are
-    query: torch.Tensor | None = None  # (B, 1, H*d) layer K-1's query of the last prompt token, before RoPE
-    keys: torch.Tensor | None = None  # (B, prompt, Hkv*d) layer K-1's keys of the prompt, before RoPE
     inputs: dict[str, Any] | None = None  # the pruned keyword inputs of layers >= K
 
 
@@ -129,17 +128,19 @@ class _Hooks:
         self.prompt = visual_mask.shape[1]
         self.run = FastVRun()
         self.state: _Pass | None = None
+        prompt = self.prompt  # layer K-1's last prompt query and the prompt's keys, at full passes only
+        self.qk = QKCapture(attn, query=lambda q: q[:, prompt - 1 : prompt].clone(), keys=lambda k: k[:, :prompt],
+                            active=lambda: self.state is not None and self.state.full).__enter__()
         self.handles = [
             decoder.register_forward_pre_hook(self._start, with_kwargs=True),
             decoder.register_forward_hook(self._finish),
-            attn.q_proj.register_forward_hook(self._take_query),
-            attn.k_proj.register_forward_hook(self._take_keys),
             *(block.register_forward_pre_hook(self._prune, with_kwargs=True) for block in layers[layer:]),
         ]
 
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
+        self.qk.__exit__()
         self.state = None
 
     # ----- hooks ----------------------------------------------------------------------------------------------
@@ -151,20 +152,13 @@ class _Hooks:
         past = cache.get_seq_length() if cache is not None else 0
         batch, length = inputs.shape[:2]
         state = _Pass(full=past == 0, past=past, length=length)
+        self.qk.clear()
         if state.full:
             state.visual, state.valid = self._full_pass_masks(batch, length, kwargs.get("attention_mask"))
         self.state = state
 
     def _finish(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
         self.state = None
-
-    def _take_query(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
-        if self.state is not None and self.state.full:
-            self.state.query = output[:, self.prompt - 1 : self.prompt].clone()
-
-    def _take_keys(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
-        if self.state is not None and self.state.full:
-            self.state.keys = output[:, : self.prompt]
 
     def _prune(self, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]] | None:
         state = self.state
@@ -236,16 +230,15 @@ class _Hooks:
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
         state, attn = self.state, self.attn
-        if state.query is None or state.keys is None:
+        if self.qk.query is None or self.qk.keys is None:
             raise UnsupportedModelError("fastv could not read layer K-1's q_proj/k_proj outputs (fused projections?).")
-        batch, length = state.keys.shape[:2]
-        query = state.query.reshape(batch, 1, -1, attn.head_dim).transpose(1, 2)
-        keys = state.keys.reshape(batch, length, -1, attn.head_dim).transpose(1, 2)
+        batch, length = self.qk.keys.shape[:2]
+        query, keys = split_heads(self.qk.query, attn.head_dim), split_heads(self.qk.keys, attn.head_dim)
         prompt = self.prompt
         query, _ = apply_rotary_pos_emb(query, query, cos[:, prompt - 1 : prompt], sin[:, prompt - 1 : prompt])
         _, keys = apply_rotary_pos_emb(keys, keys, cos[:, :prompt], sin[:, :prompt])
         keys = repeat_kv(keys, attn.num_key_value_groups)
-        state.query = state.keys = None
+        self.qk.clear()
         scores = torch.zeros(batch, length, dtype=torch.float32, device=keys.device)
         for row in range(batch):
             valid = slice(None) if state.valid is None else state.valid[row, :prompt]

@@ -3,7 +3,7 @@
 The registry (`base`) is a leaf; importing this package registers the built-in families (`builtin`).
 """
 
-from fastervlm.models.base import GenerationSettings, Generated, ModelAdapter, adapter_for, register_adapter
+from fastervlm.models.base import GenerationSettings, ModelAdapter, VisualSlot, VisualStream, adapter_for, register_adapter
 from fastervlm.models import builtin  # noqa: E402,F401  (registers the built-in families)
 
-__all__ = ["GenerationSettings", "Generated", "ModelAdapter", "adapter_for", "register_adapter"]
+__all__ = ["GenerationSettings", "ModelAdapter", "VisualSlot", "VisualStream", "adapter_for", "register_adapter"]

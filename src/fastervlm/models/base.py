@@ -1,8 +1,14 @@
-"""The contract between the pipeline and a model family, and the registry that picks a family from a config.
+"""The contract between the engine and a model family, and the registry that picks a family from a config.
 
-One adapter file per family holds everything model-specific (loading, preprocessing, prompt, where the
-vision features come from, how the LLM is called). Adapters never import each other, cli, eval, bench, show
-or web. A new family is one file with a registered ModelAdapter subclass.
+A family fills two small interfaces and nothing else:
+- `VisualStream`: one kind of visual input (a model's videos, or its images): the tower run to its feature layer,
+  that layer's attention module (whose q/k the engine reads for [CLS] and other scores), the candidate tokens a
+  method chooses from (the [CLS] token dropped, pooled where the family pools), and the projector;
+- `ModelAdapter`: loading and detection, preprocessing (the family's transform and pixel statistics), the prompt
+  (text ids with `VisualSlot`s where the kept tokens go), the tokenizer and the LLM (generate on input
+  embeddings; a Llama-style decoder for methods that act inside it).
+The engine (`fastervlm.engine`) runs encode -> select -> project -> prompt -> generate on any adapter. Adapters
+never import each other, cli, eval, bench, show or web. A new family is one file with a registered subclass.
 """
 
 from __future__ import annotations
@@ -15,13 +21,15 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
+from torch import nn
 
-from fastervlm import media
 from fastervlm.errors import CheckpointError
-from fastervlm.methods.base import Pruner
-from fastervlm.timing import StageTimer
 
-Media = Literal["video", "image"]
+Modality = Literal["video", "image"]
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+"""The pixel statistics of OpenAI's CLIP, which the CLIP-based towers (LanguageBind, LLaVA's) were trained with."""
 
 
 @dataclass
@@ -35,33 +43,94 @@ class GenerationSettings:
     seed: int = 0
 
 
-@dataclass
-class Generated:
-    """What an adapter returns for one sample; the pipeline adds media timings and settings."""
+@dataclass(frozen=True)
+class VisualSlot:
+    """A place in a prompt that takes the kept visual tokens of `count` frames starting at frame `first`."""
 
-    text: str
-    output_ids: list[int]
-    prompt_tokens: int
-    visual_tokens: int
-    kept_indices: list[list[int]] | None
-    cls_scores: torch.Tensor | None = None
+    first: int
+    count: int
+
+
+PromptPiece = list[int] | VisualSlot
+"""A prompt is text token ids and visual slots, in order."""
+
+
+class VisualStream(ABC):
+    """One kind of visual input of a model: tower to the feature layer, candidates, projector."""
+
+    modality: Modality
+    feeds_cls: bool = False
+    """The stock model feeds each frame's [CLS] token to the LLM in front of its patches (Video-LLaVA-hf)."""
+
+    @property
+    @abstractmethod
+    def has_cls(self) -> bool:
+        """Whether the feature layer's first token is a [CLS] token (CLIP) rather than a patch (SigLIP)."""
+
+    @property
+    @abstractmethod
+    def tokens_per_frame(self) -> int:
+        """Candidate tokens per frame a method chooses from (after any pooling): the N of `reduction`."""
+
+    @abstractmethod
+    def feature_attention(self) -> nn.Module:
+        """The feature layer's self-attention (q_proj, k_proj, num_heads, head_dim, scale): its q/k give the scores."""
+
+    @abstractmethod
+    def hidden_states(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, S, S) pixels -> (B, T, tokens, C) output of the feature layer ([CLS] first when it has one)."""
+
+    def candidates(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, T, tokens, C) feature-layer output -> (B, T, N, C) candidate tokens (here: the [CLS] token dropped)."""
+        return hidden[:, :, 1:] if self.has_cls else hidden
+
+    def candidate_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        """(B, T, patches) per-patch scores -> (B, T, N) per candidate, matching `candidates` (pooling families)."""
+        return scores
+
+    @property
+    def pooled(self) -> bool:
+        """Whether candidates merge patches (then per-patch inputs such as keys do not line up with them)."""
+        return False
+
+    @abstractmethod
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(K, C) kept tokens -> (K, D) LLM input embeddings."""
 
 
 class ModelAdapter(ABC):
     """One model family. Instances wrap a loaded model; class methods detect and load checkpoints."""
 
     family: ClassVar[str]
-    media: ClassVar[Media]
+    media: ClassVar[Modality]
+    fallback: ClassVar[bool] = False
+    """A family that only explains why a checkpoint cannot load: asked after every other family."""
+    pixel_mean: ClassVar[tuple[float, float, float]] = OPENAI_CLIP_MEAN
+    pixel_std: ClassVar[tuple[float, float, float]] = OPENAI_CLIP_STD
+    """The per-channel normalisation `preprocess` applies (OpenAI CLIP's; override for other statistics)."""
 
     num_frames: int
     """Frames per sample (1 for image models)."""
-    num_patches: int
-    """Patch tokens per frame without [CLS]: the N that --reduction is a fraction of."""
+    stream: VisualStream
+    """The visual input the pipeline answers about (the family's `media`)."""
+    tokenizer: Any
+    llm: nn.Module
+    """A causal LM whose `generate` takes `inputs_embeds` and `attention_mask`."""
+    decoder: nn.Module
+    """The LLM's Llama-style decoder (`.layers`), where LLM-stage methods attach."""
+    llm_config: Any
+    """The LLM's config (hidden_size, num_hidden_layers, ...): FLOPs and context length."""
+    generation_defaults: Any
+    """The checkpoint's generation_config.json (top_p/top_k for sampling), or transformers' defaults."""
+    keep_cls: bool = False
+    """Feed each frame's [CLS] token in front of its kept tokens, where the stock model does (`feeds_cls`)."""
     device: torch.device
     dtype: torch.dtype
-    pixel_mean: ClassVar[tuple[float, float, float]] = media.OPENAI_CLIP_MEAN
-    pixel_std: ClassVar[tuple[float, float, float]] = media.OPENAI_CLIP_STD
-    """The per-channel normalisation `preprocess` applies (override when a family uses other statistics)."""
+
+    @property
+    def num_patches(self) -> int:
+        """Candidate tokens per frame without [CLS]: the N that `reduction` is a fraction of."""
+        return self.stream.tokens_per_frame
 
     @classmethod
     @abstractmethod
@@ -77,6 +146,18 @@ class ModelAdapter(ABC):
     def preprocess(self, frames: np.ndarray, *, flip: bool = False) -> torch.Tensor:
         """uint8 (T, H, W, 3) frames -> float pixels (T, 3, S, S) as this model's checkpoint expects."""
 
+    @abstractmethod
+    def prompt(self, question: str) -> list[PromptPiece]:
+        """The prompt for one question: text ids and, where the visual tokens go, `VisualSlot`s over the frames."""
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids -> the LLM's input embeddings."""
+        return self.llm.get_input_embeddings()(ids)
+
+    def decode(self, ids: list[int]) -> str:
+        """Generated ids -> the answer text."""
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
     def display_frames(self, pixels: torch.Tensor) -> np.ndarray:
         """Preprocessed pixels (T, 3, S, S) -> uint8 (T, S, S, 3): what the model saw (resized, cropped, flipped),
         with the normalisation undone, for pictures of the kept patches."""
@@ -85,16 +166,16 @@ class ModelAdapter(ABC):
         rgb = (pixels.detach().float().cpu() * std + mean).clamp(0.0, 1.0)
         return (rgb * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
-    @abstractmethod
-    def generate(
-        self,
-        pixels: torch.Tensor,
-        questions: list[str],
-        pruner: Pruner,
-        settings: GenerationSettings,
-        timer: StageTimer,
-    ) -> list[Generated]:
-        """Answer a batch: pixels (B, T, 3, S, S), one question per sample."""
+
+def feature_layer_index(num_layers: int, feature_layer: int, setting: str) -> int:
+    """0-based encoder layer whose output is hidden_states[feature_layer] (hidden_states[0] is the embeddings);
+    `setting` names the config field in the error (mm_vision_select_layer, vision_feature_layer)."""
+    index = feature_layer % (num_layers + 1) - 1
+    if not -(num_layers + 1) <= feature_layer <= num_layers or index < 0:
+        raise CheckpointError(
+            f"{setting} {feature_layer} does not name an encoder layer of this {num_layers}-layer tower."
+        )
+    return index
 
 
 _ADAPTERS: list[type[ModelAdapter]] = []
@@ -107,8 +188,8 @@ def register_adapter(cls: type[ModelAdapter]) -> type[ModelAdapter]:
 
 
 def registered_adapters() -> list[type[ModelAdapter]]:
-    """Every registered family, in registration order (`fastervlm.models` imports the built-in ones)."""
-    return list(_ADAPTERS)
+    """Every registered family, fallbacks last (`fastervlm.models` imports the built-in ones)."""
+    return sorted(_ADAPTERS, key=lambda cls: cls.fallback)
 
 
 def read_config(path: Path) -> dict[str, Any]:

@@ -1,5 +1,17 @@
-"""Imports every built-in adapter so that each registers itself. Add new families here."""
+"""Imports every module of this package so that each adapter registers itself: a new family is one new file
+(plus its tiny spec). Families that only explain a refusal declare `fallback = True` and are asked last."""
 
-from fastervlm.models import videollava  # noqa: F401
-from fastervlm.models import hf_llava, hf_llava_next_video, hf_video_llava  # noqa: F401
-from fastervlm.models import hf_no_cls  # noqa: F401  (last: claims only what no family above runs)
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+
+
+def _import_adapters() -> None:
+    for module in sorted(pkgutil.iter_modules([str(Path(__file__).parent)]), key=lambda m: m.name):
+        if module.name != "builtin":
+            importlib.import_module(f"fastervlm.models.{module.name}")
+
+
+_import_adapters()

@@ -11,8 +11,7 @@ from __future__ import annotations
 from torch import nn
 
 from fastervlm.models.base import register_adapter
-from fastervlm.models.hf_adapter import HFAdapter
-from fastervlm.models.hf_common import VisualStream
+from fastervlm.models.hf_base import HFAdapter, HFStream
 
 
 @register_adapter
@@ -24,10 +23,10 @@ class LlavaHF(HFAdapter):
     prompt_format = "USER: <image>\n{question} ASSISTANT:"
 
     @classmethod
-    def streams(cls, model: nn.Module) -> list[VisualStream]:
+    def streams(cls, model: nn.Module) -> list[HFStream]:
         config, base = model.config, model.model
         return [
-            VisualStream("image", "pixel_values", "get_image_features", config.image_token_id,
+            HFStream("image", "pixel_values", config.image_token_id,
                          base.vision_tower, base.multi_modal_projector, config.vision_feature_layer,
                          first_token_fed=config.vision_feature_select_strategy == "full", as_list=True),
         ]

@@ -22,8 +22,7 @@ from transformers import CLIPImageProcessorPil
 
 from fastervlm.errors import CheckpointError, UnsupportedModelError
 from fastervlm.models.base import register_adapter
-from fastervlm.models.hf_adapter import FrameProcessor, HFAdapter
-from fastervlm.models.hf_common import VisualStream
+from fastervlm.models.hf_base import FrameProcessor, HFAdapter, HFStream
 
 # Settings of a video frame's preprocessing (resize short side, centre crop, rescale, normalise).
 _FRAME_SETTINGS = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
@@ -31,7 +30,7 @@ _FRAME_SETTINGS = ("do_resize", "size", "resample", "do_center_crop", "crop_size
 
 
 @dataclass
-class PooledVideoStream(VisualStream):
+class PooledVideoStream(HFStream):
     """Videos whose patch tokens are pooled (stride x stride windows) before the projector."""
 
     resampler: nn.Module | None = None
@@ -45,12 +44,18 @@ class PooledVideoStream(VisualStream):
     def tokens_per_frame(self) -> int:
         return (self.side // self.stride) ** 2
 
-    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.resampler(tokens)
+    @property
+    def pooled(self) -> bool:
+        return True
 
-    def pool_scores(self, scores: torch.Tensor) -> torch.Tensor:
-        grid = scores.view(-1, 1, self.side, self.side)
-        return F.avg_pool2d(grid, kernel_size=self.stride, stride=self.stride).flatten(1)
+    def candidates(self, hidden: torch.Tensor) -> torch.Tensor:
+        patches = super().candidates(hidden)
+        return self.resampler(patches.flatten(0, 1)).unflatten(0, patches.shape[:2])
+
+    def candidate_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        grid = scores.reshape(-1, 1, self.side, self.side)
+        pooled = F.avg_pool2d(grid, kernel_size=self.stride, stride=self.stride).flatten(1)
+        return pooled.view(*scores.shape[:-1], -1)
 
 
 @register_adapter
@@ -63,7 +68,7 @@ class LlavaNextVideoHF(HFAdapter):
     unpruned_inputs = ("pixel_values",)
 
     @classmethod
-    def streams(cls, model: nn.Module) -> list[VisualStream]:
+    def streams(cls, model: nn.Module) -> list[HFStream]:
         config, base = model.config, model.model
         if config.vision_feature_select_strategy != "default":
             raise UnsupportedModelError(
@@ -71,7 +76,7 @@ class LlavaNextVideoHF(HFAdapter):
                 "is not supported (its pooling needs the square patch grid of 'default')."
             )
         return [
-            PooledVideoStream("video", "pixel_values_videos", "get_video_features", config.video_token_id,
+            PooledVideoStream("video", "pixel_values_videos", config.video_token_id,
                               base.vision_tower, base.multi_modal_projector, config.vision_feature_layer,
                               first_token_fed=False, as_list=True, resampler=base.vision_resampler,
                               stride=config.spatial_pool_stride),

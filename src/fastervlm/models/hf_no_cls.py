@@ -1,7 +1,8 @@
 """Transformers VLMs whose vision encoder has no [CLS] token (LLaVA-OneVision's SigLIP, Qwen2-VL's ViT).
 
-Not a family fastervlm runs: it is registered last so that loading such a checkpoint says why [CLS]-attention
-pruning cannot work on it and which methods would, instead of a bare "unsupported model".
+Not a family fastervlm runs: it is registered last (builtin.py) so that loading such a checkpoint says why
+[CLS]-attention pruning cannot work on it and which methods would, instead of a bare "unsupported model".
+`fastervlm.apply` asks `encoder_without_cls` for the same reason.
 """
 
 from __future__ import annotations
@@ -13,16 +14,43 @@ import numpy as np
 import torch
 
 from fastervlm.errors import UnsupportedModelError
-from fastervlm.methods.base import Pruner
-from fastervlm.models.base import Generated, GenerationSettings, ModelAdapter, read_config, register_adapter
-from fastervlm.models.hf_common import encoder_without_cls, no_cls_error
-from fastervlm.timing import StageTimer
+from fastervlm.models.base import ModelAdapter, PromptPiece, read_config, register_adapter
+
+# Vision encoders known to have no [CLS] token, by the model_type of their config (or of the whole VLM's).
+_NO_CLS_VISION = {
+    "siglip_vision_model": "SigLIP",
+    "siglip2_vision_model": "SigLIP 2",
+    "qwen2_vl": "Qwen2-VL's ViT",
+    "qwen2_vl_vision": "Qwen2-VL's ViT",
+    "qwen2_5_vl": "Qwen2.5-VL's ViT",
+    "qwen2_5_vl_vision": "Qwen2.5-VL's ViT",
+    "qwen3_vl": "Qwen3-VL's ViT",
+    "qwen3_vl_vision": "Qwen3-VL's ViT",
+    "qwen3_vl_moe": "Qwen3-VL's ViT",
+}
+_NO_CLS_MODELS = {
+    "llava_onevision": "SigLIP",
+    "qwen2_vl": "Qwen2-VL's ViT",
+    "qwen2_5_vl": "Qwen2.5-VL's ViT",
+    "qwen3_vl": "Qwen3-VL's ViT",
+    "qwen3_vl_moe": "Qwen3-VL's ViT",
+}
+_CLS_VISION = ("clip_vision_model", "clip")
+
+
+def encoder_without_cls(config: dict[str, Any]) -> str | None:
+    """The vision encoder's name when the config shows one known to have no [CLS] token, else None."""
+    vision_type = (config.get("vision_config") or {}).get("model_type")
+    if vision_type in _CLS_VISION:
+        return None
+    return _NO_CLS_VISION.get(vision_type) or _NO_CLS_MODELS.get(config.get("model_type"))
 
 
 @register_adapter
 class WithoutClsEncoder(ModelAdapter):
     family = "no-cls-encoders (refused)"
     media = "video"
+    fallback = True
 
     @classmethod
     def matches(cls, config: dict[str, Any]) -> bool:
@@ -30,9 +58,12 @@ class WithoutClsEncoder(ModelAdapter):
 
     @classmethod
     def load(cls, path: Path, *, device: torch.device, dtype: torch.dtype | None) -> ModelAdapter:
+        from fastervlm.engine import no_cls_error
+        from fastervlm.methods import default_method
+
         config = read_config(path)
         name = (config.get("architectures") or [config.get("model_type")])[0]
-        error = no_cls_error(name, encoder_without_cls(config) or "unknown", "fastervlm")
+        error = no_cls_error(name, encoder_without_cls(config) or "unknown", default_method(budget_given=True))
         raise UnsupportedModelError(
             f"{error} fastervlm has no adapter for model_type {config.get('model_type')!r} yet, so it cannot load {path}."
         )
@@ -40,7 +71,5 @@ class WithoutClsEncoder(ModelAdapter):
     def preprocess(self, frames: np.ndarray, *, flip: bool = False) -> torch.Tensor:
         raise NotImplementedError  # never loaded
 
-    def generate(
-        self, pixels: torch.Tensor, questions: list[str], pruner: Pruner, settings: GenerationSettings, timer: StageTimer
-    ) -> list[Generated]:
+    def prompt(self, question: str) -> list[PromptPiece]:
         raise NotImplementedError  # never loaded

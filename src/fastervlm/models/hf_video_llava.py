@@ -13,8 +13,7 @@ from __future__ import annotations
 from torch import nn
 
 from fastervlm.models.base import register_adapter
-from fastervlm.models.hf_adapter import HFAdapter
-from fastervlm.models.hf_common import VisualStream
+from fastervlm.models.hf_base import HFAdapter, HFStream
 
 
 @register_adapter
@@ -26,14 +25,14 @@ class VideoLlavaHF(HFAdapter):
     prompt_format = "USER: <video>\n{question} ASSISTANT:"
 
     @classmethod
-    def streams(cls, model: nn.Module) -> list[VisualStream]:
+    def streams(cls, model: nn.Module) -> list[HFStream]:
         config, base = model.config, model.model
         images_fed_cls = config.vision_feature_select_strategy == "full"
         return [
-            VisualStream("video", "pixel_values_videos", "get_video_features", config.video_token_id,
+            HFStream("video", "pixel_values_videos", config.video_token_id,
                          base.video_tower, base.multi_modal_projector, config.vision_feature_layer,
                          first_token_fed=True, as_list=False),
-            VisualStream("image", "pixel_values", "get_image_features", config.image_token_id,
+            HFStream("image", "pixel_values", config.image_token_id,
                          base.image_tower, base.multi_modal_projector, config.vision_feature_layer,
                          first_token_fed=images_fed_cls, as_list=False),
         ]

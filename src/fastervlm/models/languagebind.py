@@ -4,14 +4,13 @@ A CLIP ViT whose every layer first adds a per-layer temporal embedding and runs 
 each token position, then the usual spatial attention and MLP (spec 1.4). transformers' Video-LLaVA port drops
 the temporal part, so this file builds the encoder from transformers' CLIP pieces plus those weights.
 
-It runs only up to the feature layer (select layer -2 by default): the layers after it are never computed. At
-the feature layer it returns the [CLS] token's query and the keys that the layer computed anyway, so that the
-[CLS] attention row costs one small product instead of a full attention map.
+It runs only up to the feature layer (select layer -2 by default): the layers after it are never computed. All
+attention is SDPA; the engine reads the feature layer's [CLS] query and keys from its q_proj/k_proj (QKCapture),
+so the [CLS] attention row costs one small product instead of a full attention map.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,30 +21,22 @@ from transformers.initialization import no_init_weights
 from transformers.models.clip.modeling_clip import CLIPAttention, CLIPMLP, CLIPVisionEmbeddings
 
 from fastervlm.errors import CheckpointError, FasterVLMError
-from fastervlm.models.base import read_config
+from fastervlm.models.base import feature_layer_index, read_config
 from fastervlm.models.weights import load_into, load_prefix
 
 WEIGHT_PREFIX = "vision_model."
 
 
-def attend(attention: CLIPAttention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Multi-head self-attention with `attention`'s weights on SDPA; returns (output, queries, keys)."""
+def attend(attention: CLIPAttention, x: torch.Tensor) -> torch.Tensor:
+    """Multi-head self-attention with `attention`'s weights on SDPA (q_proj/k_proj are called as modules, so the
+    engine's QKCapture sees what they compute)."""
     batch, length, _ = x.shape
     heads = (batch, length, attention.num_heads, attention.head_dim)
     q = attention.q_proj(x).view(heads).transpose(1, 2)
     k = attention.k_proj(x).view(heads).transpose(1, 2)
     v = attention.v_proj(x).view(heads).transpose(1, 2)
     out = F.scaled_dot_product_attention(q, k, v, scale=attention.scale)
-    return attention.out_proj(out.transpose(1, 2).reshape(batch, length, -1)), q, k
-
-
-@dataclass
-class ClsQueryKeys:
-    """The feature layer's [CLS] queries (B*T, H, D) and keys (B*T, H, 1+N, D), and the softmax scale."""
-
-    query: torch.Tensor
-    keys: torch.Tensor
-    scale: float
+    return attention.out_proj(out.transpose(1, 2).reshape(batch, length, -1))
 
 
 class LanguageBindEncoderLayer(nn.Module):
@@ -69,16 +60,14 @@ class LanguageBindEncoderLayer(nn.Module):
         y = x.view(bt // frames, frames, tokens, width).transpose(1, 2).reshape(-1, frames, width)
         if frames != 1:
             y = y + self.temporal_embedding[:, :frames]
-        y = y + attend(self.temporal_attn, self.temporal_layer_norm1(y))[0]
+        y = y + attend(self.temporal_attn, self.temporal_layer_norm1(y))
         return y.view(bt // frames, tokens, frames, width).transpose(1, 2).reshape(bt, tokens, width)
 
-    def forward(self, x: torch.Tensor, frames: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns the layer output and the spatial attention's queries and keys."""
+    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         if self.add_time_attn:
             x = self.temporal(x, frames)
-        attended, q, k = attend(self.self_attn, self.layer_norm1(x))
-        x = x + attended
-        return x + self.mlp(self.layer_norm2(x)), q, k
+        x = x + attend(self.self_attn, self.layer_norm1(x))
+        return x + self.mlp(self.layer_norm2(x))
 
 
 class LanguageBindEncoder(nn.Module):
@@ -116,18 +105,10 @@ class LanguageBindVideoTower(nn.Module):
 
     def feature_layer_index(self, select_layer: int) -> int:
         """0-based index of the layer whose output is hidden_states[select_layer] (-2 -> the penultimate layer)."""
-        layers = self.config.num_hidden_layers
-        index = (select_layer % (layers + 1)) - 1
-        if not -(layers + 1) <= select_layer <= layers or index < 0:
-            raise CheckpointError(
-                f"mm_vision_select_layer {select_layer} does not name an encoder layer of this {layers}-layer tower."
-            )
-        return index
+        return feature_layer_index(self.config.num_hidden_layers, select_layer, "mm_vision_select_layer")
 
-    def forward(
-        self, pixels: torch.Tensor, select_layer: int = -2
-    ) -> tuple[torch.Tensor, ClsQueryKeys]:
-        """Patch features (B, T, N, C) of hidden_states[select_layer], [CLS] dropped, and that layer's [CLS] q/k.
+    def forward(self, pixels: torch.Tensor, select_layer: int = -2) -> torch.Tensor:
+        """hidden_states[select_layer] of (B, T, 3, S, S) pixels: (B, T, 1 + N, C), [CLS] first.
 
         Layers after the feature layer are not run.
         """
@@ -140,13 +121,15 @@ class LanguageBindVideoTower(nn.Module):
                 f"this LanguageBind tower was trained on {self.num_frames} frames and its temporal embedding has "
                 f"{self.num_frames} slots, but got {frames} frames; sample {self.num_frames} frames per video."
             )
-        last = self.feature_layer_index(select_layer)
         x = self.vision_model.embeddings(pixels.flatten(0, 1).to(self.vision_model.pre_layrnorm.weight.dtype))
         x = self.vision_model.pre_layrnorm(x)
-        for layer in self.vision_model.encoder.layers[: last + 1]:
-            x, q, k = layer(x, frames)
-        cls = ClsQueryKeys(q[:, :, 0], k, self.vision_model.encoder.layers[last].self_attn.scale)
-        return x[:, 1:].unflatten(0, (batch, frames)), cls
+        for layer in self.vision_model.encoder.layers[: self.feature_layer_index(select_layer) + 1]:
+            x = layer(x, frames)
+        return x.unflatten(0, (batch, frames))
+
+    def feature_attention(self, select_layer: int = -2) -> CLIPAttention:
+        """The spatial self-attention of the feature layer (its q/k give the [CLS] row)."""
+        return self.vision_model.encoder.layers[self.feature_layer_index(select_layer)].self_attn
 
 
 def vision_config_from_dict(vision: dict, source: str = "vision_config") -> CLIPVisionConfig:

@@ -1,0 +1,261 @@
+"""The part of a transformers-format family that every such family shares: its visual streams read from the loaded
+model, loading with the model's own class, per-frame preprocessing with the checkpoint's saved image processor,
+and the prompt (the checkpoint's chat template, else the model card's format).
+
+A family file subclasses `HFAdapter`, names its transformers class, describes its `HFStream`s and registers
+itself; `fastervlm.apply` finds the same class from a loaded model's config. Not an adapter itself (nothing
+registers it), so adapters may import it.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import AutoImageProcessor
+
+from fastervlm.errors import CheckpointError, FasterVLMError, UnsupportedModelError
+from fastervlm.models import base
+from fastervlm.models.base import Modality, ModelAdapter, PromptPiece, VisualSlot, VisualStream, feature_layer_index
+from fastervlm.models.loading import generation_defaults, load_tokenizer, neutral_generation_config, quiet_transformers
+
+FrameProcessor = Callable[[list[np.ndarray]], torch.Tensor]
+
+
+def vision_body(tower: nn.Module) -> nn.Module:
+    """The module holding `embeddings` and `encoder` (SigLIP-style towers wrap it in `vision_model`)."""
+    return getattr(tower, "vision_model", tower)
+
+
+@dataclass
+class HFStream(VisualStream):
+    """One kind of visual input of a transformers VLM (its videos, or its images) and where its pieces live.
+
+    first_token_fed: the stock model feeds the feature layer's first token to the LLM (Video-LLaVA-hf videos,
+    or vision_feature_select_strategy "full"); for a CLIP tower that token is the frame's [CLS].
+    as_list: the model reads `pooler_output` as one tensor per item (LLaVA, NeXT) rather than one tensor.
+    """
+
+    modality: Modality
+    pixel_key: str
+    token_id: int
+    tower: nn.Module
+    projector: nn.Module
+    feature_layer: Any
+    first_token_fed: bool
+    as_list: bool
+
+    @property
+    def has_cls(self) -> bool:
+        return hasattr(vision_body(self.tower).embeddings, "class_embedding")
+
+    @property
+    def feeds_cls(self) -> bool:  # type: ignore[override]
+        return self.has_cls and self.first_token_fed
+
+    @property
+    def grid(self) -> int:
+        """Patches per frame out of the tower."""
+        config = self.tower.config
+        return (config.image_size // config.patch_size) ** 2
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.grid
+
+    def feature_attention(self) -> nn.Module:
+        layers = vision_body(self.tower).encoder.layers
+        return layers[feature_layer_index(len(layers), self.feature_layer, "vision_feature_layer")].self_attn
+
+    def hidden_states(self, pixels: torch.Tensor) -> torch.Tensor:
+        out = self.tower(pixels.flatten(0, 1), output_hidden_states=self.feature_layer, return_dict=True)
+        return out.hidden_states[self.feature_layer].unflatten(0, pixels.shape[:2])
+
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.projector(tokens)
+
+    def stock_tokens(self, frames: int) -> int:
+        """Placeholders per item in a stock prompt (what the model's processor expands one placeholder to)."""
+        return frames * (self.tokens_per_frame + int(self.feeds_cls))
+
+    def package(self, items: list[torch.Tensor]) -> Any:
+        """Projected tokens per item -> the `pooler_output` the model's forward reads."""
+        return items if self.as_list else torch.cat(items)[None]
+
+    def check(self) -> None:
+        """Refuse layouts whose stock tokens this code cannot reproduce."""
+        if not isinstance(self.feature_layer, int):
+            raise UnsupportedModelError(
+                f"vision_feature_layer {self.feature_layer!r} concatenates several layers; fastervlm supports one "
+                "feature layer (an int, -2 in every released checkpoint)."
+            )
+        if not self.has_cls and not self.first_token_fed:
+            raise UnsupportedModelError(
+                "this model drops the first token of a vision encoder that has no [CLS] token "
+                "(vision_feature_select_strategy 'default'); fastervlm supports 'full' for such encoders."
+            )
+
+
+class HFAdapter(ModelAdapter):
+    """A transformers VLM checkpoint (config.json with text_config/vision_config, safetensors, tokenizer)."""
+
+    model_class: ClassVar[str]
+    """transformers class that loads it, e.g. "VideoLlavaForConditionalGeneration"."""
+    model_types: ClassVar[tuple[str, ...]]
+    prompt_format: ClassVar[str]
+    """The model card's prompt, used when the checkpoint has no chat template; {question} is filled in."""
+    default_frames: ClassVar[int] = 8
+    unpruned_inputs: ClassVar[tuple[str, ...]] = ()
+    """Pixel arguments of the model that pruning does not handle (refused while a method prunes)."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, frame_processor: FrameProcessor, generation: Any, *,
+                 chat_template: str | None, keep_cls: bool, num_frames: int) -> None:
+        self.model, self.llm, self.tokenizer, self.frame_processor = model, model, tokenizer, frame_processor
+        self.decoder, self.llm_config = self.decoder_of(model), model.config.text_config
+        self.generation_defaults, self.chat_template = generation, chat_template
+        self.keep_cls, self.num_frames = keep_cls, num_frames
+        self.stream = next(s for s in self.streams(model) if s.modality == self.media)
+        self.stream.check()
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+
+    # ----- what a family provides --------------------------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def streams(cls, model: nn.Module) -> list[HFStream]:
+        """The model's visual inputs: which tower, projector and placeholder id each uses."""
+
+    @classmethod
+    def decoder_of(cls, model: nn.Module) -> nn.Module:
+        """The model's Llama-style decoder (where FastV attaches)."""
+        return model.model.language_model
+
+    @classmethod
+    def frame_processor(cls, path: Path) -> FrameProcessor:
+        """Per-frame preprocessing from the checkpoint's preprocessor_config.json, PIL backend (no torchvision)."""
+        try:
+            processor = AutoImageProcessor.from_pretrained(path, backend="pil")
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"cannot read the image processor in {path} ({err}); copy preprocessor_config.json "
+                                  "from the checkpoint.") from err
+        return lambda frames: _pixel_values(processor(images=frames, return_tensors="pt"))
+
+    # ----- detection and loading ---------------------------------------------------------------------------------
+    @classmethod
+    def matches(cls, config: dict[str, Any]) -> bool:
+        """A transformers-format config of one of `model_types` (original-format LLaVA configs are flat Llama
+        configs with mm_* fields and no text_config, so they never match)."""
+        return (
+            config.get("model_type") in cls.model_types
+            and "text_config" in config
+            and not any(key.startswith("mm_") for key in config)
+        )
+
+    @classmethod
+    def load(cls, path: Path, *, device: torch.device, dtype: torch.dtype | None, keep_cls: bool = False,
+             num_frames: int | None = None) -> HFAdapter:
+        """from_pretrained with SDPA; fp32 on CPU whatever the checkpoint says, the checkpoint's dtype on CUDA.
+
+        keep_cls: feed each frame's [CLS] token to the LLM where the stock model does (Video-LLaVA-hf videos).
+        num_frames: frames sampled per video (default 8).
+        """
+        import transformers
+
+        if cls.media == "image" and num_frames not in (None, 1):
+            raise FasterVLMError(f"--num-frames does not apply to {cls.family}, an image model; leave it out.")
+        try:
+            with quiet_transformers():
+                model, info = getattr(transformers, cls.model_class).from_pretrained(
+                    path, dtype=dtype or (torch.float32 if device.type == "cpu" else "auto"),
+                    attn_implementation="sdpa", output_loading_info=True)
+        except OSError as err:
+            raise CheckpointError(
+                f"cannot load {path} as {cls.model_class} ({err}); check that the weights are complete."
+            ) from err
+        if info.get("missing_keys"):
+            raise CheckpointError(f"{path} lacks weights {sorted(info['missing_keys'])[:5]}; finish the download.")
+        model.generation_config = neutral_generation_config(model.config.text_config)
+        tokenizer = load_tokenizer(path)
+        return cls(model.to(device).eval(), tokenizer, cls.frame_processor(path), generation_defaults(path),
+                   chat_template=tokenizer.chat_template or _processor_chat_template(path), keep_cls=keep_cls,
+                   num_frames=1 if cls.media == "image" else (num_frames or cls.default_frames))
+
+    # ----- the engine contract -----------------------------------------------------------------------------------
+    def preprocess(self, frames: np.ndarray, *, flip: bool = False) -> torch.Tensor:
+        if flip:
+            frames = frames[:, :, ::-1]
+        return self.frame_processor(list(np.ascontiguousarray(frames)))
+
+    def prompt_text(self, question: str) -> str:
+        """The checkpoint's chat template when it has one, else the model card's format."""
+        if self.chat_template is None:
+            return self.prompt_format.format(question=question)
+        messages = [{"role": "user", "content": [{"type": self.media}, {"type": "text", "text": question}]}]
+        return self.tokenizer.apply_chat_template(
+            messages, chat_template=self.chat_template, add_generation_prompt=True, tokenize=False
+        )
+
+    def prompt(self, question: str) -> list[PromptPiece]:
+        """The prompt's ids with its one placeholder token as a slot for every frame's kept tokens."""
+        text = self.prompt_text(question)
+        bos = self.tokenizer.bos_token
+        ids = self.tokenizer(text, add_special_tokens=not (bos and text.startswith(bos))).input_ids
+        token = self.stream.token_id
+        if ids.count(token) != 1:
+            raise CheckpointError(
+                f"the {self.family} prompt {text!r} tokenises to {ids.count(token)} placeholder ids {token}, not one; "
+                "the tokenizer must carry the model's image/video token as a special token."
+            )
+        at = ids.index(token)
+        return [ids[:at], VisualSlot(0, self.num_frames), ids[at + 1:]]
+
+    def prompt_batch(self, questions: list[str], placeholders: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded input_ids and attention_mask as the model's processor builds them: each prompt's placeholder
+        repeated `placeholders` times (default: the stock count for this adapter's frames). This is what the stock
+        model, or a model with `fastervlm.apply`, takes with the pixels."""
+        count = self.stream.stock_tokens(self.num_frames) if placeholders is None else placeholders
+        rows = [[token for piece in self.prompt(question)
+                 for token in ([self.stream.token_id] * count if isinstance(piece, VisualSlot) else piece)]
+                for question in questions]
+        width = max(len(row) for row in rows)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row):] = torch.tensor(row)
+            mask[i, width - len(row):] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+
+def hf_families() -> list[type[HFAdapter]]:
+    """The registered transformers-format families, in registration order (apply() has a model, not a path)."""
+    return [cls for cls in base.registered_adapters() if issubclass(cls, HFAdapter)]
+
+
+def hf_adapter_for(config: dict[str, Any]) -> type[HFAdapter] | None:
+    """The registered transformers-format family that claims this config, if any."""
+    return next((cls for cls in hf_families() if cls.matches(config)), None)
+
+
+def _pixel_values(output: Any) -> torch.Tensor:
+    """pixel_values of an image processor's output (VideoLlavaImageProcessor's legacy key included)."""
+    for key in ("pixel_values", "pixel_values_images"):
+        if key in output:
+            return output[key]
+    raise CheckpointError(f"the image processor returned {sorted(output)} and no pixel_values.")
+
+
+def _processor_chat_template(path: Path) -> str | None:
+    """A chat template saved with the processor (chat_template.json or chat_template.jinja), if any."""
+    if (path / "chat_template.jinja").is_file():
+        return (path / "chat_template.jinja").read_text()
+    if (path / "chat_template.json").is_file():
+        return json.loads((path / "chat_template.json").read_text()).get("chat_template")
+    return None
