@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastervlm.tiny_hf import FAMILIES, MODEL_CLASSES, TinyHFSpec, tiny_tokenizer, write_tiny_hf_checkpoint
+from fastervlm.tiny.hf import FAMILIES, MODEL_CLASSES, TinyHFSpec, tiny_tokenizer, write_tiny_hf_checkpoint
 
 SPEC = TinyHFSpec()
 _CACHE: dict[str, Any] = {}

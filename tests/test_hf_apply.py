@@ -16,7 +16,7 @@ from fastervlm.cli import main
 from fastervlm.errors import FasterVLMError, UnsupportedModelError
 from fastervlm.models.base import GenerationSettings, adapter_for
 from fastervlm.hf import compact, placeholder_keep_mask
-from fastervlm.tiny_hf import tiny_hf_config, tiny_hf_model
+from fastervlm.tiny.hf import tiny_hf_config, tiny_hf_model
 
 P = 9  # placeholder id in the hand-made prompts below
 
@@ -80,7 +80,7 @@ def test_video_llava_images_go_through_the_image_tower(tmp_path_factory) -> None
 
 def test_real_token_counts_2056_video_tokens_become_208(tmp_path: Path) -> None:
     """Video-LLaVA-7B-hf's geometry (224 px, patch 14: 8 x 257 = 2056 video tokens) at tiny widths."""
-    from fastervlm.tiny_hf import TinyHFSpec, write_tiny_hf_checkpoint
+    from fastervlm.tiny.hf import TinyHFSpec, write_tiny_hf_checkpoint
 
     path = write_tiny_hf_checkpoint(tmp_path, "video_llava", TinyHFSpec(image_size=224, vision_layers=2, llm_layers=2),
                                     tokenizer=tokenizer())

@@ -152,7 +152,7 @@ def test_web_command_without_gradio_says_how_to_get_it(monkeypatch: pytest.Monke
 
 
 def test_web_command_refuses_an_image_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from fastervlm.tiny_hf import write_tiny_hf_checkpoint
+    from fastervlm.tiny.hf import write_tiny_hf_checkpoint
 
     checkpoint = write_tiny_hf_checkpoint(tmp_path / "llava", "llava")
     assert main(["web", "--model", str(checkpoint), "--device", "cpu"]) == 2

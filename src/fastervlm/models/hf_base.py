@@ -29,6 +29,19 @@ from fastervlm.models.loading import generation_defaults, load_tokenizer, neutra
 FrameProcessor = Callable[[list[np.ndarray]], torch.Tensor]
 
 
+@dataclass
+class TinyParts:
+    """The pieces of a tiny random checkpoint every transformers family builds its config from (fastervlm.tiny.hf):
+    the Llama text config, a CLIP vision config, the placeholder token ids, the patches per frame, the frames."""
+
+    text: dict[str, Any]
+    clip: dict[str, Any]
+    ids: dict[str, int]
+    patches: int
+    frames: int
+    image_size: int
+
+
 def vision_body(tower: nn.Module) -> nn.Module:
     """The module holding `embeddings` and `encoder` (SigLIP-style towers wrap it in `vision_model`)."""
     return getattr(tower, "vision_model", tower)
@@ -147,6 +160,17 @@ class HFAdapter(ModelAdapter):
                                   "from the checkpoint.") from err
         return lambda frames: _pixel_values(processor(images=frames, return_tensors="pt"))
 
+    @classmethod
+    @abstractmethod
+    def tiny_config(cls, parts: TinyParts) -> Any:
+        """The family's tiny spec: its config built with transformers' own config class from `parts`."""
+
+    @classmethod
+    def write_tiny_processor(cls, folder: Path, frame: dict[str, Any], parts: TinyParts) -> None:
+        """The preprocessing files (and chat template) the real checkpoint ships, with per-frame `frame` settings."""
+        write_json(folder / "preprocessor_config.json",
+                    {"image_processor_type": "CLIPImageProcessor", "processor_class": "LlavaProcessor", **frame})
+
     # ----- detection and loading ---------------------------------------------------------------------------------
     @classmethod
     def matches(cls, config: dict[str, Any]) -> bool:
@@ -250,6 +274,10 @@ def _pixel_values(output: Any) -> torch.Tensor:
         if key in output:
             return output[key]
     raise CheckpointError(f"the image processor returned {sorted(output)} and no pixel_values.")
+
+
+def write_json(path: Path, content: dict[str, Any]) -> None:
+    path.write_text(json.dumps(content, indent=2))
 
 
 def _processor_chat_template(path: Path) -> str | None:

@@ -11,7 +11,10 @@ from __future__ import annotations
 from torch import nn
 
 from fastervlm.models.base import register_adapter
-from fastervlm.models.hf_base import HFAdapter, HFStream
+from pathlib import Path
+from typing import Any
+
+from fastervlm.models.hf_base import HFAdapter, HFStream, TinyParts, write_json
 
 
 @register_adapter
@@ -30,3 +33,18 @@ class LlavaHF(HFAdapter):
                          base.vision_tower, base.multi_modal_projector, config.vision_feature_layer,
                          first_token_fed=config.vision_feature_select_strategy == "full", as_list=True),
         ]
+
+    @classmethod
+    def tiny_config(cls, parts: TinyParts) -> Any:
+        from transformers import LlavaConfig
+
+        return LlavaConfig(text_config=parts.text, vision_config=parts.clip, image_token_index=parts.ids["image"],
+                           vision_feature_layer=-2, vision_feature_select_strategy="default",
+                           image_seq_length=parts.patches)
+
+    @classmethod
+    def write_tiny_processor(cls, folder: Path, frame: dict[str, Any], parts: TinyParts) -> None:
+        from fastervlm.tiny.hf import CHAT_TEMPLATE
+
+        super().write_tiny_processor(folder, frame, parts)
+        write_json(folder / "chat_template.json", {"chat_template": CHAT_TEMPLATE})  # beside the processor, as llava-hf

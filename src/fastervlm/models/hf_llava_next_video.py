@@ -22,7 +22,9 @@ from transformers import CLIPImageProcessorPil
 
 from fastervlm.errors import CheckpointError, UnsupportedModelError
 from fastervlm.models.base import register_adapter
-from fastervlm.models.hf_base import FrameProcessor, HFAdapter, HFStream
+from typing import Any
+
+from fastervlm.models.hf_base import FrameProcessor, HFAdapter, HFStream, TinyParts, write_json
 
 # Settings of a video frame's preprocessing (resize short side, centre crop, rescale, normalise).
 _FRAME_SETTINGS = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
@@ -90,6 +92,27 @@ class LlavaNextVideoHF(HFAdapter):
         settings = _read_json(source if source.is_file() else path / "preprocessor_config.json")
         processor = CLIPImageProcessorPil(**{k: v for k, v in settings.items() if k in _FRAME_SETTINGS})
         return lambda frames: processor(images=frames, return_tensors="pt")["pixel_values"]
+
+    @classmethod
+    def tiny_config(cls, parts: TinyParts) -> Any:
+        from transformers import LlavaNextVideoConfig
+
+        side = parts.image_size
+        return LlavaNextVideoConfig(text_config=parts.text, vision_config=parts.clip,
+                                    image_token_index=parts.ids["image"], video_token_index=parts.ids["video"],
+                                    vision_feature_layer=-2, vision_feature_select_strategy="default",
+                                    image_grid_pinpoints=[[side, side], [side, 2 * side]],
+                                    image_seq_length=parts.patches, video_seq_length=parts.frames * parts.patches // 4)
+
+    @classmethod
+    def write_tiny_processor(cls, folder: Path, frame: dict[str, Any], parts: TinyParts) -> None:
+        from fastervlm.tiny.hf import CHAT_TEMPLATE
+
+        side = parts.image_size
+        write_json(folder / "preprocessor_config.json",
+                   {"image_processor_type": "LlavaNextImageProcessor", "processor_class": "LlavaNextVideoProcessor",
+                    "image_grid_pinpoints": [[side, side], [side, 2 * side]], "do_pad": True, **frame})
+        (folder / "chat_template.jinja").write_text(CHAT_TEMPLATE)
 
 
 def _read_json(file: Path) -> dict:

@@ -38,6 +38,35 @@ _NO_CLS_MODELS = {
 _CLS_VISION = ("clip_vision_model", "clip")
 
 
+def _tiny_onevision(parts: Any) -> Any:
+    from transformers import LlavaOnevisionConfig
+
+    siglip = dict(model_type="siglip_vision_model", hidden_size=parts.clip["hidden_size"], num_hidden_layers=2,
+                  intermediate_size=parts.clip["intermediate_size"], num_attention_heads=parts.clip["num_attention_heads"],
+                  image_size=parts.image_size, patch_size=parts.clip["patch_size"])
+    return LlavaOnevisionConfig(text_config=parts.text, vision_config=siglip, image_token_index=parts.ids["image"],
+                                video_token_index=parts.ids["video"], vision_feature_layer=-2,
+                                vision_feature_select_strategy="full")  # SigLIP has no [CLS] to drop
+
+
+def _tiny_qwen2_vl(parts: Any) -> Any:
+    from transformers import Qwen2VLConfig
+
+    return Qwen2VLConfig(
+        text_config=dict(parts.text, model_type="qwen2_vl_text", rope_scaling={"type": "mrope", "mrope_section": [2, 2, 4]}),
+        vision_config=dict(depth=1, embed_dim=32, hidden_size=parts.text["hidden_size"], num_heads=2, patch_size=14),
+        image_token_id=parts.ids["image"], video_token_id=parts.ids["video"],
+    )
+
+
+TINY_CONFIGS = {
+    "llava_onevision": ("LlavaOnevisionForConditionalGeneration", _tiny_onevision),
+    "qwen2_vl": ("Qwen2VLForConditionalGeneration", _tiny_qwen2_vl),
+}
+"""Tiny specs (transformers class, config from fastervlm.tiny.hf's TinyParts) of the refused families, for the tests
+of the refusal."""
+
+
 def encoder_without_cls(config: dict[str, Any]) -> str | None:
     """The vision encoder's name when the config shows one known to have no [CLS] token, else None."""
     vision_type = (config.get("vision_config") or {}).get("model_type")

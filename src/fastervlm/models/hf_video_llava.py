@@ -13,7 +13,10 @@ from __future__ import annotations
 from torch import nn
 
 from fastervlm.models.base import register_adapter
-from fastervlm.models.hf_base import HFAdapter, HFStream
+from pathlib import Path
+from typing import Any
+
+from fastervlm.models.hf_base import HFAdapter, HFStream, TinyParts
 
 
 @register_adapter
@@ -36,3 +39,18 @@ class VideoLlavaHF(HFAdapter):
                          base.image_tower, base.multi_modal_projector, config.vision_feature_layer,
                          first_token_fed=images_fed_cls, as_list=False),
         ]
+
+    @classmethod
+    def tiny_config(cls, parts: TinyParts) -> Any:
+        from transformers import VideoLlavaConfig
+
+        return VideoLlavaConfig(text_config=parts.text, vision_config=parts.clip, image_token_index=parts.ids["image"],
+                                video_token_index=parts.ids["video"], vision_feature_layer=-2,
+                                vision_feature_select_strategy="default", image_seq_length=parts.patches,
+                                video_seq_length=parts.frames * (parts.patches + 1))
+
+    @classmethod
+    def write_tiny_processor(cls, folder: Path, frame: dict[str, Any], parts: TinyParts) -> None:
+        from transformers import VideoLlavaImageProcessor
+
+        VideoLlavaImageProcessor(**frame).save_pretrained(folder)  # the hub checkpoint has no chat template

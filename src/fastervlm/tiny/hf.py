@@ -8,8 +8,9 @@ checkpoints have them, preprocessor_config.json, and a chat template where the r
 model card's prompt is used). Loading goes through `fastervlm.load`, like a real checkpoint. Seeded: the same
 spec gives the same weights.
 
-`tiny_hf_config(family)` also covers two families whose vision encoder has no [CLS] token (LLaVA-OneVision,
-Qwen2-VL), for the error they get.
+Each family's config comes from its own tiny spec beside its adapter (`tiny_config`, `write_tiny_processor`);
+this file holds what they share. `tiny_hf_config(family)` also covers the families whose vision encoder has no
+[CLS] token (LLaVA-OneVision, Qwen2-VL; their specs sit in models/hf_no_cls.py), for the error they get.
 """
 
 from __future__ import annotations
@@ -20,15 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-FAMILIES = ("video_llava", "llava", "llava_next_video")
-NO_CLS_FAMILIES = ("llava_onevision", "qwen2_vl")
-MODEL_CLASSES = {
-    "video_llava": "VideoLlavaForConditionalGeneration",
-    "llava": "LlavaForConditionalGeneration",
-    "llava_next_video": "LlavaNextVideoForConditionalGeneration",
-    "llava_onevision": "LlavaOnevisionForConditionalGeneration",
-    "qwen2_vl": "Qwen2VLForConditionalGeneration",
-}
+from fastervlm.models.hf_base import TinyParts, hf_families
+from fastervlm.models.hf_no_cls import TINY_CONFIGS as _NO_CLS_TINY
+
+FAMILIES = tuple(cls.model_types[0] for cls in hf_families())
+"""The transformers families fastervlm runs, by model_type (each has a tiny spec beside its adapter)."""
+NO_CLS_FAMILIES = tuple(_NO_CLS_TINY)
+"""Families whose encoder has no [CLS] token: config-only tiny specs, for the refusal they get."""
+MODEL_CLASSES = {**{cls.model_types[0]: cls.model_class for cls in hf_families()},
+                 **{name: model_class for name, (model_class, _) in _NO_CLS_TINY.items()}}
 # In the style of the llava-hf templates: media placeholders first, then the text, then "ASSISTANT:".
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{ message['role'].upper() }}: "
@@ -61,7 +62,7 @@ def tiny_tokenizer(spec: TinyHFSpec = TinyHFSpec()) -> Any:
     """A real SentencePiece Llama tokenizer (BOS added) with the placeholder and pad tokens appended."""
     from transformers import AutoTokenizer
 
-    from fastervlm.tiny import train_tokenizer
+    from fastervlm.models.videollava_tiny import train_tokenizer
 
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
@@ -76,10 +77,8 @@ def tiny_tokenizer(spec: TinyHFSpec = TinyHFSpec()) -> Any:
     return tokenizer
 
 
-def tiny_hf_config(family: str, tokenizer: Any, spec: TinyHFSpec = TinyHFSpec()) -> Any:
-    """The family's config, built with transformers' own config class, sized by `spec`."""
-    import transformers
-
+def tiny_parts(tokenizer: Any, spec: TinyHFSpec = TinyHFSpec()) -> TinyParts:
+    """The Llama text config, CLIP vision config and placeholder ids every family's tiny config is built from."""
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in PLACEHOLDERS.items()}
     text = dict(model_type="llama", hidden_size=spec.llm_width, intermediate_size=2 * spec.llm_width,
                 num_hidden_layers=spec.llm_layers, num_attention_heads=spec.llm_heads,
@@ -89,33 +88,22 @@ def tiny_hf_config(family: str, tokenizer: Any, spec: TinyHFSpec = TinyHFSpec())
                 num_hidden_layers=spec.vision_layers, num_attention_heads=spec.vision_heads,
                 image_size=spec.image_size, patch_size=spec.patch_size, projection_dim=16)
     patches = (spec.image_size // spec.patch_size) ** 2
-    common = dict(text_config=text, image_token_index=ids["image"], vision_feature_layer=-2,
-                  vision_feature_select_strategy="default")
-    if family == "video_llava":
-        return transformers.VideoLlavaConfig(vision_config=clip, video_token_index=ids["video"], image_seq_length=patches,
-                                             video_seq_length=spec.frames * (patches + 1), **common)
-    if family == "llava":
-        return transformers.LlavaConfig(vision_config=clip, image_seq_length=patches, **common)
-    if family == "llava_next_video":
-        side = spec.image_size
-        return transformers.LlavaNextVideoConfig(vision_config=clip, video_token_index=ids["video"],
-                                                 image_grid_pinpoints=[[side, side], [side, 2 * side]],
-                                                 image_seq_length=patches, video_seq_length=spec.frames * patches // 4,
-                                                 **common)
-    if family == "llava_onevision":
-        siglip = dict(model_type="siglip_vision_model", hidden_size=spec.vision_width, num_hidden_layers=2,
-                      intermediate_size=2 * spec.vision_width, num_attention_heads=spec.vision_heads,
-                      image_size=spec.image_size, patch_size=spec.patch_size)
-        common["vision_feature_select_strategy"] = "full"  # SigLIP has no [CLS] to drop
-        return transformers.LlavaOnevisionConfig(vision_config=siglip, video_token_index=ids["video"], **common)
-    if family == "qwen2_vl":
-        return transformers.Qwen2VLConfig(
-            text_config=dict(text, model_type="qwen2_vl_text",
-                             rope_scaling={"type": "mrope", "mrope_section": [2, 2, 4]}),
-            vision_config=dict(depth=1, embed_dim=32, hidden_size=spec.llm_width, num_heads=2, patch_size=14),
-            image_token_id=ids["image"], video_token_id=ids["video"],
-        )
-    raise ValueError(f"unknown tiny family {family!r}; choose one of {FAMILIES + NO_CLS_FAMILIES}")
+    return TinyParts(text, clip, ids, patches, spec.frames, spec.image_size)
+
+
+def tiny_hf_config(family: str, tokenizer: Any, spec: TinyHFSpec = TinyHFSpec()) -> Any:
+    """The family's config, built by its tiny spec with transformers' own config class, sized by `spec`."""
+    parts = tiny_parts(tokenizer, spec)
+    if family in _NO_CLS_TINY:
+        return _NO_CLS_TINY[family][1](parts)
+    return _adapter(family).tiny_config(parts)
+
+
+def _adapter(family: str) -> Any:
+    found = {cls.model_types[0]: cls for cls in hf_families()}
+    if family not in found:
+        raise ValueError(f"unknown tiny family {family!r}; choose one of {FAMILIES + NO_CLS_FAMILIES}")
+    return found[family]
 
 
 def tiny_hf_model(family: str, tokenizer: Any, spec: TinyHFSpec = TinyHFSpec()) -> Any:
@@ -132,8 +120,6 @@ def write_tiny_hf_checkpoint(
     folder: str | Path, family: str, spec: TinyHFSpec = TinyHFSpec(), *, tokenizer: Any = None
 ) -> Path:
     """Save a tiny random checkpoint of `family` into `folder` (created); returns the folder."""
-    from transformers import VideoLlavaImageProcessor
-
     from fastervlm.models.base import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
     if family not in FAMILIES:
@@ -148,19 +134,7 @@ def write_tiny_hf_checkpoint(
              "crop_size": {"height": size, "width": size}, "do_rescale": True, "rescale_factor": 1 / 255,
              "do_normalize": True, "image_mean": list(OPENAI_CLIP_MEAN), "image_std": list(OPENAI_CLIP_STD), "resample": 3,
              "do_convert_rgb": True}
-    if family == "video_llava":
-        VideoLlavaImageProcessor(**frame).save_pretrained(folder)
-    elif family == "llava":
-        _write_json(folder / "preprocessor_config.json",
-                    {"image_processor_type": "CLIPImageProcessor", "processor_class": "LlavaProcessor", **frame})
-        _write_json(folder / "chat_template.json", {"chat_template": CHAT_TEMPLATE})
-    else:
-        _write_json(folder / "preprocessor_config.json",
-                    {"image_processor_type": "LlavaNextImageProcessor", "processor_class": "LlavaNextVideoProcessor",
-                     "image_grid_pinpoints": [[size, size], [size, 2 * size]], "do_pad": True, **frame})
-        (folder / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    _adapter(family).write_tiny_processor(folder, frame, tiny_parts(tokenizer, spec))
     return folder
 
 
-def _write_json(path: Path, content: dict[str, Any]) -> None:
-    path.write_text(json.dumps(content, indent=2))

@@ -1,4 +1,5 @@
-"""Tiny random checkpoints in exactly the original on-disk formats, for tests and the demo.
+"""The tiny spec of original-format Video-LLaVA: random checkpoints in exactly the original on-disk formats, for
+tests, the demo and the benchmark (`fastervlm.tiny` is the entry point).
 
 `write_tiny_checkpoint(root)` writes two folders, as a user who downloaded the real models has them:
 - `Video-LLaVA-7B/`: config.json with the Llama and mm_* fields, generation_config.json, a real SentencePiece
@@ -19,7 +20,6 @@ import io
 import json
 import math
 import os
-import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -257,27 +257,6 @@ def write_tiny_checkpoint(
     projector = {f"model.mm_projector.{k}": v for k, v in weights.projector.items()}
     _write_sharded(llm_dir, {**weights.llm, **projector, **tower_copy}, weights_format, shards)
     return llm_dir
-
-
-def default_cache_dir() -> Path:
-    """Where `ensure_tiny_checkpoint` keeps its folders: $FASTERVLM_CACHE or ~/.cache/fastervlm."""
-    return Path(os.environ.get("FASTERVLM_CACHE", Path.home() / ".cache" / "fastervlm"))
-
-
-def ensure_tiny_checkpoint(spec: TinySpec = TinySpec(), cache_dir: str | os.PathLike | None = None) -> Path:
-    """The tiny checkpoint for `spec`, written on first use into the cache (atomically: no half-written folder)."""
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    target = root / f"tiny-{spec.key()}"
-    if not (target / LLM_DIR / "config.json").is_file():
-        root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root))
-        write_tiny_checkpoint(staging, spec)
-        try:
-            staging.rename(target)
-        except OSError:  # another process won the race: keep its copy
-            shutil.rmtree(staging, ignore_errors=True)
-    return target / LLM_DIR
-
 
 
 def build_adapter(
