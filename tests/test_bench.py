@@ -20,11 +20,11 @@ from fastervlm.bench import (
     Memory,
     ModelSource,
     Stat,
-    _PeakMeter,
     check_targets,
     default_configs,
     run_benchmark,
 )
+from fastervlm.bench.meter import PeakMeter as _PeakMeter
 from fastervlm.cli import main
 from fastervlm.flops import LLMGeometry, prefill_flops
 
@@ -232,7 +232,7 @@ def test_budgets_out_of_range_are_refused_before_any_run(tmp_path, tiny_checkpoi
     def no_workers(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError("a run started")
 
-    monkeypatch.setattr(bench, "_workers", no_workers)
+    monkeypatch.setattr(bench.runner, "_workers", no_workers)
     assert main(["bench", "--model", str(tiny_checkpoint), "--device", "cpu", "--video", str(synthetic_video),
                  "--keep", "999", "--in-process", "--out-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err

@@ -62,11 +62,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def parse_methods(specs: list[str] | None) -> tuple[list[str], dict[str, dict[str, Any]]]:
     """['fastervlm', 'fastv:layer=3'] -> names and per-method settings."""
-    from fastervlm.bench import DEFAULT_METHODS
     from fastervlm.errors import BudgetError
+    from fastervlm.methods import featured_methods
 
     names, settings = [], {}
-    for spec in specs or DEFAULT_METHODS:
+    for spec in specs or featured_methods():
         name, _, options = spec.partition(":")
         names.append(name)
         for option in filter(None, options.split(",")):
@@ -79,7 +79,7 @@ def parse_methods(specs: list[str] | None) -> tuple[list[str], dict[str, dict[st
 
 def run_bench(args: argparse.Namespace) -> int:
     from fastervlm.bench import (DEFAULT_REDUCTIONS, QUESTION, ModelSource, check_run_settings, check_targets,
-                                 default_configs, plot, run_benchmark)
+                                 default_configs, plot, result_json, run_benchmark)
     from fastervlm.methods import create_pruner
 
     check_run_settings(args.warmup, args.repeats, args.max_new_tokens)
@@ -98,7 +98,7 @@ def run_bench(args: argparse.Namespace) -> int:
                            isolate=False if args.in_process else None, progress=not args.no_progress)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    data = result.to_json()
+    data = result_json(result)
     (out_dir / "bench.json").write_text(json.dumps(data, indent=2))
     plot(result, out_dir / "bench.png")
     if args.json:

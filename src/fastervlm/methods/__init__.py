@@ -8,6 +8,7 @@ from fastervlm.methods.registry import (
     baseline_method,
     create_pruner,
     default_method,
+    featured_methods,
     get_method,
     has_setting,
     is_baseline,
@@ -19,5 +20,5 @@ from fastervlm.methods import builtin  # noqa: E402,F401  (registers the built-i
 
 __all__ = [
     "EncodedVideo", "LLMPruner", "Pruner", "VisionPruner", "VisualSelection", "baseline_method", "create_pruner",
-    "default_method", "get_method", "has_setting", "is_baseline", "list_methods", "method_settings", "register",
+    "default_method", "featured_methods", "get_method", "has_setting", "is_baseline", "list_methods", "method_settings", "register",
 ]

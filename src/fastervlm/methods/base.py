@@ -9,6 +9,7 @@ engine) ever compares a method's name:
 - `baseline`: the method keeps every token (the unpruned row of every table);
 - `default`: the method that a budget alone selects (`--reduction 0.9` without `--method`);
 - `selects_patches`: kept tokens are patches of the frame (`kept_indices` defined) rather than merged ones;
+- `featured`: compared by default where a command compares methods (the seed table's FasterVLM and FastV);
 - settings: the dataclass fields, each with a default and a help text (`setting(...)`).
 Methods never import a model adapter or the engine.
 """
@@ -87,6 +88,7 @@ class Pruner:
     baseline: ClassVar[bool] = False
     default: ClassVar[bool] = False
     selects_patches: ClassVar[bool] = True
+    featured: ClassVar[bool] = False
     summary: ClassVar[str] = ""
     reference: ClassVar[str] = ""
     """The paper (and reference code) the method follows."""

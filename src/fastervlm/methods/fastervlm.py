@@ -15,6 +15,7 @@ class FasterVLM(VisionPruner):
     name = "fastervlm"
     inputs = frozenset({CLS_SCORES})
     default = True
+    featured = True
     summary = "[CLS] attention in the vision encoder ranks patches; top-L per frame (or 8L over the video) reach the LLM"
     reference = "FasterVLM, arXiv 2412.01818 (github.com/Theia-4869/FasterVLM)"
 

@@ -54,6 +54,7 @@ class FastVRun:
 @dataclass
 class FastV(LLMPruner):
     name = "fastv"
+    featured = True
     summary = "the last prompt token's attention in LLM layer K-1 ranks visual tokens; layers >= K keep frames*L of them"
 
     reference = "FastV, arXiv 2403.06764 (github.com/pkunlp-icler/FastV)"

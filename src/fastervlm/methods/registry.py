@@ -62,6 +62,11 @@ def default_method(budget_given: bool) -> str:
     return _the_one("default") if budget_given else baseline_method()
 
 
+def featured_methods() -> list[str]:
+    """The methods a comparison runs by default (`bench`), in registration order."""
+    return [name for name, cls in _METHODS.items() if cls.featured]
+
+
 def is_baseline(settings: dict[str, Any]) -> bool:
     """Whether a configuration's settings (`Pruner.settings()`, as stored in a run) keep every token: the
     baseline method, a method without a budget, or one at reduction 0."""

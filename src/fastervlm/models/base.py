@@ -55,12 +55,28 @@ PromptPiece = list[int] | VisualSlot
 """A prompt is text token ids and visual slots, in order."""
 
 
+@dataclass
+class EagerExtraction:
+    """The [CLS] attention read the original code's way (every layer eager, every attention map returned): the
+    yardstick `fastervlm bench` holds our extraction against."""
+
+    features: torch.Tensor
+    """(B, T, N, C) candidate tokens of the feature layer."""
+    cls_scores: torch.Tensor
+    """(B, T, N) the [CLS] row of the feature layer's map, head mean."""
+    attention_bytes: int
+    """Memory held by the returned attention maps."""
+    layers_run: int
+
+
 class VisualStream(ABC):
     """One kind of visual input of a model: tower to the feature layer, candidates, projector."""
 
     modality: Modality
     feeds_cls: bool = False
     """The stock model feeds each frame's [CLS] token to the LLM in front of its patches (Video-LLaVA-hf)."""
+    has_eager_extraction: bool = False
+    """`eager_extraction` gives the original code's way to the [CLS] scores (the benchmark's reference row)."""
 
     @property
     @abstractmethod
@@ -96,6 +112,15 @@ class VisualStream(ABC):
     @abstractmethod
     def project(self, tokens: torch.Tensor) -> torch.Tensor:
         """(K, C) kept tokens -> (K, D) LLM input embeddings."""
+
+    @property
+    @abstractmethod
+    def layers_run(self) -> int:
+        """Encoder layers that run to reach the feature layer (the layers after it never run)."""
+
+    def eager_extraction(self, pixels: torch.Tensor) -> EagerExtraction | None:
+        """The original code's way to the [CLS] scores, where this family has one (None: no reference)."""
+        return None
 
 
 class ModelAdapter(ABC):

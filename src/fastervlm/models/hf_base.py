@@ -83,9 +83,15 @@ class HFStream(VisualStream):
     def tokens_per_frame(self) -> int:
         return self.grid
 
+    def _feature_layer(self) -> int:
+        return feature_layer_index(len(vision_body(self.tower).encoder.layers), self.feature_layer, "vision_feature_layer")
+
     def feature_attention(self) -> nn.Module:
-        layers = vision_body(self.tower).encoder.layers
-        return layers[feature_layer_index(len(layers), self.feature_layer, "vision_feature_layer")].self_attn
+        return vision_body(self.tower).encoder.layers[self._feature_layer()].self_attn
+
+    @property
+    def layers_run(self) -> int:  # transformers runs the whole tower whatever the feature layer
+        return len(vision_body(self.tower).encoder.layers)
 
     def hidden_states(self, pixels: torch.Tensor) -> torch.Tensor:
         out = self.tower(pixels.flatten(0, 1), output_hidden_states=self.feature_layer, return_dict=True)

@@ -21,9 +21,10 @@ from transformers.initialization import no_init_weights
 from transformers.models.clip.modeling_clip import CLIPAttention
 
 from fastervlm.errors import CheckpointError
-from fastervlm.models.base import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ModelAdapter, PromptPiece, VisualSlot,
-                                   VisualStream, read_config, register_adapter)
+from fastervlm.models.base import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, EagerExtraction, ModelAdapter, PromptPiece,
+                                   VisualSlot, VisualStream, read_config, register_adapter)
 from fastervlm.models.languagebind import LanguageBindVideoTower, load_video_tower
+from fastervlm.models.languagebind_reference import eager_tower_pass, feature_select
 from fastervlm.models.loading import (default_dtype, generation_defaults, load_tokenizer, neutral_generation_config,
                                       quiet_transformers)
 from fastervlm.models.weights import load_into, load_prefix, weight_files
@@ -90,6 +91,7 @@ class LanguageBindStream(VisualStream):
 
     modality = "video"
     has_cls = True
+    has_eager_extraction = True
 
     def __init__(self, tower: LanguageBindVideoTower, projector: nn.Module, select_layer: int) -> None:
         self.tower, self.projector, self.select_layer = tower, projector, select_layer
@@ -107,6 +109,15 @@ class LanguageBindStream(VisualStream):
 
     def project(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.projector(tokens)
+
+    @property
+    def layers_run(self) -> int:
+        return self.tower.feature_layer_index(self.select_layer) + 1
+
+    def eager_extraction(self, pixels: torch.Tensor) -> EagerExtraction:
+        result = eager_tower_pass(self.tower, pixels)
+        features, scores = feature_select(self.tower, result, self.select_layer)
+        return EagerExtraction(features, scores, result.attention_bytes, self.tower.config.num_hidden_layers)
 
 
 @register_adapter

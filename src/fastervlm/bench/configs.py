@@ -1,0 +1,133 @@
+"""What a benchmark measures: configurations (a method and its settings), the model source, the run settings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from fastervlm.errors import BudgetError, FasterVLMError
+from fastervlm.timing import TTFT_STAGES
+
+if TYPE_CHECKING:
+    from fastervlm.pipeline import Pipeline
+    from fastervlm.tiny import TinySpec
+
+DEFAULT_REDUCTIONS = (0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 1.0)
+"""Video-LLaVA: 2048 / 1536 / 1024 / 512 / 208 / 104 / 0 visual tokens, the seed table's "# Token" column."""
+PIPELINE_STAGES = ("decode_video", *TTFT_STAGES, "llm_decode")
+QUESTION = "What is happening in the video?"
+SYNTHETIC_VIDEO = "synthetic 320x240 H.264 clip, 48 frames (media.write_synthetic_video)"
+
+
+@dataclass
+class BenchConfig:
+    """One configuration: a registered method and its settings (as `create_pruner` takes them)."""
+
+    method: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return " ".join([self.method, *(f"{k}={v}" for k, v in self.settings.items())])
+
+
+def default_configs(
+    methods: Sequence[str] | None = None,
+    reductions: Sequence[float] = DEFAULT_REDUCTIONS,
+    *,
+    keeps: Sequence[int] | None = None,
+    method_settings: dict[str, dict[str, Any]] | None = None,
+) -> list[BenchConfig]:
+    """The unpruned row (the registry's baseline) first, then every method (default: the featured ones) at every
+    budget (reductions, or per-frame keeps when given). Budgets out of range are refused here, before any model is
+    built (keeps are checked against the model's patch count by check_budgets once it is known)."""
+    from fastervlm.methods import baseline_method, featured_methods
+
+    methods = featured_methods() if methods is None else methods
+    budgets = [{"keep": k} for k in keeps] if keeps is not None else [{"reduction": r} for r in reductions]
+    extra = method_settings or {}
+    configs = [BenchConfig(baseline_method())] + [
+        BenchConfig(method, {**budget, **extra.get(method, {})}) for method in methods for budget in budgets
+    ]
+    check_budgets(configs)
+    return configs
+
+
+def check_budgets(configs: Sequence[BenchConfig], num_patches: int | None = None) -> None:
+    """Refuse a reduction outside [0, 1] or a keep outside [0, num_patches] (keeps only once the patch count is
+    known), naming the configuration: the same rule as the methods apply (resolve_keep)."""
+    from fastervlm.selection import resolve_keep
+
+    for config in configs:
+        keep, reduction = config.settings.get("keep"), config.settings.get("reduction")
+        if (keep is None and reduction is None) or (num_patches is None and keep is not None):
+            continue
+        try:
+            resolve_keep(num_patches or 0, keep=keep, reduction=reduction)
+        except BudgetError as err:
+            raise BudgetError(f"bench {config.label}: {err.template}") from None  # its range names the patch count
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What to benchmark, in a form a fresh process can rebuild: a checkpoint folder, or a tiny/real-width
+    geometry built in memory (`tiny.build_adapter`)."""
+
+    checkpoint: str | None = None
+    video_tower: str | None = None
+    geometry: TinySpec | None = None
+    geometry_name: str = ""
+    device: str | None = None
+
+    @staticmethod
+    def tiny(device: str | None = "cpu") -> ModelSource:
+        """The demo's tiny checkpoint (written into the cache on first use)."""
+        from fastervlm.tiny import ensure_tiny_checkpoint
+
+        return ModelSource(checkpoint=str(ensure_tiny_checkpoint()), device=device)
+
+    @staticmethod
+    def video_llava_7b(llm_layers: int, vision_layers: int, device: str | None = "cpu") -> ModelSource:
+        """Video-LLaVA-7B's widths, heads and token counts with fewer layers, random weights, built in memory."""
+        from fastervlm.tiny import TinySpec
+
+        if llm_layers < 1 or vision_layers < 2:
+            raise FasterVLMError("--llm-layers must be at least 1 and --vision-layers at least 2 (the feature layer is "
+                                 "the penultimate one).")
+        return ModelSource(geometry=TinySpec.video_llava_7b(llm_layers=llm_layers, vision_layers=vision_layers),
+                           geometry_name=f"video-llava-7b geometry, {llm_layers} LLM / {vision_layers} vision layers",
+                           device=device)
+
+    def describe(self) -> str:
+        if self.geometry is not None:
+            return self.geometry_name or f"in-memory geometry {self.geometry}"
+        return str(self.checkpoint)
+
+    def dtype_name(self, device: torch.device) -> str:
+        if device.type == "cpu":
+            return "float32"
+        return "float16" if self.geometry is not None else "the checkpoint's dtype"
+
+    def build(self) -> Pipeline:
+        """Load (or build) the pipeline in fp32 on the CPU, the checkpoint's dtype on CUDA."""
+        from fastervlm.pipeline import Pipeline, load, resolve_device
+
+        device = resolve_device(self.device)
+        if self.geometry is None:
+            options = {"video_tower": self.video_tower} if self.video_tower else {}
+            return load(self.checkpoint, device=device, dtype=torch.float32 if device.type == "cpu" else None, **options)
+        from fastervlm.tiny import build_adapter
+
+        dtype = torch.float32 if device.type == "cpu" else torch.float16
+        return Pipeline(build_adapter(self.geometry, device, dtype), Path(self.geometry_name or "geometry"))
+
+
+
+def check_run_settings(warmup: int, repeats: int, max_new_tokens: int) -> None:
+    if repeats < 1 or warmup < 0 or max_new_tokens < 1:
+        raise FasterVLMError("--repeats and --max-new-tokens must be at least 1, --warmup at least 0.")
+
