@@ -103,7 +103,7 @@ def test_score_received_ranks_by_the_received_scores_instead_of_cls(method):
     swapped = EncodedVideo(encoded.features, received_scores=encoded.cls_scores, patch_keys=encoded.patch_keys,
                            projected=encoded.projected)
     assert torch.equal(pruner.select(swapped).features, by_cls.features)
-    with pytest.raises(UnsupportedModelError, match="received scores"):
+    with pytest.raises(UnsupportedModelError, match="received-attention scores"):
         pruner.select(EncodedVideo(encoded.features, cls_scores=encoded.cls_scores, patch_keys=encoded.patch_keys))
 
 

@@ -68,5 +68,5 @@ def test_duplicates_are_chosen_last_and_never_twice():
 def test_needs_the_projected_tokens_only():
     pruner = create_pruner("divprune", keep=3)
     assert pruner.required_inputs() == {"projected"} and not pruner.needs_cls_scores
-    with pytest.raises(UnsupportedModelError, match="projected"):
+    with pytest.raises(UnsupportedModelError, match="projected visual tokens"):
         pruner.select(EncodedVideo(torch.zeros(FRAMES, PATCHES, WIDTH)))

@@ -43,6 +43,8 @@ them). A method that reads it returns rows of it (`VisualSelection.projected`), 
 again."""
 ENCODER_INPUTS = (CLS_SCORES, RECEIVED_SCORES, PATCH_KEYS, PROJECTED)
 """Every input the engine can hand a vision-stage method besides the features."""
+_INPUT_WORDS = {CLS_SCORES: "[CLS] attention scores", RECEIVED_SCORES: "received-attention scores",
+                PATCH_KEYS: "patch keys of the feature layer", PROJECTED: "projected visual tokens"}
 
 BUDGET_PARAMETERS = ("keep", "reduction")
 """The two spellings of the one budget that every pruning method takes (conventions.md)."""
@@ -76,8 +78,8 @@ class EncodedVideo:
         value = getattr(self, name)
         if value is None:
             raise UnsupportedModelError(
-                f"method {method!r} reads the {name.replace('_', ' ')} of the vision stage, which this model's adapter "
-                f"does not provide; choose another method (see `fastervlm methods`)."
+                f"method {method!r} needs the {_INPUT_WORDS[name]}, which this model's adapter does not provide; "
+                "choose another method (see `fastervlm methods`)."
             )
         return value
 
