@@ -15,6 +15,7 @@ Methods never import a model adapter or the engine.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -83,18 +84,20 @@ class EncodedVideo:
             )
         return value
 
-    def whole_video(self) -> EncodedVideo:
-        """The video as one frame of T x N tokens, frame after frame: what a budget over the whole video ranks."""
+    def whole_video(self, inputs: Collection[str] = ENCODER_INPUTS) -> EncodedVideo:
+        """The video as one frame of T x N tokens, frame after frame: what a budget over the whole video ranks.
+        Only `inputs` (those the method reads) are carried over."""
 
-        def flat(tensor: torch.Tensor | None) -> torch.Tensor | None:
-            return None if tensor is None else tensor.reshape(1, -1, *tensor.shape[2:])
+        def flat(name: str) -> torch.Tensor | None:
+            tensor = getattr(self, name)
+            if name not in inputs or tensor is None:
+                return None
+            if name == PATCH_KEYS:  # (T, H, N, D) -> (1, H, T*N, D), the one input that is copied
+                return tensor.transpose(0, 1).reshape(1, tensor.shape[1], -1, tensor.shape[3])
+            return tensor.reshape(1, -1, *tensor.shape[2:])
 
-        keys = self.patch_keys  # (T, H, N, D) -> (1, H, T*N, D)
-        return EncodedVideo(
-            flat(self.features), flat(self.cls_scores), flat(self.received_scores),
-            None if keys is None else keys.transpose(0, 1).reshape(1, keys.shape[1], -1, keys.shape[3]),
-            flat(self.projected),
-        )
+        return EncodedVideo(self.features.reshape(1, -1, self.features.shape[-1]),
+                            **{name: flat(name) for name in ENCODER_INPUTS})
 
 
 @dataclass

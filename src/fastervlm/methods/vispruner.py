@@ -28,19 +28,18 @@ REMOVED_PER_STEP = 8
 """The most a-tokens one similarity step drops (the reference's constant)."""
 
 
-def thin_by_similarity(unit: torch.Tensor, remaining: torch.Tensor, target: int) -> torch.Tensor:
-    """(P, M, C) unit-length tokens and (P, R) indices of the remaining ones -> (P, target) of them, diverse.
+def thin_by_similarity(cosine: torch.Tensor, remaining: torch.Tensor, target: int) -> torch.Tensor:
+    """(P, M, M) cosine similarities of the tokens and (P, R) indices of the remaining ones -> (P, target) of them.
 
     Each step drops the a-tokens (even positions) most similar to some b-token (odd positions)."""
     if target == 0:
         return remaining[:, :0]
     while remaining.shape[1] > target:
         drop = min(REMOVED_PER_STEP, remaining.shape[1] - target)
-        tokens = take_rows(unit, remaining)
-        a, b = tokens[:, ::2], tokens[:, 1::2]
-        similarity = (a @ b.transpose(1, 2)).amax(dim=-1)  # (P, ceil(R / 2))
-        survivors = descending_order(similarity)[:, drop:]
-        remaining = torch.cat([remaining[:, ::2].gather(1, survivors), remaining[:, 1::2]], dim=1)
+        a, b = remaining[:, ::2], remaining[:, 1::2]
+        a_to_b = torch.gather(take_rows(cosine, a), 2, b.unsqueeze(1).expand(-1, a.shape[1], -1))  # (P, |a|, |b|)
+        survivors = descending_order(a_to_b.amax(dim=-1))[:, drop:]
+        remaining = torch.cat([a.gather(1, survivors), b], dim=1)
     return remaining
 
 
@@ -63,5 +62,5 @@ class VisPruner(ImportanceScored, PatchSelector):
         important = int(keep * self.important_ratio)
         order = descending_order(self.importance(pools))
         unit = F.normalize(pools.features.float(), dim=-1)
-        diverse = thin_by_similarity(unit, order[:, important:], keep - important)
+        diverse = thin_by_similarity(unit @ unit.transpose(1, 2), order[:, important:], keep - important)
         return torch.sort(torch.cat([order[:, :important], diverse], dim=1), dim=1).values
