@@ -59,7 +59,8 @@ class PatchSelector(VisionPruner):
         elif keep == 0:
             indices = [torch.zeros(0, dtype=torch.long, device=candidates.device)] * frames
         elif self.global_budget:
-            indices = indices_per_frame(self.choose(encoded.whole_video(self.required_inputs()), frames * keep)[0], frames, patches)
+            whole = encoded.whole_video(self.required_inputs())
+            indices = indices_per_frame(self.choose(whole, frames * keep)[0], frames, patches)
         else:
             indices = list(self.choose(encoded, keep).unbind(0))
         return VisualSelection(gather_tokens(candidates, indices), indices, [len(i) for i in indices],
