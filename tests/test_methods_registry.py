@@ -14,17 +14,22 @@ from fastervlm.methods import LLMPruner, VisionPruner, create_pruner, list_metho
 
 def test_every_method_is_registered_at_its_stage():
     methods = list_methods()
-    assert {"fastervlm", "fastv", "none", "random", "pool"} <= set(methods)
+    assert {"fastervlm", "fastv", "none", "random", "pool", "vispruner", "visionzip", "divprune"} <= set(methods)
     assert issubclass(methods["fastv"], LLMPruner) and methods["fastv"].stage == "llm"
-    for name in ("fastervlm", "none", "random", "pool"):
+    for name in ("fastervlm", "none", "random", "pool", "vispruner", "visionzip", "divprune"):
         assert issubclass(methods[name], VisionPruner) and methods[name].stage == "vision"
     assert all(cls.summary for cls in methods.values())
 
 
 def test_defaults_and_settings():
     assert create_pruner("fastv").settings() == {"method": "fastv", "keep": None, "reduction": None, "layer": 2}
-    assert create_pruner("random", keep=4).settings() == {"method": "random", "keep": 4, "reduction": None, "seed": 0}
+    assert create_pruner("random", keep=4).settings() == {
+        "method": "random", "keep": 4, "reduction": None, "global_budget": False, "seed": 0}
     assert create_pruner("fastervlm", reduction=0.9).global_budget is False
+    # a setting added to an existing method leaves its recorded configurations (and run folder names) as they were
+    assert create_pruner("fastervlm", reduction=0.9).settings() == {
+        "method": "fastervlm", "keep": None, "reduction": 0.9, "global_budget": False}
+    assert create_pruner("fastervlm", reduction=0.9, score="received").settings()["score"] == "received"
     assert create_pruner("fastv", reduction=0.9, layer=3).kept_visual_tokens(8, 256) == 208
 
 
@@ -34,7 +39,7 @@ def test_unknown_names_and_settings_are_clear_errors():
     with pytest.raises(BudgetError, match="layer"):  # the message lists the settings that exist
         create_pruner("fastv", ratio=0.5)
     with pytest.raises(BudgetError, match="global_budget"):
-        create_pruner("random", global_budget=True)
+        create_pruner("pool", global_budget=True)
 
 
 def test_methods_command_lists_each_method_on_one_line(capsys):
@@ -44,7 +49,13 @@ def test_methods_command_lists_each_method_on_one_line(capsys):
         (line,) = [line for line in lines if line.startswith(f"{name} ")]
         assert list_methods()[name].summary in line
     assert any(line.startswith("fastv ") and "layer=2" in line and "inside the LLM" in line for line in lines)
-    assert any(line.startswith("random ") and "seed=0" in line for line in lines)
+    assert any(line.startswith("random ") and "seed=0" in line and "global_budget=False" in line for line in lines)
+    settings_of = {line.split()[0]: line for line in lines if line and not line.startswith(" ")}
+    for name, shown in [("vispruner", ["important_ratio=0.5", "score='cls'", "global_budget=False"]),
+                        ("visionzip", ["dominant_ratio=0.84375", "score='cls'"]),
+                        ("divprune", ["global_budget=False"])]:
+        assert "before the projector" in settings_of[name] and all(text in settings_of[name] for text in shown)
+    assert "global_budget" not in settings_of["visionzip"]
     assert any("--method-option layer=" in line for line in lines)
 
 

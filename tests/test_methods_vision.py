@@ -106,7 +106,8 @@ def test_fastervlm_global_budget_keeps_frames_times_l_in_total():
 
 
 # ----- on the tiny Video-LLaVA ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("method,settings", [("random", {"seed": 1}), ("pool", {}), ("fastervlm", {"global_budget": True})])
+@pytest.mark.parametrize("method,settings", [("random", {"seed": 1}), ("pool", {}), ("fastervlm", {"global_budget": True}),
+                                             ("vispruner", {}), ("vispruner", {"global_budget": True})])
 def test_vision_methods_on_video_llava(tiny_pipeline, method, settings):
     from fastervlm.models.base import GenerationSettings
 

@@ -37,7 +37,7 @@ def resolve_keep(num_patches: int, keep: int | None = None, reduction: float | N
     return keep
 
 
-def _descending_order(scores: torch.Tensor) -> torch.Tensor:
+def descending_order(scores: torch.Tensor) -> torch.Tensor:
     """Indices that sort the last axis from highest to lowest score, lower index first on ties."""
     return torch.sort(scores.float(), dim=-1, descending=True, stable=True).indices
 
@@ -46,7 +46,7 @@ def topk_per_frame(scores: torch.Tensor, keep: int) -> torch.Tensor:
     """(..., T, N) scores -> (..., T, keep) patch indices: each frame's top `keep`, in ascending order."""
     if not 0 <= keep <= scores.shape[-1]:
         raise BudgetError(f"cannot keep {keep} of {scores.shape[-1]} patches per frame.")
-    top = _descending_order(scores)[..., :keep]
+    top = descending_order(scores)[..., :keep]
     return torch.sort(top, dim=-1).values
 
 
@@ -55,18 +55,27 @@ def topk_global(scores: torch.Tensor, total: int) -> list[torch.Tensor]:
     frames, patches = scores.shape
     if not 0 <= total <= frames * patches:
         raise BudgetError(f"cannot keep {total} of {frames * patches} patches in total.")
-    flat = _descending_order(scores.reshape(-1))[:total]
-    kept = torch.zeros(frames * patches, dtype=torch.bool, device=scores.device)
-    kept[flat] = True
-    return [row.nonzero().flatten() for row in kept.view(frames, patches)]
+    return indices_per_frame(descending_order(scores.reshape(-1))[:total], frames, patches)
+
+
+def indices_per_frame(flat_indices: torch.Tensor, frames: int, num_patches: int) -> list[torch.Tensor]:
+    """Distinct indices over a video's frames x N tokens (any order) -> one ascending index tensor per frame."""
+    kept = torch.zeros(frames * num_patches, dtype=torch.bool, device=flat_indices.device)
+    kept[flat_indices] = True
+    return [row.nonzero().flatten() for row in kept.view(frames, num_patches)]
 
 
 def gather_tokens(features: torch.Tensor, indices: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
     """(T, N, C) features and per-frame indices -> (K, C) kept tokens, frame after frame."""
     if isinstance(indices, torch.Tensor):
-        gathered = torch.gather(features, 1, indices.unsqueeze(-1).expand(-1, -1, features.shape[-1]))
-        return gathered.reshape(-1, features.shape[-1])
-    return torch.cat([frame[idx] for frame, idx in zip(features, indices)], dim=0)
+        return take_rows(features, indices).reshape(-1, features.shape[-1])
+    # index_select, not frame[idx]: advanced indexing is several times slower on the CPU (nonzero()'s indices most)
+    return torch.cat([frame.index_select(0, idx) for frame, idx in zip(features, indices)], dim=0)
+
+
+def take_rows(tokens: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """(P, M, C) tokens and (P, K) indices -> (P, K, C): each pool's rows at its indices."""
+    return torch.gather(tokens, 1, indices.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
 
 
 def split_by_frame(flat_indices: torch.Tensor, frames: int, num_patches: int) -> list[list[int]]:

@@ -28,7 +28,8 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     budget.add_argument("--reduction", type=float, metavar="R",
                         help="fraction of visual tokens dropped: L = round(N * (1 - R)), e.g. 0.9 -> 26 of 256")
     group.add_argument("--global-budget", action="store_true",
-                       help="fastervlm: keep the best frames*L patches over the whole video instead of L per frame")
+                       help="spend frames*L patches over the whole video instead of L per frame (the methods "
+                       "with a global_budget setting in `fastervlm methods`)")
     group.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
                        help="any other setting of the method, e.g. --method fastv --method-option layer=3 "
                        "(repeatable; `fastervlm methods` lists each method's settings)")

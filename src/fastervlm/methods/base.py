@@ -16,13 +16,14 @@ Methods never import a model adapter or the engine.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 
-from fastervlm.errors import BudgetError
+from fastervlm.errors import BudgetError, UnsupportedModelError
 from fastervlm.selection import resolve_keep
 
 if TYPE_CHECKING:
@@ -38,16 +39,26 @@ RECEIVED_SCORES = "received_scores"
 encoders without a [CLS] token (computed from the layer's q/k in chunks, never as a full map)."""
 PATCH_KEYS = "patch_keys"
 """Input: the feature layer's keys of the patches, per head, (T, H, N, D) (VisionZip merges by them)."""
-ENCODER_INPUTS = (CLS_SCORES, RECEIVED_SCORES, PATCH_KEYS)
-"""Every input an encoder can hand a vision-stage method besides the features."""
+PROJECTED = "projected"
+"""Input: every candidate token after the projector, in the LLM's embedding space, (T, N, C_llm) (DivPrune compares
+them). A method that reads it returns rows of it (`VisualSelection.projected`), which the engine does not project
+again."""
+ENCODER_INPUTS = (CLS_SCORES, RECEIVED_SCORES, PATCH_KEYS, PROJECTED)
+"""Every input the engine can hand a vision-stage method besides the features."""
+_INPUT_WORDS = {CLS_SCORES: "[CLS] attention scores", RECEIVED_SCORES: "received-attention scores",
+                PATCH_KEYS: "patch keys of the feature layer", PROJECTED: "projected visual tokens"}
 
 BUDGET_PARAMETERS = ("keep", "reduction")
 """The two spellings of the one budget that every pruning method takes (conventions.md)."""
 
 
-def setting(default: Any, help: str) -> Any:  # noqa: A002  (argparse's word for it)
-    """A method setting: a dataclass field with its default and the help text `fastervlm methods` shows."""
-    return field(default=default, metadata={"help": help})
+def setting(default: Any, help: str, *, recorded_at_default: bool = True) -> Any:  # noqa: A002  (argparse's word)
+    """A method setting: a dataclass field with its default and the help text `fastervlm methods` shows.
+
+    recorded_at_default=False leaves the setting out of `Pruner.settings()` while it holds its default, so that a
+    setting added to an existing method changes neither the configurations already recorded in run directories nor
+    their folder names (fastervlm's `score`: a default run stays `fastervlm_r0.9`)."""
+    return field(default=default, metadata={"help": help, "recorded_at_default": recorded_at_default})
 
 
 @dataclass
@@ -62,6 +73,32 @@ class EncodedVideo:
     cls_scores: torch.Tensor | None = None
     received_scores: torch.Tensor | None = None
     patch_keys: torch.Tensor | None = None
+    projected: torch.Tensor | None = None
+
+    def require(self, name: str, method: str) -> torch.Tensor:
+        """The input `name` (one of ENCODER_INPUTS), or a clear error when the engine did not hand it over."""
+        value = getattr(self, name)
+        if value is None:
+            raise UnsupportedModelError(
+                f"method {method!r} needs the {_INPUT_WORDS[name]}, which this model's adapter does not provide; "
+                "choose another method (see `fastervlm methods`)."
+            )
+        return value
+
+    def whole_video(self, inputs: Collection[str] = ENCODER_INPUTS) -> EncodedVideo:
+        """The video as one frame of T x N tokens, frame after frame: what a budget over the whole video ranks.
+        Only `inputs` (those the method reads) are carried over."""
+
+        def flat(name: str) -> torch.Tensor | None:
+            tensor = getattr(self, name)
+            if name not in inputs or tensor is None:
+                return None
+            if name == PATCH_KEYS:  # (T, H, N, D) -> (1, H, T*N, D), the one input that is copied
+                return tensor.transpose(0, 1).reshape(1, tensor.shape[1], -1, tensor.shape[3])
+            return tensor.reshape(1, -1, *tensor.shape[2:])
+
+        return EncodedVideo(self.features.reshape(1, -1, self.features.shape[-1]),
+                            **{name: flat(name) for name in ENCODER_INPUTS})
 
 
 @dataclass
@@ -70,11 +107,29 @@ class VisualSelection:
 
     features: (K, C) kept tokens, frame after frame. kept_indices: one ascending tensor of patch indices per
     frame ([CLS] excluded), or None for methods that merge patches instead of selecting them (pool).
+    tokens_per_frame: the tokens of each frame in `features`; they may differ between frames (a global budget).
+
+    A method that both selects and merges (VisionZip) puts each frame's selected patches first (their indices in
+    `kept_indices`) and its merged tokens after them (`merged_per_frame`); `merge_groups` says which patches each
+    merged token averages, so that a picture can draw them (docs/methods.md).
     """
 
     features: torch.Tensor
     kept_indices: list[torch.Tensor] | None
     tokens_per_frame: list[int]
+    merge_groups: list[torch.Tensor] | None = None
+    """Per frame, an (N,) int64 tensor: for each patch, the frame's merged token it went into (0, 1, ... in the
+    order of those tokens), -1 for a patch kept as itself or dropped. None when no token is merged this way."""
+    projected: bool = False
+    """The features are already in the LLM's embedding space (rows of `EncodedVideo.projected`): do not project."""
+
+    @property
+    def merged_per_frame(self) -> list[int]:
+        """Tokens per frame that are not a single patch: all of them without kept_indices (pool), else those past
+        the frame's kept indices (VisionZip's contextual tokens), else 0."""
+        if self.kept_indices is None:
+            return list(self.tokens_per_frame)
+        return [count - len(kept) for count, kept in zip(self.tokens_per_frame, self.kept_indices)]
 
 
 @dataclass
@@ -96,6 +151,9 @@ class Pruner:
     keep: int | None = setting(None, "visual tokens kept per frame (L)")
     reduction: float | None = setting(None, "fraction of visual tokens dropped: L = round(N x (1 - reduction))")
 
+    def __post_init__(self) -> None:
+        """Check the settings. Subclasses and mixins that check their own call `super().__post_init__()`."""
+
     def required_inputs(self) -> frozenset[str]:
         """What this configuration reads from the encoder (a setting may change it)."""
         return self.inputs
@@ -110,8 +168,10 @@ class Pruner:
         return resolve_keep(num_patches, self.keep, self.reduction)
 
     def settings(self) -> dict[str, Any]:
-        """Everything that identifies this configuration, for JSON output and run directories."""
-        return {"method": self.name, **asdict(self)}
+        """Everything that identifies this configuration, for JSON output and run directories (a setting declared
+        `recorded_at_default=False` only when it differs from its default)."""
+        quiet = {f.name: f.default for f in fields(self) if not f.metadata.get("recorded_at_default", True)}
+        return {"method": self.name, **{k: v for k, v in asdict(self).items() if k not in quiet or v != quiet[k]}}
 
     @property
     def prunes(self) -> bool:
@@ -170,6 +230,24 @@ def check_whole_number(value: Any, setting_name: str, example: str, minimum: int
     if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
         bound = "" if minimum is None else f" >= {minimum}"
         raise BudgetError(f"{setting_name} must be a whole number{bound} (got {value!r}), e.g. {example}.")
+
+
+def check_fraction(value: Any, setting_name: str, example: str) -> None:
+    """A method setting that must be a number between 0 and 1; else a BudgetError showing `example`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise BudgetError(f"{setting_name} must be a number between 0 and 1 (got {value!r}), e.g. {example}.")
+
+
+def check_choice(value: Any, setting_name: str, example: str, choices: tuple[str, ...]) -> None:
+    """A method setting that must be one of `choices`; else a BudgetError listing them and showing `example`."""
+    if value not in choices:
+        raise BudgetError(f"{setting_name} must be {' or '.join(choices)} (got {value!r}), e.g. {example}.")
+
+
+def check_flag(value: Any, setting_name: str, example: str) -> None:
+    """A method setting that must be true or false (not a number or a text that merely looks true)."""
+    if not isinstance(value, bool):
+        raise BudgetError(f"{setting_name} must be true or false (got {value!r}), e.g. {example}.")
 
 
 def keep_all_tokens(features: torch.Tensor) -> VisualSelection:

@@ -9,7 +9,7 @@ import importlib
 import pkgutil
 from pathlib import Path
 
-_NOT_METHODS = {"base", "builtin", "registry"}
+_NOT_METHODS = {"base", "builtin", "ranking", "registry"}
 
 
 def _import_methods() -> None:

@@ -6,26 +6,27 @@ from dataclasses import dataclass
 
 import torch
 
-from fastervlm.methods.base import EncodedVideo, VisionPruner, VisualSelection, check_whole_number, setting
+from fastervlm.methods.base import EncodedVideo, check_whole_number, setting
+from fastervlm.methods.ranking import PatchSelector
 from fastervlm.methods.registry import register
-from fastervlm.selection import gather_tokens, topk_per_frame
+from fastervlm.selection import topk_per_frame
 
 
 @register
 @dataclass
-class RandomTokens(VisionPruner):
+class RandomTokens(PatchSelector):
     name = "random"
     summary = "L patches per frame chosen uniformly at random (seeded), kept in raster order"
 
     seed: int = setting(0, "the same seed picks the same patches for every video, whatever the batch, device or dtype")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_whole_number(self.seed, "random's {seed}", "{seed}=1")
 
-    def select(self, encoded: EncodedVideo) -> VisualSelection:
-        features = encoded.features
-        frames, patches, _ = features.shape
-        generator = torch.Generator().manual_seed(self.seed)  # on the CPU: the same draw on every device
-        scores = torch.rand(frames, patches, generator=generator)
-        indices = list(topk_per_frame(scores, self.per_frame_budget(patches)).to(features.device).unbind(0))
-        return VisualSelection(gather_tokens(features, indices), indices, [len(i) for i in indices])
+    def choose(self, pools: EncodedVideo, keep: int) -> torch.Tensor:
+        # One draw of T x N scores on the CPU, the same on every device: per frame it ranks each frame's patches,
+        # as one pool (a global budget) the same numbers rank the whole video.
+        generator = torch.Generator().manual_seed(self.seed)
+        scores = torch.rand(pools.features.shape[:2], generator=generator)
+        return topk_per_frame(scores, keep).to(pools.features.device)
