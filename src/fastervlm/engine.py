@@ -13,6 +13,7 @@ supplies only its `ModelAdapter` and `VisualStream` (fastervlm.models.base).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -21,11 +22,11 @@ import torch
 
 from fastervlm.capture import QKCapture, split_heads
 from fastervlm.errors import UnsupportedModelError
-from fastervlm.methods.base import (CLS_SCORES, PATCH_KEYS, RECEIVED_SCORES, EncodedVideo, LLMPruner, Pruner,
-                                    VisionPruner, VisualSelection, keep_all_tokens)
+from fastervlm.methods.base import (CLS_SCORES, PATCH_KEYS, PROJECTED, RECEIVED_SCORES, EncodedVideo, LLMPruner,
+                                    Pruner, VisionPruner, VisualSelection, keep_all_tokens)
 from fastervlm.models.base import GenerationSettings, ModelAdapter, VisualSlot, VisualStream
 from fastervlm.models.generation import StepClock, generation_config, until_eos
-from fastervlm.scoring import cls_patch_scores
+from fastervlm.scoring import cls_patch_scores, received_patch_scores
 from fastervlm.selection import split_by_frame
 from fastervlm.timing import StageTimer
 
@@ -96,13 +97,19 @@ def check_inputs(stream: VisualStream, inputs: frozenset[str], model: str, metho
 
 def no_cls_error(model: str, encoder: str, method: str) -> UnsupportedModelError:
     """The error for a [CLS]-based method on an encoder without [CLS]: says why, and which methods do apply."""
-    from fastervlm.methods import list_methods
+    from fastervlm.methods import has_setting, list_methods
 
     free = [name for name, cls in list_methods().items() if CLS_SCORES not in cls.inputs]
+    instead = (f" Or let {method} rank patches by the attention they receive: score=received (on the command "
+               "line: --method-option score=received)." if has_setting(method, "score") else "")
     return UnsupportedModelError(
         f"{model}'s vision encoder ({encoder}) has no [CLS] token, so method {method!r}, which ranks patches by "
-        f"the [CLS] token's attention, cannot run on it. Methods that need no [CLS] token: {', '.join(free)}."
+        f"the [CLS] token's attention, cannot run on it. Methods that need no [CLS] token: {', '.join(free)}.{instead}"
     )
+
+
+_FROM_QK = frozenset({CLS_SCORES, RECEIVED_SCORES, PATCH_KEYS})
+"""Inputs read from the feature layer's queries and keys."""
 
 
 def encode(
@@ -115,9 +122,8 @@ def encode(
 ) -> list[Encoded]:
     """(B, T, 3, S, S) pixels -> one Encoded per sample, with the `inputs` (methods.base names) computed from the
     feature layer's own q/k; no attention map is ever formed."""
-    attention = stream.feature_attention() if inputs else None
-    rows = None if RECEIVED_SCORES in inputs else (lambda q: q[:, :1])  # the [CLS] row, unless all are needed
-    capture = QKCapture(attention, query=rows) if attention is not None else nullcontext()
+    attention = stream.feature_attention() if inputs & _FROM_QK else None
+    capture = QKCapture(attention, query=_query_rows(inputs)) if attention is not None else nullcontext()
     with _timed(timer, "vision_encoder"), capture:
         hidden = stream.hidden_states(pixels)
     batch, frames = hidden.shape[:2]
@@ -126,6 +132,9 @@ def encode(
         with _timed(timer, "cls_scoring"), torch.no_grad():  # a ranking only: never part of a gradient
             found = _scores(stream, attention, capture, inputs)
     features = stream.candidates(hidden)
+    if PROJECTED in inputs:  # every candidate in the LLM's space, for methods that compare there (DivPrune)
+        with _timed(timer, "projector"):
+            found[PROJECTED] = stream.project(features.flatten(0, 1))
     cls = hidden[:, :, 0] if keep_cls and stream.feeds_cls and stream.has_cls else None
     per_sample = {name: value.unflatten(0, (batch, frames)) for name, value in found.items()}
     return [
@@ -133,6 +142,13 @@ def encode(
                 None if cls is None else cls[i])
         for i in range(batch)
     ]
+
+
+def _query_rows(inputs: frozenset[str]) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """Which queries of the feature layer to keep: all (received attention), the [CLS] row, or none (keys only)."""
+    if RECEIVED_SCORES in inputs:
+        return lambda queries: queries
+    return (lambda queries: queries[:, :1]) if CLS_SCORES in inputs else None
 
 
 def _scores(stream: VisualStream, attention: torch.nn.Module, capture: QKCapture, inputs: frozenset[str]) -> dict:
@@ -145,10 +161,9 @@ def _scores(stream: VisualStream, attention: torch.nn.Module, capture: QKCapture
         query = split_heads(capture.query[:, :1], head_dim)[:, :, 0]
         found[CLS_SCORES] = stream.candidate_scores(cls_patch_scores(query, keys, attention.scale))
     if RECEIVED_SCORES in inputs:
-        from fastervlm.scoring import received_attention
-
         queries = split_heads(capture.query, head_dim)
-        found[RECEIVED_SCORES] = stream.candidate_scores(received_attention(queries, keys, attention.scale)[:, first:])
+        scores = received_patch_scores(queries, keys, attention.scale, has_cls=stream.has_cls)
+        found[RECEIVED_SCORES] = stream.candidate_scores(scores)
     if PATCH_KEYS in inputs:
         found[PATCH_KEYS] = keys[:, :, first:]
     return found
@@ -171,12 +186,11 @@ def project(
     pieces: list[torch.Tensor] = []
     for sample, selection in zip(encoded, selections):
         frames = selection.features.split(selection.tokens_per_frame)
-        if sample.cls_tokens is None:
-            pieces.extend(frames)
-        else:
-            pieces.extend(torch.cat([token[None], frame]) for token, frame in zip(sample.cls_tokens, frames))
+        if sample.cls_tokens is not None:
+            frames = [torch.cat([token[None], frame]) for token, frame in zip(sample.cls_tokens, frames)]
+        pieces.extend(frames)
     with _timed(timer, "projector"):
-        projected = stream.project(torch.cat(pieces)).split([len(piece) for piece in pieces])
+        projected = _project_pieces(stream, pieces, [s.projected for s in selections for _ in s.tokens_per_frame])
     visuals, start = [], 0
     for sample, selection in zip(encoded, selections):
         count = len(selection.tokens_per_frame)
@@ -184,6 +198,13 @@ def project(
         visuals.append(Visual(list(projected[start : start + count]), kept, sample.video.cls_scores))
         start += count
     return visuals
+
+
+def _project_pieces(stream: VisualStream, pieces: list[torch.Tensor], done: list[bool]) -> list[torch.Tensor]:
+    """Each piece projected, in one projector call for those not in the LLM's space yet."""
+    todo = [piece for piece, projected in zip(pieces, done) if not projected]
+    fresh = iter(stream.project(torch.cat(todo)).split([len(piece) for piece in todo]) if todo else [])
+    return [piece if projected else next(fresh) for piece, projected in zip(pieces, done)]
 
 
 # ----- prompts and generation ----------------------------------------------------------------------------------------
