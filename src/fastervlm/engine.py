@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from fastervlm.capture import QKCapture, split_heads
-from fastervlm.errors import UnsupportedModelError
+from fastervlm.errors import PromptTooLongError, UnsupportedModelError
 from fastervlm.methods.base import (CLS_SCORES, PATCH_KEYS, PROJECTED, RECEIVED_SCORES, EncodedVideo, LLMPruner,
                                     Pruner, VisionPruner, VisualSelection, keep_all_tokens)
 from fastervlm.models.base import GenerationSettings, ModelAdapter, VisualSlot, VisualStream
@@ -223,7 +223,20 @@ def build_prompts(adapter: ModelAdapter, questions: list[str], visuals: list[Vis
                 pieces.append(adapter.embed(torch.tensor(piece, device=adapter.device)))
                 masks.append(torch.zeros(len(piece), dtype=torch.bool))
         rows.append((torch.cat(pieces), torch.cat(masks)))
+    check_context(adapter, [mask for _, mask in rows])
     return _left_padded(rows, adapter.device, adapter.dtype)
+
+
+def check_context(adapter: ModelAdapter, visual_masks: list[torch.Tensor]) -> None:
+    """Refuse a prompt longer than the LLM's context (it would be answered, silently wrong), naming its parts."""
+    limit = adapter.max_context
+    for sample, mask in enumerate(visual_masks):
+        if limit is not None and len(mask) > limit:
+            visual = int(mask.sum())
+            raise PromptTooLongError(
+                f"the prompt is {len(mask)} tokens ({visual} visual + {len(mask) - visual} text), longer than the "
+                f"{limit} tokens {adapter.family}'s LLM was built for: ask a shorter question, or keep fewer visual "
+                "tokens (a smaller keep, a larger reduction).", sample)
 
 
 def _left_padded(rows: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device, dtype: torch.dtype) -> PromptBatch:

@@ -48,3 +48,12 @@ class BudgetError(FasterVLMError):
 
 class UnsupportedModelError(FasterVLMError):
     """A method that cannot work on this model (e.g. [CLS] pruning on an encoder without [CLS])."""
+
+
+class PromptTooLongError(FasterVLMError):
+    """A prompt (visual + text tokens) longer than the LLM's context: it would be answered, silently wrong."""
+
+    def __init__(self, message: str, sample: int) -> None:
+        super().__init__(message)
+        self.sample = sample
+        """The position of the too-long prompt in its batch."""

@@ -157,6 +157,11 @@ class ModelAdapter(ABC):
         """Candidate tokens per frame without [CLS]: the N that `reduction` is a fraction of."""
         return self.stream.tokens_per_frame
 
+    @property
+    def max_context(self) -> int | None:
+        """The longest prompt the LLM was built for (max_position_embeddings), None when the config does not say."""
+        return getattr(self.llm_config, "max_position_embeddings", None)
+
     @classmethod
     @abstractmethod
     def matches(cls, config: dict[str, Any]) -> bool:

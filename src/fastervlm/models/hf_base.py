@@ -24,7 +24,9 @@ from transformers import AutoImageProcessor
 from fastervlm.errors import CheckpointError, FasterVLMError, UnsupportedModelError
 from fastervlm.models import base
 from fastervlm.models.base import Modality, ModelAdapter, PromptPiece, VisualSlot, VisualStream, feature_layer_index
-from fastervlm.models.loading import generation_defaults, load_tokenizer, neutral_generation_config, quiet_transformers
+from fastervlm.models.loading import (generation_defaults, load_tokenizer, neutral_generation_config, placement,
+                                      quiet_transformers)
+from fastervlm.models.weights import weight_files
 
 FrameProcessor = Callable[[list[np.ndarray]], torch.Tensor]
 
@@ -200,11 +202,12 @@ class HFAdapter(ModelAdapter):
 
         if cls.media == "image" and num_frames not in (None, 1):
             raise FasterVLMError(f"--num-frames does not apply to {cls.family}, an image model; leave it out.")
+        weight_files(path)  # a clear error for missing, truncated or damaged weight files
         try:
             with quiet_transformers():
                 model, info = getattr(transformers, cls.model_class).from_pretrained(
                     path, dtype=dtype or (torch.float32 if device.type == "cpu" else "auto"),
-                    attn_implementation="sdpa", output_loading_info=True)
+                    attn_implementation="sdpa", output_loading_info=True, **placement(device))
         except OSError as err:
             raise CheckpointError(
                 f"cannot load {path} as {cls.model_class} ({err}); check that the weights are complete."
@@ -212,7 +215,7 @@ class HFAdapter(ModelAdapter):
         if info.get("missing_keys"):
             raise CheckpointError(f"{path} lacks weights {sorted(info['missing_keys'])[:5]}; finish the download.")
         model.generation_config = neutral_generation_config(model.config.text_config)
-        tokenizer = load_tokenizer(path)
+        tokenizer = load_tokenizer(path, vocab_size=model.config.text_config.vocab_size)
         return cls(model.to(device).eval(), tokenizer, cls.frame_processor(path), generation_defaults(path),
                    chat_template=tokenizer.chat_template or _processor_chat_template(path), keep_cls=keep_cls,
                    num_frames=1 if cls.media == "image" else (num_frames or cls.default_frames))

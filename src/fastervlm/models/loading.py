@@ -5,6 +5,8 @@ Not an adapter: adapters import it, it imports no adapter.
 
 from __future__ import annotations
 
+import importlib.util
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,17 +39,62 @@ def default_dtype(declared: str | None, device: torch.device) -> torch.dtype:
     return {"bfloat16": torch.bfloat16, "float32": torch.float32}.get(declared or "float16", torch.float16)
 
 
-def load_tokenizer(path: Path) -> Any:
-    """The checkpoint's tokenizer, with a clear error naming what is missing."""
+TOKENIZER_SLACK = 256
+"""How many more embedding rows than tokenizer entries a checkpoint may have: checkpoints pad the embedding to a
+multiple of 64 or 128 (Video-LLaVA-7B-hf: 32064 rows, 32002 tokens). A damaged tokenizer.model reads as far fewer
+pieces (a cut file: 118 instead of 32000)."""
+
+
+def placement(device: torch.device) -> dict[str, Any]:
+    """from_pretrained's arguments that put the weights straight onto `device`: on CUDA a device_map (it needs
+    accelerate, `pip install "fastervlm[gpu]"`), so the model never sits whole in host RAM; else nothing (the
+    model loads on the CPU, where it stays or from where it is moved)."""
+    if device.type != "cuda":
+        return {}
+    if importlib.util.find_spec("accelerate") is None:
+        warnings.warn('loading the model on the CPU first, then moving it to the GPU (a full copy in host RAM): '
+                      'pip install "fastervlm[gpu]" (accelerate) to load it straight onto the GPU.', stacklevel=3)
+        return {}
+    return {"device_map": {"": device}}
+
+
+def load_tokenizer(path: Path, *, vocab_size: int | None = None) -> Any:
+    """The checkpoint's tokenizer, checked against the checkpoint: an entry count that fits the LLM's vocabulary
+    and BOS/EOS tokens (a cut or foreign tokenizer.model loads, then tokenises everything wrong)."""
     if not any((path / name).is_file() for name in ("tokenizer.model", "tokenizer.json")):
         raise CheckpointError(f"{path} has no tokenizer.model or tokenizer.json: copy the tokenizer files from the checkpoint.")
     try:
-        return AutoTokenizer.from_pretrained(path)
-    except (ImportError, ValueError, OSError) as err:
-        raise CheckpointError(
-            f"could not read the tokenizer in {path} ({err}); copy the tokenizer files from the checkpoint (a "
-            "tokenizer.model-only checkpoint also needs `pip install sentencepiece protobuf`)."
-        ) from err
+        with quiet_transformers():  # its fallbacks print misleading advice (install tiktoken) for a damaged file
+            tokenizer = AutoTokenizer.from_pretrained(path)
+    except (ImportError, ValueError, OSError, RuntimeError) as err:
+        raise CheckpointError(_unreadable_tokenizer(path, err)) from err
+    damaged = f"{_tokenizer_file(path)} is damaged or does not belong to this checkpoint: re-download it"
+    if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
+        raise CheckpointError(f"{damaged} (it has no BOS/EOS tokens).")
+    if vocab_size is not None and not vocab_size - TOKENIZER_SLACK <= len(tokenizer) <= vocab_size:
+        raise CheckpointError(f"{damaged} (it has {len(tokenizer)} entries; the model's vocabulary has {vocab_size}).")
+    return tokenizer
+
+
+def _tokenizer_file(path: Path) -> Path:
+    return path / ("tokenizer.json" if (path / "tokenizer.json").is_file() else "tokenizer.model")
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is missing
+        return False
+
+
+def _unreadable_tokenizer(path: Path, err: Exception) -> str:
+    """Why the tokenizer did not load: missing packages only when they are missing, else the file itself."""
+    missing = [name for name in ("sentencepiece", "google.protobuf") if not _importable(name)]
+    if missing and (path / "tokenizer.model").is_file() and not (path / "tokenizer.json").is_file():
+        return (f"could not read the tokenizer in {path} ({err}); a tokenizer.model-only checkpoint needs "
+                "`pip install sentencepiece protobuf`.")
+    kind = type(err).__name__  # not its text: transformers' fallbacks name packages that are not the problem
+    return f"{_tokenizer_file(path)} is damaged or does not belong to this checkpoint ({kind} while reading it): re-download it."
 
 
 def generation_defaults(path: Path) -> GenerationConfig:

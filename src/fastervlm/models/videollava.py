@@ -26,7 +26,7 @@ from fastervlm.models.base import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, EagerExtra
 from fastervlm.models.languagebind import LanguageBindVideoTower, load_video_tower
 from fastervlm.models.languagebind_reference import eager_tower_pass, feature_select
 from fastervlm.models.loading import (default_dtype, generation_defaults, load_tokenizer, neutral_generation_config,
-                                      quiet_transformers)
+                                      placement, quiet_transformers)
 from fastervlm.models.weights import load_into, load_prefix, weight_files
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -171,7 +171,8 @@ class VideoLlavaAdapter(ModelAdapter):
         with no_init_weights():  # every weight is loaded (strictly) just below
             projector = build_projector(config).to(device=device, dtype=dtype)
         load_into(projector, load_prefix(path, PROJECTOR_PREFIX, strip=True), path)
-        return cls(llm, projector.eval(), tower, load_tokenizer(path), config, generation_defaults(path))
+        tokenizer = load_tokenizer(path, vocab_size=llm.config.vocab_size)
+        return cls(llm, projector.eval(), tower, tokenizer, config, generation_defaults(path))
 
     def preprocess(self, frames: np.ndarray, *, flip: bool = False) -> torch.Tensor:
         return languagebind_transform(frames, size=self.tower.config.image_size, flip=flip)
@@ -206,7 +207,7 @@ def _tower_dir(path: Path, config: dict[str, Any], video_tower: str | Path | Non
     candidate = path / Path(named).expanduser()  # an absolute path stays itself
     if not candidate.is_dir():
         raise CheckpointError(f"{path}/config.json names the video tower {named!r}, which is not a local folder; {fix}")
-    return candidate
+    return candidate.resolve()
 
 
 # Llama settings that transformers 5 takes as arguments, not fields: it folds them into rope_parameters.
@@ -227,7 +228,7 @@ def _load_llama(path: Path, config: dict[str, Any], device: torch.device, dtype:
     llama = llama_config(config)
     with quiet_transformers():  # the skipped mm_projector / tower keys are expected, not news
         llm, info = LlamaForCausalLM.from_pretrained(
-            path, config=llama, dtype=dtype, attn_implementation="sdpa", output_loading_info=True
+            path, config=llama, dtype=dtype, attn_implementation="sdpa", output_loading_info=True, **placement(device)
         )
     missing = [k for k in info.get("missing_keys", []) if "rotary_emb" not in k]
     if missing:

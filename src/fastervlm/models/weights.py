@@ -7,10 +7,11 @@ to a text model: in both cases only one prefix is wanted, and reading the rest w
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from transformers.modeling_utils import load_state_dict
 
 from fastervlm.errors import CheckpointError
@@ -22,12 +23,39 @@ _LAYOUTS = (
 )
 
 
+def check_weight_file(file: Path) -> None:
+    """A clear error for a truncated or damaged weight file, from its header alone (safetensors: the header must
+    cover the whole file; .bin: the zip's central directory, at its end, must be there); cheap even for GBs."""
+    try:
+        if file.suffix == ".safetensors":
+            with safe_open(str(file), framework="pt"):
+                return
+        if zipfile.is_zipfile(file) or _starts_as_zip(file):
+            zipfile.ZipFile(file).close()
+    except (SafetensorError, zipfile.BadZipFile, OSError) as err:
+        raise CheckpointError(f"{file} is damaged or incomplete ({err}): re-download it.") from err
+
+
+def _starts_as_zip(file: Path) -> bool:
+    """A zip file cut short (its central directory gone) still starts with a zip signature."""
+    with open(file, "rb") as handle:
+        return handle.read(4) == b"PK\x03\x04"
+
+
 def weight_files(directory: Path) -> list[Path]:
-    """The weight files of a checkpoint directory: sharded (via the index) or single, safetensors first."""
+    """The weight files of a checkpoint directory: sharded (via the index) or single, safetensors first; each
+    checked for truncation (`check_weight_file`)."""
+    files = _weight_files(directory)
+    for file in files:
+        check_weight_file(file)
+    return files
+
+
+def _weight_files(directory: Path) -> list[Path]:
     for index_name, single_name in _LAYOUTS:
         index = directory / index_name
         if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            shards = sorted(set(_weight_map(index).values()))
             missing = [s for s in shards if not (directory / s).is_file()]
             if missing:
                 raise CheckpointError(
@@ -40,6 +68,16 @@ def weight_files(directory: Path) -> list[Path]:
         f"{directory} holds no weights (model.safetensors, pytorch_model.bin or a sharded index): "
         "point to the checkpoint folder that has them, or finish the download."
     )
+
+
+def _weight_map(index: Path) -> dict[str, str]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{index} is damaged (no readable weight_map: {err}): re-download it.") from err
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index} is damaged (its weight_map is not a mapping): re-download it.")
+    return weight_map
 
 
 def load_prefix(directory: Path, prefix: str, *, strip: bool = False) -> dict[str, torch.Tensor]:
