@@ -12,7 +12,7 @@ from fastervlm.cli import main
 from fastervlm.cli.bench import parse_methods
 from fastervlm.cli.common import add_generation_arguments, add_method_arguments, method_settings, parse_setting
 from fastervlm.errors import BudgetError
-from fastervlm.methods import list_methods
+from fastervlm.methods import baseline_method, default_method, list_methods
 from fastervlm.methods import method_settings as registry_settings
 
 
@@ -86,6 +86,7 @@ def test_methods_command_prints_what_each_method_declares(capsys) -> None:
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
     blocks = {block.split()[0]: block for block in out.split("\n\n") if block.strip()}
+    assert f"Without --method: {default_method(True)} when a budget is given, else {baseline_method()}." in out
     for name, cls in list_methods().items():
         block = blocks[name]
         where = block.splitlines()[0][11:33].strip()

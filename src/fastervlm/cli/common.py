@@ -27,8 +27,8 @@ global_budget=true`; `--seed` (answer, show) also seeds a method that takes a se
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     """--method, the budget flags and --method-option [METHOD:]KEY=VALUE (with --global-budget as an alias)."""
     group = parser.add_argument_group("pruning")
-    group.add_argument("--method", help="pruning method (see `fastervlm methods`); default: the registry's default "
-                       "method when a budget is given, else no pruning")
+    group.add_argument("--method", help="pruning method; without it, the default method when a budget is given, else "
+                       "no pruning (`fastervlm methods` lists them and names the default)")
     budget = group.add_mutually_exclusive_group()
     budget.add_argument("--keep", type=int, metavar="L", help="visual tokens kept per frame (an image is one frame)")
     budget.add_argument("--reduction", type=float, metavar="R",

@@ -47,9 +47,10 @@ def describe(name: str, cls: type) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fastervlm.methods import list_methods
+    from fastervlm.methods import baseline_method, default_method, list_methods
 
     for name, cls in list_methods().items():
         print("\n".join(describe(name, cls)) + "\n")
+    print(f"Without --method: {default_method(True)} when a budget is given, else {baseline_method()}.")
     print(FOOTER)
     return 0

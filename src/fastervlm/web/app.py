@@ -121,7 +121,7 @@ def ask_tab(pipeline: Any, settings: WebSettings, sample_video: Path) -> None:
     """Video and question on top; configuration A and (with the switch) B side by side, each with its results."""
     import gradio as gr
 
-    question = gr.Textbox(label=f"Question (up to {settings.max_question_chars:,} characters)",
+    question = gr.Textbox(label="Question", info=f"up to {settings.max_question_chars:,} characters",
                           placeholder=SAMPLE_QUESTION, elem_id="question", render=False)
     with gr.Row(equal_height=False):
         with gr.Column():
