@@ -54,7 +54,7 @@ def test_demo_runs_on_the_embedded_tiny_model(capsys, tiny_root) -> None:
     "extra, message",
     [
         (["--keep", "65"], "--keep must be a whole number of patches per frame between 0 and 64"),
-        (["--keep", "-1"], "between 0 and 64"),
+        (["--keep", "-1"], "--keep must be a whole number of patches per frame, 0 or more (got -1)"),
         (["--reduction", "1.5"], "--reduction must be between 0 and 1"),
         (["--method", "nope"], "unknown method 'nope'"),
         (["--method", "fastervlm", "--method-option", "bogus=1"], "has no setting bogus"),

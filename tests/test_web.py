@@ -35,13 +35,14 @@ def test_ask_is_the_pipeline_on_frames_decoded_once(tiny_pipeline, synthetic_vid
 
     frames = frames_of(video=synthetic_video)
     generation = GenerationSettings(max_new_tokens=5)
+    heatmap = outcomes[0].answer.cls_scores  # the unpruned configuration does not compute it: the page borrows it
     for outcome, configuration in zip(outcomes, (PRUNED, UNPRUNED)):
         pruner = tiny_pipeline.pruner(configuration.method, **configuration.method_settings())
         direct = tiny_pipeline.answer_frames([frames], ["What moves?"], pruner, generation)[0]
         assert (outcome.answer.text, outcome.answer.visual_tokens, outcome.answer.kept_indices) == (
             direct.text, direct.visual_tokens, direct.kept_indices)
         assert outcome.picture is not None and outcome.no_picture is None
-        assert outcome.picture.size == render_answer(tiny_pipeline, frames, direct).size
+        assert outcome.picture.size == render_answer(tiny_pipeline, frames, direct, cls_scores=heatmap).size
     pruned, full = outcomes
     assert pruned.answer.visual_tokens < full.answer.visual_tokens == tiny_pipeline.num_frames * tiny_pipeline.num_patches
 
@@ -178,3 +179,48 @@ def test_warm_up_ignores_the_upload_limits(tiny_pipeline, synthetic_video: Path)
     with pytest.raises(MediaError):
         asking.check_video(synthetic_video, tight)
     warm_up(tiny_pipeline, synthetic_video, tight)  # the bundled sample is not an upload
+
+
+def test_a_long_question_is_refused_before_decoding(tiny_pipeline, synthetic_video: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tiny_pipeline, "frames", lambda **kw: pytest.fail("decoded a video for a refused question"))
+    settings = WebSettings(max_question_chars=50)
+    with pytest.raises(FasterVLMError, match="the question is 51 characters long; this page takes questions up to "
+                                             "50 characters .*--max-question-chars"):
+        asking.ask(tiny_pipeline, synthetic_video, "x" * 51, [PRUNED], settings)
+    asking.check_question("x" * 50, settings)  # at the bound: accepted
+
+
+class _LibraryRefusal(FasterVLMError):
+    """Any FasterVLMError the library may raise (e.g. a prompt longer than the LLM's context)."""
+
+
+def test_the_page_shows_any_library_error_as_a_message(tiny_pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("gradio", reason='needs the [web] extra: pip install "fastervlm[web]"')
+    from fastervlm.web import app
+
+    def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise _LibraryRefusal("the prompt has 5000 tokens but the LLM's context is 4096: ask a shorter question")
+
+    monkeypatch.setattr(asking, "ask", refuse)
+    run = app.ask_handler(tiny_pipeline, WebSettings())
+    outputs = run("clip.mp4", "q", "fastervlm", asking.BUDGET_REDUCTION, 0.9, "", False, "none", asking.BUDGET_NONE,
+                  None, "", 4, progress=lambda *a, **k: None)
+    assert outputs[0] == "**Error:** the prompt has 5000 tokens but the LLM's context is 4096: ask a shorter question"
+    assert outputs[1:] == ("", "", None, "", "", None, "")
+
+
+def test_the_page_asks_the_registry(tiny_pipeline) -> None:
+    from fastervlm.methods import baseline_method, create_pruner, default_method, list_methods
+
+    assert asking.typical_budgets(64) == {asking.BUDGET_REDUCTION: 0.9, asking.BUDGET_KEEP: 6, asking.BUDGET_NONE: None}
+    assert asking.typical_budgets(256)[asking.BUDGET_KEEP] == 26
+    for name, cls in list_methods().items():
+        assert asking.keeps_every_token(name) == (cls.budget == "none")
+        assert create_pruner(name, **asking.method_defaults(name)).settings()["method"] == name
+    pytest.importorskip("gradio", reason='needs the [web] extra: pip install "fastervlm[web]"')
+    from fastervlm.web.app import default_configurations
+
+    pruned, unpruned = default_configurations()
+    assert (pruned.method, pruned.budget, pruned.value) == (default_method(True), asking.BUDGET_REDUCTION, 0.9)
+    assert (unpruned.method, unpruned.budget) == (baseline_method(), asking.BUDGET_NONE)

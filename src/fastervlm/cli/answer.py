@@ -11,14 +11,13 @@ from fastervlm.cli.common import (
     add_generation_arguments,
     add_method_arguments,
     add_model_arguments,
+    check_before_loading,
     check_max_new_tokens,
-    generation_settings,
     load_model,
-    method_settings,
 )
 
-DEMO_QUESTION = "What is moving in the video?"
 DEMO_REDUCTION = 0.9
+DEMO_MAX_NEW_TOKENS = 24
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -37,20 +36,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     demo = subparsers.add_parser("demo", help="run the pipeline on an embedded tiny checkpoint and a synthetic video",
                                  description="No downloads: writes a tiny random Video-LLaVA checkpoint (real on-disk "
-                                 "format) and a synthetic video into the cache, then answers with and without pruning.")
-    demo.add_argument("--reduction", type=float, default=DEMO_REDUCTION, help="pruning ratio to compare with none (default %(default)s)")
-    demo.add_argument("--max-new-tokens", type=int, default=24, help="answer length bound (default %(default)s)")
+                                 "format) and a synthetic video into the cache, then answers with and without pruning "
+                                 "and times both: one warm-up answer each, then interleaved timed runs (medians).")
+    demo.add_argument("--reduction", type=float, default=DEMO_REDUCTION, help="pruning ratio to compare with no "
+                      "pruning (default %(default)s)")
+    demo.add_argument("--max-new-tokens", type=int, default=DEMO_MAX_NEW_TOKENS, help="answer length bound "
+                      "(default %(default)s)")
+    demo.add_argument("--repeats", type=int, default=None, metavar="N", help="timed runs per configuration "
+                      "(default 7)")
     demo.add_argument("--cache-dir", help="where the tiny checkpoint and video go (default $FASTERVLM_CACHE or ~/.cache/fastervlm)")
     demo.add_argument("--json", action="store_true", help="print the two answers as JSON")
     demo.set_defaults(handler=run_demo)
 
 
 def run_answer(args: argparse.Namespace) -> int:
-    method, settings = method_settings(args)
-    generation = generation_settings(args)
+    request = check_before_loading(args)
     pipeline = load_model(args)
-    result = pipeline.answer(args.question, video=args.video, image=args.image, method=method,
-                             generation=generation, flip=args.flip, **settings)
+    result = pipeline.answer(args.question, video=args.video, image=args.image, method=request.method,
+                             generation=request.generation, flip=args.flip, **request.settings)
     if args.json:
         print(json.dumps(result.to_json()))
     else:
@@ -68,30 +71,31 @@ def _summary(result: Any) -> str:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    import fastervlm
-    from fastervlm.media import write_synthetic_video
-    from fastervlm.models.base import GenerationSettings
-    from fastervlm.tiny import default_cache_dir, ensure_tiny_checkpoint
+    from fastervlm import demo
+    from fastervlm.errors import FasterVLMError
 
     check_max_new_tokens(args.max_new_tokens)
-    cache = default_cache_dir() if args.cache_dir is None else __import__("pathlib").Path(args.cache_dir)
-    print(f"tiny checkpoint: {ensure_tiny_checkpoint(cache_dir=cache)}", file=sys.stderr)
-    pipeline = fastervlm.load(ensure_tiny_checkpoint(cache_dir=cache), device="cpu")
-    video = write_synthetic_video(cache / "demo.mp4")
-    frames = pipeline.frames(video=video)
-    generation = GenerationSettings(max_new_tokens=args.max_new_tokens)
-    results = {
-        "none": pipeline.answer_frames([frames], [DEMO_QUESTION], pipeline.pruner("none"), generation)[0],
-        f"fastervlm r={args.reduction}": pipeline.answer_frames(
-            [frames], [DEMO_QUESTION], pipeline.pruner("fastervlm", reduction=args.reduction), generation)[0],
-    }
+    repeats = demo.REPEATS if args.repeats is None else args.repeats
+    if repeats < 1:
+        raise FasterVLMError(f"--repeats must be at least 1 (got {repeats}).")
+    result = demo.run_demo(args.cache_dir, args.reduction, args.max_new_tokens, repeats=repeats)
     if args.json:
-        print(json.dumps({name: r.to_json() for name, r in results.items()}))
+        print(json.dumps({row.label: {**row.answer.to_json(), "ttft_median": row.ttft.median,
+                                      "llm_prefill_median": row.prefill.median} for row in result.rows}))
         return 0
-    print(f"video: {video} (frames {frames.frame_indices})\nquestion: {DEMO_QUESTION}")
-    for name, result in results.items():
-        print(f"\n{name}\n  answer: {result.text!r}\n  {_summary(result)}")
-        if result.kept_indices is not None and result.visual_tokens < frames.pixels.shape[0] * pipeline.num_patches:
-            print(f"  kept patches of frame 0: {result.kept_indices[0]}")
-    print("\n(the tiny model is random: its answers are noise; the token counts and timings are the point)")
+    print(f"tiny checkpoint: {result.checkpoint}", file=sys.stderr)
+    print(f"video: {result.video} (frames {result.frame_indices})\nquestion: {result.question}")
+    for row in result.rows:
+        print(f"\n{row.label}\n  answer: {row.answer.text!r}\n  visual tokens {row.answer.visual_tokens}, "
+              f"prompt {row.answer.prompt_tokens} tokens, {len(row.answer.output_ids)} generated")
+        print(f"  time to first token {_ms(row.ttft)}, of which LLM prefill {_ms(row.prefill)}")
+        if row is not result.rows[0] and row.answer.kept_indices is not None:
+            print(f"  kept patches of frame 0: {row.answer.kept_indices[0]}")
+    print(f"\nspeedup in time to first token: x{result.speedup:.2f} (medians of {result.repeats} interleaved runs "
+          "after one warm-up each)")
+    print(f"note: {demo.TOY_NOTE}")
     return 0
+
+
+def _ms(spread: Any) -> str:
+    return f"{spread.median * 1000:.1f} ms (range {spread.low * 1000:.1f}-{spread.high * 1000:.1f})"

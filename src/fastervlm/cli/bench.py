@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fastervlm.cli.common import _parse_value
+from fastervlm.cli.common import check_device, settings_by_method, split_list
 
 GEOMETRIES = ("video-llava-7b",)
 
@@ -35,14 +35,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--video-tower", metavar="DIR", help="with --model: the LanguageBind_Video_merge folder")
     model.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     what = bench.add_argument_group("configurations")
-    what.add_argument("--methods", nargs="+", metavar="METHOD[:KEY=VALUE,...]",
-                      help="methods to measure, each optionally with settings, e.g. fastervlm fastv:layer=3 "
-                      "(default: fastervlm and fastv); the unpruned row (none) is always measured")
+    what.add_argument("--methods", nargs="+", metavar="METHOD",
+                      help="methods to measure, space- or comma-separated (default: fastervlm and fastv); the "
+                      "unpruned row is always measured. METHOD:KEY=VALUE is an alias of --method-option "
+                      "METHOD:KEY=VALUE, e.g. fastv:layer=3")
+    what.add_argument("--method-option", action="append", default=[], metavar="[METHOD:]KEY=VALUE",
+                      help="a setting of a measured method, e.g. fastv:layer=3 (repeatable); without METHOD: every "
+                      "measured method that takes the setting")
     budget = what.add_mutually_exclusive_group()
-    budget.add_argument("--reductions", nargs="+", type=float, metavar="R",
-                        help="fractions dropped (default 0 0.25 0.5 0.75 0.9 0.95 1: the seed's 2048 / 1536 / 1024 / "
-                        "512 / 208 / 104 / 0 tokens on Video-LLaVA)")
-    budget.add_argument("--keep", nargs="+", type=int, metavar="L", help="per-frame budgets instead of --reductions")
+    budget.add_argument("--reductions", nargs="+", metavar="R",
+                        help="fractions dropped, space- or comma-separated (default 0 0.25 0.5 0.75 0.9 0.95 1: the "
+                        "seed's 2048 / 1536 / 1024 / 512 / 208 / 104 / 0 tokens on Video-LLaVA)")
+    budget.add_argument("--keep", nargs="+", metavar="L", help="per-frame budgets instead of --reductions")
     run = bench.add_argument_group("runs")
     run.add_argument("--video", metavar="FILE", help="video to decode and answer about (default: a synthetic 320x240 clip)")
     run.add_argument("--question", help="question asked (default: a fixed one)")
@@ -60,21 +64,53 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     bench.set_defaults(handler=run_bench)
 
 
-def parse_methods(specs: list[str] | None) -> tuple[list[str], dict[str, dict[str, Any]]]:
-    """['fastervlm', 'fastv:layer=3'] -> names and per-method settings."""
-    from fastervlm.errors import BudgetError
+def parse_methods(specs: list[str] | None, options: list[str] = ()) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """--methods and --method-option -> the method names and each one's settings.
+
+    ['fastervlm', 'fastv:layer=3'] is ['fastervlm', 'fastv'] with --method-option fastv:layer=3; the older
+    'fastv:layer=3,seed=1' (settings after a comma) still works. An unscoped option goes to every measured method
+    that takes it, and must fit at least one.
+    """
     from fastervlm.methods import featured_methods
 
-    names, settings = [], {}
-    for spec in specs or featured_methods():
-        name, _, options = spec.partition(":")
-        names.append(name)
-        for option in filter(None, options.split(",")):
-            key, sep, value = option.partition("=")
-            if not sep or not key:
-                raise BudgetError(f"--methods {spec!r}: settings are KEY=VALUE after a colon, e.g. fastv:layer=3.")
-            settings.setdefault(name, {})[key.replace("-", "_")] = _parse_value(value)
-    return names, settings
+    names: list[str] = []
+    aliases: list[str] = []
+    for token in split_list(specs or featured_methods(), flag="--methods"):
+        name, colon, _ = token.partition(":")
+        if "=" in name and names:  # 'fastv:layer=3,seed=1': a further setting of the method before it
+            aliases.append(f"{names[-1]}:{token}")
+            continue
+        if name not in names:
+            names.append(name)
+        if colon:
+            aliases.append(token)
+    settings = {name: {} for name in names}
+    for flag, given in (("--methods", aliases), ("--method-option", list(options))):
+        for scope, values in settings_by_method(given, flag).items():
+            for name in _targets(scope, values, names, flag):
+                settings[name].update({k: v for k, v in values.items() if scope is not None or _takes(name, k)})
+    return names, {name: values for name, values in settings.items() if values}
+
+
+def _takes(method: str, setting: str) -> bool:
+    from fastervlm.methods import has_setting
+
+    return has_setting(method, setting)
+
+
+def _targets(scope: str | None, values: dict[str, Any], names: list[str], flag: str) -> list[str]:
+    """The measured methods a group of settings goes to: its METHOD: scope, else every one that takes them."""
+    from fastervlm.errors import BudgetError
+
+    if scope is not None:
+        if scope not in names:
+            raise BudgetError(f"{flag} {scope}:...: {scope} is not measured; add it to --methods ({' '.join(names)}).")
+        return [scope]
+    for key in values:
+        if not any(_takes(name, key) for name in names):
+            raise BudgetError(f"{flag} {key}=...: none of the measured methods ({', '.join(names)}) has a setting "
+                              f"{key}; `fastervlm methods` lists each method's settings.")
+    return names
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -83,10 +119,13 @@ def run_bench(args: argparse.Namespace) -> int:
     from fastervlm.methods import create_pruner
 
     check_run_settings(args.warmup, args.repeats, args.max_new_tokens)
-    names, settings = parse_methods(args.methods)
-    configs = default_configs(names, args.reductions or DEFAULT_REDUCTIONS, keeps=args.keep, method_settings=settings)
+    names, settings = parse_methods(args.methods, args.method_option)
+    reductions = split_list(args.reductions, float, "--reductions") or DEFAULT_REDUCTIONS
+    keeps = split_list(args.keep, int, "--keep") if args.keep else None
+    configs = default_configs(names, reductions, keeps=keeps, method_settings=settings)
     for config in configs:
         create_pruner(config.method, **config.settings)  # bad names and settings fail now, not in a worker
+    check_device(args.device)
     if args.geometry:
         source = ModelSource.video_llava_7b(args.llm_layers, args.vision_layers, device=args.device)
     elif args.model:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -18,29 +19,34 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = Tru
                        help="transformers Video-LLaVA-hf: keep each frame's [CLS] token in front of its kept patches")
 
 
+SETTING_FLAGS = {"global_budget": "--global-budget", "seed": "--seed"}
+"""Method settings that have a flag of their own, as aliases: `--global-budget` is `--method-option
+global_budget=true`; `--seed` (answer, show) also seeds a method that takes a seed."""
+
+
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:
-    """--method and the budget flags; per-method settings via --method-option KEY=VALUE or their own flags."""
+    """--method, the budget flags and --method-option [METHOD:]KEY=VALUE (with --global-budget as an alias)."""
     group = parser.add_argument_group("pruning")
-    group.add_argument("--method", help="pruning method (see `fastervlm methods`); default fastervlm when a budget "
-                       "is given, else none")
+    group.add_argument("--method", help="pruning method; without it, the default method when a budget is given, else "
+                       "no pruning (`fastervlm methods` lists them and names the default)")
     budget = group.add_mutually_exclusive_group()
     budget.add_argument("--keep", type=int, metavar="L", help="visual tokens kept per frame (an image is one frame)")
     budget.add_argument("--reduction", type=float, metavar="R",
                         help="fraction of visual tokens dropped: L = round(N * (1 - R)), e.g. 0.9 -> 26 of 256")
-    group.add_argument("--global-budget", action="store_true",
-                       help="spend frames*L patches over the whole video instead of L per frame (the methods "
-                       "with a global_budget setting in `fastervlm methods`)")
-    group.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
-                       help="any other setting of the method, e.g. --method fastv --method-option layer=3 "
-                       "(repeatable; `fastervlm methods` lists each method's settings)")
+    group.add_argument("--method-option", action="append", default=[], metavar="[METHOD:]KEY=VALUE",
+                       help="a setting of the method, e.g. --method fastv --method-option layer=3 (repeatable; "
+                       "`fastervlm methods` lists each method's settings)")
+    group.add_argument("--global-budget", dest="method_option", action="append_const", const="global_budget=true",
+                       help="alias of --method-option global_budget=true: spend frames x L patches over the whole "
+                       "video instead of L per frame (the methods with a global_budget setting in `fastervlm methods`)")
 
 
 class CliParameterNames(dict):
     """How the CLI spells the library's parameters in error messages (BudgetError.render): the budget and the
-    flags of their own, and `--method-option NAME` for every other method setting."""
+    settings with a flag of their own, and `--method-option NAME` for every other method setting."""
 
     def __init__(self) -> None:
-        super().__init__(keep="--keep", reduction="--reduction", global_budget="--global-budget", seed="--seed")
+        super().__init__(keep="--keep", reduction="--reduction", **SETTING_FLAGS)
 
     def __missing__(self, key: str) -> str:
         return f"--method-option {key}"
@@ -56,8 +62,18 @@ def parse_setting(text: str, flag: str = "--method-option") -> tuple[str | None,
         scope, assignment = "", text
     key, sep, value = assignment.partition("=")
     if not sep or not key.strip():
-        raise BudgetError(f"{flag} {text!r} is not [METHOD:]KEY=VALUE, e.g. {flag} layer=3 or {flag} fastv:layer=3.")
+        raise BudgetError(f"{flag} {text!r} is not KEY=VALUE (or METHOD:KEY=VALUE), e.g. {flag} layer=3 or "
+                          f"{flag} fastv:layer=3.")
     return scope.strip() or None, key.strip().replace("-", "_"), _parse_value(value.strip())
+
+
+def settings_by_method(options: Sequence[str], flag: str = "--method-option") -> dict[str | None, dict[str, Any]]:
+    """Repeated [METHOD:]KEY=VALUE flags -> {METHOD or None (every method): {key: value}}."""
+    scoped: dict[str | None, dict[str, Any]] = {}
+    for option in options:
+        scope, key, value = parse_setting(option, flag)
+        scoped.setdefault(scope, {})[key] = value
+    return scoped
 
 
 def split_list(values: Sequence[str] | str | None, kind: Callable[[str], Any] = str, flag: str = "") -> list[Any]:
@@ -91,56 +107,106 @@ def _parse_value(text: str) -> Any:
 
 
 def method_settings(args: argparse.Namespace, *, check_budget: bool = True) -> tuple[str | None, dict[str, Any]]:
-    """The method name and its settings from the parsed flags (only those the user gave).
+    """The method and its settings from the parsed flags (only those the user gave), checked against the registry
+    before any model loads (`checked_method`).
 
-    check_budget: refuse method settings without a budget and warn about a method without one (off for the sweep,
-    whose budgets come from --reductions).
+    check_budget=False (the sweep, whose budgets and methods come from its own flags): only parse; the method is
+    what --method says (None when absent) and settings scoped to a method are refused.
     """
+    if check_budget:
+        pruner_request = checked_method(args)
+        return pruner_request.method, pruner_request.settings
+    scoped = settings_by_method(args.method_option)
+    _refuse_scopes(scoped, None)
+    return args.method, _budget(args) | scoped.get(None, {})
+
+
+@dataclass(frozen=True)
+class MethodRequest:
+    """A method (resolved through the registry: never None) and the settings the flags gave it."""
+
+    method: str
+    settings: dict[str, Any]
+
+
+def checked_method(args: argparse.Namespace) -> MethodRequest:
+    """--method, the budget and --method-option as one registry method and its settings, with every check that
+    needs no model: a setting without a budget, unknown methods and settings, a setting scoped to another method,
+    the method's own checks, --reduction outside [0, 1] and a negative --keep. (A --keep above the model's patches
+    per frame can only be refused once the model's config is read.) Prints a note for a budget-less method that
+    would prune nothing."""
+    from fastervlm.methods import create_pruner, default_method, get_method, has_setting
+
+    scoped = settings_by_method(args.method_option)
+    settings = _budget(args) | scoped.get(None, {})
+    budget_given = _has_budget(settings)
+    _refuse_settings_without_budget(args.method, settings)
+    method = args.method or default_method(budget_given)
+    get_method(method)  # an unknown name first, before a scope is compared with it
+    _refuse_scopes(scoped, method)
+    settings |= scoped.get(method, {})
+    if getattr(args, "seed", None) is not None and "seed" not in settings and has_setting(method, "seed"):
+        settings["seed"] = args.seed  # --seed also seeds a method that takes one unless --method-option seed= is given
+    _check_budget_range(create_pruner(method, **settings))
+    if not _has_budget(settings):
+        _note_no_budget(args.method)
+    return MethodRequest(method, settings)
+
+
+def _budget(args: argparse.Namespace) -> dict[str, Any]:
+    """--keep / --reduction as the library's parameters (only the one given)."""
+    from fastervlm.methods.base import BUDGET_PARAMETERS
+
+    return {key: getattr(args, key) for key in BUDGET_PARAMETERS if getattr(args, key, None) is not None}
+
+
+def _has_budget(settings: dict[str, Any]) -> bool:
+    from fastervlm.methods.base import BUDGET_PARAMETERS
+
+    return any(settings.get(key) is not None for key in BUDGET_PARAMETERS)
+
+
+def _refuse_scopes(scoped: dict[str | None, dict[str, Any]], method: str | None) -> None:
+    """A METHOD: prefix on a command that runs one method must name that method."""
     from fastervlm.errors import BudgetError
 
-    settings: dict[str, Any] = {}
-    if args.keep is not None:
-        settings["keep"] = args.keep
-    if args.reduction is not None:
-        settings["reduction"] = args.reduction
-    if args.global_budget:
-        settings["global_budget"] = True
-    for option in args.method_option:
-        key, sep, value = option.partition("=")
-        if not sep or not key:
-            raise BudgetError(f"--method-option {option!r} is not KEY=VALUE, e.g. --method-option layer=3.")
-        settings[key.replace("-", "_")] = _parse_value(value)
-    if getattr(args, "seed", None) is not None and "seed" not in settings and _has_setting(args.method, "seed"):
-        settings["seed"] = args.seed  # --seed also seeds a random method unless --method-option seed= says otherwise
-    if check_budget:
-        _check_budget(args.method, settings)
-    return args.method, settings
+    for scope, settings in scoped.items():
+        if scope is not None and scope != method:
+            example = f"{scope}:{next(iter(settings))}=..."
+            runs = f"runs {method}" if method else "takes no METHOD: prefix"
+            raise BudgetError(f"--method-option {example} is scoped to {scope}, but this command {runs}: drop the "
+                              f"prefix{'' if method is None else f' or choose --method {scope}'}.")
 
 
-def _check_budget(method: str | None, settings: dict[str, Any]) -> None:
-    """A pruning request without a budget prunes nothing: refuse it or say so, rather than run unpruned silently."""
+def _refuse_settings_without_budget(method: str | None, settings: dict[str, Any]) -> None:
+    """Method settings with neither a method nor a budget would silently prune nothing: refuse them."""
+    from fastervlm.errors import BudgetError
+
+    if method is None and settings and not _has_budget(settings):
+        flags = ", ".join(CliParameterNames()[key] for key in settings)
+        raise BudgetError(f"{flags} needs a budget: add --keep L or --reduction R (e.g. --reduction 0.9), "
+                          "and --method for a method other than the default one.")
+
+
+def _note_no_budget(method: str | None) -> None:
+    """A method that takes a budget but got none keeps every token: say so rather than run unpruned silently."""
     import sys
 
-    from fastervlm.errors import BudgetError
+    from fastervlm.methods import get_method
 
-    if "keep" in settings or "reduction" in settings:
-        return
-    if method is None and settings:
-        flags = ", ".join("--global-budget" if key == "global_budget" else f"--method-option {key}" for key in settings)
-        raise BudgetError(f"{flags} needs a budget: add --keep L or --reduction R (e.g. --reduction 0.9), "
-                          "and --method for a method other than fastervlm.")
-    if method not in (None, "none"):
+    if method is not None and get_method(method).budget != "none":
         print(f"fastervlm: note: --method {method} without --keep or --reduction keeps every visual token "
               "(no pruning); add e.g. --reduction 0.9.", file=sys.stderr)
 
 
-def _has_setting(method: str | None, name: str) -> bool:
-    from dataclasses import fields
+def _check_budget_range(pruner: Any) -> None:
+    """The budget's checks that need no patch count: a negative --keep, a --reduction outside [0, 1]."""
+    from fastervlm.errors import BudgetError
 
-    from fastervlm.methods import list_methods
-
-    cls = list_methods().get(method or "")
-    return cls is not None and any(f.name == name for f in fields(cls))
+    keep = pruner.keep
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 0):
+        raise BudgetError(f"{{keep}} must be a whole number of patches per frame, 0 or more (got {keep!r}).")
+    pruner.per_frame_budget(keep or 0)  # with a patch count that any keep fits: only the reduction's range is checked
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser, *, max_new_tokens: int = 1024) -> None:
@@ -170,11 +236,42 @@ def generation_settings(args: argparse.Namespace) -> Any:
     return GenerationSettings(max_new_tokens=args.max_new_tokens, sample=args.sample, temperature=args.temperature, seed=args.seed)
 
 
+def check_device(device: str | None) -> None:
+    """--device names a device torch can use here (cuda on a machine without a GPU is refused)."""
+    from fastervlm.pipeline import resolve_device
+
+    resolve_device(device)
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a command's flags ask of the model, checked before it loads: the method, its settings and decoding
+    (None for a command without decoding flags)."""
+
+    method: str
+    settings: dict[str, Any]
+    generation: Any = None
+
+
+def check_before_loading(args: argparse.Namespace, *, decoding: bool = True) -> Request:
+    """Every check of the pruning flags, the decoding flags (when the command has them: `decoding`) and --device
+    that needs no model, so that a typo fails in a second rather than after minutes of loading (`answer`, `show`,
+    `web`; `eval predict` and `bench` can call it too)."""
+    method = checked_method(args)
+    generation = generation_settings(args) if decoding else None
+    check_device(getattr(args, "device", None))
+    return Request(method.method, method.settings, generation)
+
+
 def load_model(args: argparse.Namespace) -> Any:
-    """fastervlm.load with the model flags (family-specific options only when given)."""
+    """fastervlm.load with the model flags (family-specific options only when given); without --model (show, web),
+    the demo's tiny checkpoint, written into the cache on first use."""
     import fastervlm
+    from fastervlm.demo import tiny_pipeline
 
     options: dict[str, Any] = {"video_tower": args.video_tower} if args.video_tower else {}
     if getattr(args, "keep_cls", False):
         options["keep_cls"] = True
+    if args.model is None:
+        return tiny_pipeline(device=args.device, dtype=args.dtype, **options)
     return fastervlm.load(args.model, device=args.device, dtype=args.dtype, **options)

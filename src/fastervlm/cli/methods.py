@@ -1,32 +1,56 @@
-"""`fastervlm methods`: the registered pruning methods, one line each, with their settings and defaults."""
+"""`fastervlm methods`: every registered method, where it acts, its summary, settings (defaults, help) and reference.
+
+Everything printed comes from the registry (each method class declares it); nothing here names a method.
+"""
 
 from __future__ import annotations
 
 import argparse
+import textwrap
 
-FOOTER = """
-Pruning methods take the budget as --keep L (per frame) or --reduction R and keep frames x L visual
-tokens in total (the table's "# Token"). Other settings: --method-option KEY=VALUE, e.g.
-  --method fastv --method-option layer=3      (FastV's K; default 2)
-  --method random --seed 1                    (--seed seeds random unless --method-option seed= is given)
-  --method fastervlm --global-budget          (frames x L over the whole video instead of L per frame)"""
+FOOTER = """Every pruning method takes the budget as --keep L (per frame) or --reduction R and keeps frames x L visual
+tokens in total (the table's "# Token"). Other settings: --method-option KEY=VALUE (repeatable), e.g.
+--method fastv --method-option layer=3. --global-budget is --method-option global_budget=true; --seed also
+seeds a method that takes a seed unless --method-option seed= is given."""
+
+WHERE = {"vision": "before the projector", "llm": "inside the LLM"}
+"""Where a method of each stage acts."""
+NO_ATTACH_POINT = "—  keeps every token"
+"""Where a method without a budget (the baseline) acts: nowhere."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("methods", help="list the pruning methods", description="List the registered pruning methods.")
+    parser = subparsers.add_parser("methods", help="list the pruning methods",
+                                   description="List the registered pruning methods: where each acts, what it does, "
+                                   "its settings with their defaults, and the paper it follows.")
     parser.set_defaults(handler=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from dataclasses import MISSING, fields
+def where(cls: type) -> str:
+    """Where a method acts: its stage's attach point, or none for a method that keeps every token."""
+    return NO_ATTACH_POINT if cls.baseline or cls.budget == "none" else WHERE[cls.stage]
 
-    from fastervlm.methods import list_methods
+
+def describe(name: str, cls: type) -> list[str]:
+    """A method's lines: name, where, summary and [its settings=defaults]; then each setting's help; its reference."""
+    from fastervlm.methods import method_settings
+
+    settings = method_settings(cls)
+    defaults = ", ".join(f"{s.name}={s.default!r}" for s in settings)
+    lines = [f"{name:<10} {where(cls):<21} {cls.summary}" + (f"  [{defaults}]" if defaults else "")]
+    for setting in settings:
+        lines += textwrap.wrap(f"{setting.name}: {setting.help}", 110, initial_indent=" " * 11,
+                               subsequent_indent=" " * 13, break_on_hyphens=False)
+    if cls.reference:
+        lines.append(" " * 11 + f"reference: {cls.reference}")
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    from fastervlm.methods import baseline_method, default_method, list_methods
 
     for name, cls in list_methods().items():
-        settings = ", ".join(
-            f"{f.name}={f.default!r}" for f in fields(cls) if f.init and f.name not in ("keep", "reduction") and f.default is not MISSING
-        )
-        where = "before the projector" if cls.stage == "vision" else "inside the LLM"
-        print(f"{name:<10} {where:<21} {cls.summary}" + (f"  [{settings}]" if settings else ""))
+        print("\n".join(describe(name, cls)) + "\n")
+    print(f"Without --method: {default_method(True)} when a budget is given, else {baseline_method()}.")
     print(FOOTER)
     return 0

@@ -6,17 +6,19 @@ import argparse
 import sys
 from pathlib import Path
 
-from fastervlm.cli.common import add_method_arguments, add_model_arguments, load_model, method_settings
+from fastervlm.cli.common import add_method_arguments, add_model_arguments, check_before_loading, load_model
 
 QUESTION = "Describe the video."
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     show = subparsers.add_parser(
-        "show", help="draw the sampled frames with the [CLS] heatmap and the pruned patches dimmed",
-        description="Runs the model once on a video and draws the frames it saw in a grid: the [CLS] attention of "
-        "each frame as a heatmap (normalised per frame) and the patches the method pruned dimmed. Works for every "
-        "method that selects patches before the LLM. Without --model: the demo's tiny random model.")
+        "show", help="draw the sampled frames with the kept patches outlined and the [CLS] heatmap",
+        description="Runs the model once on a video and draws the frames it saw in a grid: each frame as it is, the "
+        "patches the method kept outlined and the pruned ones greyed, and below it the frame's [CLS] attention as a "
+        "heatmap panel (normalised per frame), with a legend. Works for every method that acts before the LLM (a "
+        "method that merges patches gets its frames unmarked, and the legend says so). Without --model: the demo's "
+        "tiny random model.")
     add_model_arguments(show, required=False)
     show.add_argument("--video", required=True, help="video file to sample the frames from")
     add_method_arguments(show)
@@ -27,6 +29,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("--scale", type=int, help="draw each frame pixel this many times (default: frames at least 224 px)")
     show.add_argument("--question", default=QUESTION, help="question for the pass (methods that select before the "
                       "LLM do not depend on it; default %(default)r)")
+    show.add_argument("--no-heatmap", action="store_true", help="leave out the [CLS] heatmap panels")
+    show.add_argument("--seed", type=int, default=0, help="seed of a method that draws at random (default %(default)s)")
     show.add_argument("--flip", action="store_true", help="flip the frames horizontally (the original flips at random)")
     show.set_defaults(handler=run_show)
 
@@ -39,21 +43,24 @@ def run_show(args: argparse.Namespace) -> int:
     if args.columns < 1 or (args.scale is not None and args.scale < 1):
         raise FasterVLMError("--columns and --scale must be at least 1.")
     _check_outputs(args)
-    method, settings = method_settings(args)
-    pipeline = _pipeline(args)
-    pruner = pipeline.pruner(method, **settings)
-    check_showable(pruner.name)
+    request = check_before_loading(args, decoding=False)
+    check_showable(request.method)
+    pipeline = load_model(args)
+    pruner = pipeline.pruner(request.method, **request.settings)
     frames = pipeline.frames(video=args.video, flip=args.flip)
     answer = pipeline.answer_frames([frames], [args.question], pruner, GenerationSettings(max_new_tokens=1))[0]
-    scores = answer.cls_scores if answer.cls_scores is not None else heatmap_scores(pipeline, frames)
+    scores = answer.cls_scores
+    if scores is None and not args.no_heatmap:
+        scores = heatmap_scores(pipeline, frames)
     side = frames.pixels.shape[-1]
     layout = Layout(columns=args.columns, scale=args.scale or max(1, -(-224 // side)))
-    picture = render_answer(pipeline, frames, answer, cls_scores=scores, layout=layout)
+    draw = {"cls_scores": scores, "heatmap": not args.no_heatmap}
+    picture = render_answer(pipeline, frames, answer, layout=layout, **draw)
     out = Path(args.out)
     try:
         picture.save(out)
         if args.animation:
-            write_answer_animation(args.animation, pipeline, frames, answer, cls_scores=scores, fps=args.fps)
+            write_answer_animation(args.animation, pipeline, frames, answer, fps=args.fps, **draw)
     except (OSError, ValueError) as err:
         raise FasterVLMError(f"cannot write the picture ({err}); check the output path and its extension.") from err
     print(f"{out}: {picture.width}x{picture.height}, {answer.visual_tokens} visual tokens kept "
@@ -74,13 +81,3 @@ def _check_outputs(args: argparse.Namespace) -> None:
     if suffix not in Image.registered_extensions():
         raise FasterVLMError(f"--out {args.out}: Pillow cannot write {suffix or 'a file without an extension'}; "
                              "use a picture name such as kept.png.")
-
-
-def _pipeline(args: argparse.Namespace):
-    """--model as given, else the demo's tiny checkpoint (written into the cache on first use)."""
-    if args.model:
-        return load_model(args)
-    import fastervlm
-    from fastervlm.tiny import ensure_tiny_checkpoint
-
-    return fastervlm.load(ensure_tiny_checkpoint(), device=args.device, dtype=args.dtype)

@@ -5,13 +5,24 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fastervlm.cli.common import add_generation_arguments, add_model_arguments, generation_settings, load_model
+from fastervlm.cli.common import (
+    add_generation_arguments,
+    add_model_arguments,
+    check_device,
+    generation_settings,
+    load_model,
+)
 
 DEFAULT_PORT = 7860
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from fastervlm.web.settings import DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_UPLOAD_MB, DEFAULT_MAX_VIDEO_SECONDS
+    from fastervlm.web.settings import (
+        DEFAULT_MAX_NEW_TOKENS,
+        DEFAULT_MAX_QUESTION_CHARS,
+        DEFAULT_MAX_UPLOAD_MB,
+        DEFAULT_MAX_VIDEO_SECONDS,
+    )
 
     parser = subparsers.add_parser(
         "web", help="serve the web demo (needs the [web] extra)",
@@ -27,6 +38,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="largest video upload in MB (default %(default)g)")
     server.add_argument("--max-video-seconds", type=float, default=DEFAULT_MAX_VIDEO_SECONDS,
                         help="longest video in seconds (default %(default)g)")
+    server.add_argument("--max-question-chars", type=int, default=DEFAULT_MAX_QUESTION_CHARS, metavar="N",
+                        help="longest question in characters (default %(default)s); the page says so for a longer one")
     server.add_argument("--runs", metavar="DIR", help="runs folder the results tab opens with (what `fastervlm eval "
                         "predict --out` wrote)")
     parser.epilog = "Without --model the page runs the embedded tiny model (random weights: the answers are noise)."
@@ -44,21 +57,19 @@ def run(args: argparse.Namespace) -> int:
     from fastervlm.web.app import serve
     from fastervlm.web.settings import WebSettings
 
-    if args.max_upload_mb <= 0 or args.max_video_seconds <= 0:
-        raise FasterVLMError("--max-upload-mb and --max-video-seconds must be above 0.")
+    if args.max_upload_mb <= 0 or args.max_video_seconds <= 0 or args.max_question_chars < 1:
+        raise FasterVLMError("--max-upload-mb, --max-video-seconds and --max-question-chars must be above 0.")
     if not 0 < args.port < 65536:
         raise FasterVLMError(f"--port {args.port} is not a port number: give one from 1 to 65535.")
     if args.runs and not Path(args.runs).is_dir():
         raise FasterVLMError(f"--runs {args.runs} is not a folder: give the folder `fastervlm eval predict --out` "
                              "wrote, or leave --runs out and pick one in the page's Results tab.")
     generation = generation_settings(args)
-    if args.model is None:
-        from fastervlm.tiny import ensure_tiny_checkpoint
-
-        args.model = str(ensure_tiny_checkpoint())
+    check_device(args.device)
     settings = WebSettings(max_upload_mb=args.max_upload_mb, max_video_seconds=args.max_video_seconds,
-                           generation=generation, flip=args.flip, runs_dir=Path(args.runs) if args.runs else None)
-    print(f"fastervlm web: loading {args.model} ...", file=sys.stderr)
+                           max_question_chars=args.max_question_chars, generation=generation, flip=args.flip,
+                           runs_dir=Path(args.runs) if args.runs else None)
+    print(f"fastervlm web: loading {args.model or 'the tiny demo model'} ...", file=sys.stderr)
     pipeline = load_model(args)
     if pipeline.adapter.media != "video":
         raise FasterVLMError(f"{args.model} is an {pipeline.adapter.media} model ({pipeline.adapter.family}); the web page "

@@ -74,23 +74,31 @@ def ask_handler(pipeline: Any, settings: WebSettings) -> Callable[..., tuple]:
     return run
 
 
-def _configuration_controls(suffix: str, method: str, budget: str, value: float | None, num_patches: int) -> list:
+def default_configurations() -> tuple[asking.Configuration, asking.Configuration]:
+    """What the page starts from (and warms up with): the registry's default method at reduction 0.9, and the
+    baseline that keeps every token."""
+    from fastervlm.methods import baseline_method, default_method
+
+    return (asking.Configuration(default_method(True)),
+            asking.Configuration(baseline_method(), asking.BUDGET_NONE, None))
+
+
+def _configuration_controls(suffix: str, start: asking.Configuration, num_patches: int) -> list:
     """Method dropdown, budget kind and value, and the method's other settings as JSON."""
     import gradio as gr
 
-    from fastervlm.selection import resolve_keep
-
     with gr.Row():
-        method_box = gr.Dropdown(asking.method_names(), value=method, label="Method", elem_id=f"method-{suffix}")
-        budget_box = gr.Radio(list(asking.BUDGET_KINDS), value=budget, label="Budget", elem_id=f"budget-{suffix}")
+        method_box = gr.Dropdown(asking.method_names(), value=start.method, label="Method", elem_id=f"method-{suffix}")
+        budget_box = gr.Radio(list(asking.BUDGET_KINDS), value=start.budget, label="Budget", elem_id=f"budget-{suffix}")
     with gr.Row():
-        value_box = gr.Number(value=value, label=f"Reduction (0-1) or tokens kept per frame (of {num_patches})",
+        value_box = gr.Number(value=start.value, label=f"Reduction (0-1) or tokens kept per frame (of {num_patches})",
                               elem_id=f"value-{suffix}")
-        settings_box = gr.Textbox(_settings_text(method), label="Method settings (JSON)", elem_id=f"settings-{suffix}")
-    typical = {asking.BUDGET_REDUCTION: 0.9, asking.BUDGET_KEEP: resolve_keep(num_patches, None, 0.9), asking.BUDGET_NONE: None}
+        settings_box = gr.Textbox(_settings_text(start.method), label="Method settings (JSON)",
+                                  elem_id=f"settings-{suffix}")
+    typical = asking.typical_budgets(num_patches)
 
     def on_method(name: str) -> tuple:
-        budget_update = gr.update(value=asking.BUDGET_NONE) if name == "none" else gr.update()
+        budget_update = gr.update(value=asking.BUDGET_NONE) if asking.keeps_every_token(name) else gr.update()
         return _settings_text(name), budget_update
 
     method_box.change(on_method, method_box, [settings_box, budget_box], queue=False, api_visibility="private")
@@ -113,7 +121,8 @@ def ask_tab(pipeline: Any, settings: WebSettings, sample_video: Path) -> None:
     """Video and question on top; configuration A and (with the switch) B side by side, each with its results."""
     import gradio as gr
 
-    question = gr.Textbox(label="Question", placeholder=SAMPLE_QUESTION, elem_id="question", render=False)
+    question = gr.Textbox(label="Question", info=f"up to {settings.max_question_chars:,} characters",
+                          placeholder=SAMPLE_QUESTION, elem_id="question", render=False)
     with gr.Row(equal_height=False):
         with gr.Column():
             video = gr.Video(label="Video", sources=["upload"], elem_id="video", height=240)
@@ -128,14 +137,15 @@ def ask_tab(pipeline: Any, settings: WebSettings, sample_video: Path) -> None:
             button = gr.Button("Ask", variant="primary", elem_id="ask")
             message = gr.Markdown(elem_id="message")
             speedup = gr.Markdown(elem_id="speedup")
+    pruned, unpruned = default_configurations()
     with gr.Row(equal_height=False):
         with gr.Column(variant="panel"):
             gr.Markdown("### Configuration A")
-            controls_a = _configuration_controls("a", "fastervlm", asking.BUDGET_REDUCTION, 0.9, pipeline.num_patches)
+            controls_a = _configuration_controls("a", pruned, pipeline.num_patches)
             outputs_a = _result_outputs("a")
         with gr.Column(variant="panel", visible=False) as column_b:
             gr.Markdown("### Configuration B")
-            controls_b = _configuration_controls("b", "none", asking.BUDGET_NONE, None, pipeline.num_patches)
+            controls_b = _configuration_controls("b", unpruned, pipeline.num_patches)
             outputs_b = _result_outputs("b")
     compare.change(lambda on: gr.update(visible=on), compare, column_b, queue=False, api_visibility="private")
     inputs = [video, question, *controls_a, compare, *controls_b, max_new_tokens]
@@ -219,9 +229,8 @@ def warm_up(pipeline: Any, sample: Path, settings: WebSettings) -> None:
     """Answer the sample once, pruned and not, so that the first visitor's timings are not the first call's."""
     from dataclasses import replace
 
-    configurations = [asking.Configuration("fastervlm"), asking.Configuration("none", asking.BUDGET_NONE, None)]
     unlimited = replace(settings, max_upload_mb=float("inf"), max_video_seconds=float("inf"))  # the page's limits are for uploads
-    asking.ask(pipeline, sample, SAMPLE_QUESTION, configurations, unlimited, max_new_tokens=2)
+    asking.ask(pipeline, sample, SAMPLE_QUESTION, list(default_configurations()), unlimited, max_new_tokens=2)
 
 
 def serve(pipeline: Any, settings: WebSettings, *, host: str = "127.0.0.1", port: int = 7860) -> None:

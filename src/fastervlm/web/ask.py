@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,8 +27,9 @@ BUDGET_REDUCTION = "reduction"
 BUDGET_KEEP = "keep per frame"
 BUDGET_NONE = "no budget"
 BUDGET_KINDS = (BUDGET_REDUCTION, BUDGET_KEEP, BUDGET_NONE)
+TYPICAL_REDUCTION = 0.9
 BUDGETED = frozenset({"keep", "reduction"})
-"""Pruner fields the budget controls set; every other field of a method is one of its own settings."""
+"""Pruner fields the budget controls set (`methods.base.BUDGET_PARAMETERS`); every other one is a method setting."""
 
 Progress = Callable[[float, str], None]
 
@@ -39,7 +40,7 @@ class Configuration:
 
     method: str
     budget: str = BUDGET_REDUCTION
-    value: float | None = 0.9
+    value: float | None = TYPICAL_REDUCTION
     settings: dict[str, Any] = field(default_factory=dict)
 
     def method_settings(self) -> dict[str, Any]:
@@ -79,16 +80,24 @@ def method_names() -> list[str]:
 
 def method_defaults(name: str) -> dict[str, Any]:
     """A method's own settings (everything but the budget) with their default values, for the settings box."""
-    from fastervlm.methods import list_methods
+    from fastervlm.methods import method_settings
 
-    methods = list_methods()
-    if name not in methods:
-        raise BudgetError(f"unknown method {name!r}; choose one of: {', '.join(methods)}.")
-    return {
-        f.name: f.default if f.default is not MISSING else f.default_factory()
-        for f in fields(methods[name])
-        if f.init and f.name not in BUDGETED and (f.default is not MISSING or f.default_factory is not MISSING)
-    }
+    return {setting.name: setting.default for setting in method_settings(name)}
+
+
+def keeps_every_token(name: str) -> bool:
+    """Whether a method takes no budget (the baseline): the page then sets its budget to "no budget"."""
+    from fastervlm.methods import get_method
+
+    return get_method(name).budget == "none"
+
+
+def typical_budgets(num_patches: int) -> dict[str, float | None]:
+    """What each budget kind starts from when chosen: reduction 0.9, the per-frame count that it keeps, none."""
+    from fastervlm.methods import create_pruner, default_method
+
+    keep = create_pruner(default_method(True), reduction=TYPICAL_REDUCTION).per_frame_budget(num_patches)
+    return {BUDGET_REDUCTION: TYPICAL_REDUCTION, BUDGET_KEEP: keep, BUDGET_NONE: None}
 
 
 def parse_settings(text: str | None) -> dict[str, Any]:
@@ -118,6 +127,15 @@ def video_seconds(path: Path) -> float | None:
     except (av.FFmpegError, OSError):
         return None
     return None
+
+
+def check_question(question: str | None, settings: WebSettings) -> None:
+    """The page's bound on a question's length (one long prompt would hold the model for every other visitor)."""
+    length = len(question or "")
+    if length > settings.max_question_chars:
+        raise FasterVLMError(f"the question is {length:,} characters long; this page takes questions up to "
+                             f"{settings.max_question_chars:,} characters (ask a shorter question, or start the page "
+                             "with a larger --max-question-chars).")
 
 
 def check_video(path: str | os.PathLike | None, settings: WebSettings) -> Path:
@@ -160,9 +178,10 @@ def ask(
 ) -> list[Outcome]:
     """Decode the video once, then answer under each configuration in turn (one generation at a time).
 
-    Settings are checked before decoding; the question (an empty one is an error) by `answer_frames`.
+    The question's length and the settings are checked before decoding; an empty question by `answer_frames`.
     """
     report = progress or (lambda fraction, text: None)
+    check_question(question, settings)
     path = check_video(video, settings)
     pruners = [pipeline.pruner(c.method, **c.method_settings()) for c in configurations]
     generation = settings.generation if max_new_tokens is None else replace(settings.generation, max_new_tokens=int(max_new_tokens))

@@ -12,6 +12,8 @@ if TYPE_CHECKING:
 
 DEFAULT_MAX_UPLOAD_MB = 100.0
 DEFAULT_MAX_VIDEO_SECONDS = 300.0
+DEFAULT_MAX_QUESTION_CHARS = 1000
+"""Video-QA questions are a sentence; a bound keeps one request from holding the model for every other visitor."""
 DEFAULT_MAX_NEW_TOKENS = 256
 """Shorter than the library's 1024: a random tiny model never stops early, and a page should answer quickly."""
 
@@ -22,6 +24,7 @@ class WebSettings:
 
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
     max_video_seconds: float = DEFAULT_MAX_VIDEO_SECONDS
+    max_question_chars: int = DEFAULT_MAX_QUESTION_CHARS
     generation: GenerationSettings = field(default_factory=lambda: _default_generation())
     flip: bool = False
     runs_dir: Path | None = None

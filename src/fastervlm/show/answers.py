@@ -1,0 +1,176 @@
+"""Pictures of an answered sample: what its method kept, titled and explained from the Answer and the registry.
+
+Every vision-stage method can be drawn: one that selects patches gets them outlined (and the rest greyed); one
+that merges patches (pool) gets its frames unmarked and a legend line that says its tokens are merged; tokens
+beyond the drawn patches (merged ones, a kept [CLS]) are counted in the legend. A method that prunes inside the
+LLM (FastV) is refused: every patch reached the LLM, so there is no choice per frame to draw.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fastervlm.errors import FasterVLMError, UnsupportedModelError
+from fastervlm.show.layout import Header, Layout
+from fastervlm.show.render import header_for, render_kept_tokens, write_kept_tokens_animation
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from fastervlm.pipeline import Answer, Frames, Pipeline
+
+
+def showable_methods() -> list[str]:
+    """Methods whose choice `show` can draw: those that act before the LLM, as each method declares."""
+    from fastervlm.methods import list_methods
+
+    return [name for name, cls in list_methods().items() if cls.stage == "vision"]
+
+
+def check_showable(method: str) -> None:
+    """A clear error for a method that prunes inside the LLM (nothing is chosen per frame before it)."""
+    from fastervlm.methods import list_methods
+
+    cls = list_methods().get(method)
+    if cls is not None and cls.stage != "vision":
+        raise FasterVLMError(
+            f"method {method!r} prunes inside the LLM, after every patch has reached it, so there are no kept "
+            f"patches to draw; `show` draws methods that act before the LLM: {', '.join(showable_methods())}."
+        )
+
+
+def describe_selection(answer: Answer, frames: int, num_patches: int) -> str:
+    """The picture's title, phrases between " | ": method and settings, budget (L per frame and in total), visual
+    tokens the LLM got."""
+    settings = answer.method
+    options = [f"{k}={v}" for k, v in settings.items() if k != "method" and v not in (None, False)]
+    total = frames * num_patches
+    kept = [len(k) for k in answer.kept_indices or []]
+    if not kept:
+        budget = f"{answer.visual_tokens} total"
+    elif len(set(kept)) == 1:
+        budget = f"L={kept[0]}/frame, {sum(kept)} total"
+    else:
+        budget = f"L={min(kept)}..{max(kept)}/frame, {sum(kept)} total"
+    return (f"{settings.get('method', '?')} ({', '.join(options) or 'no budget'}) | {budget} | "
+            f"{answer.visual_tokens} of {total} visual tokens ({100 * answer.visual_tokens / total:.1f}%)")
+
+
+def selection_notes(answer: Answer, frames: int) -> list[str]:
+    """Legend lines for what the patch marks cannot show: merged tokens, tokens that are not patches."""
+    method = answer.method.get("method", "?")
+    if answer.kept_indices is None:
+        per_frame = f", {answer.visual_tokens // frames} per frame" if answer.visual_tokens % frames == 0 else ""
+        return [f"{method} merges patches: its {answer.visual_tokens} visual tokens{per_frame} are each made from "
+                "several patches, so no patch is marked kept or pruned"]
+    extra = answer.visual_tokens - sum(len(k) for k in answer.kept_indices)
+    if extra > 0:
+        return [f"+{extra} visual tokens that are not single patches (merged tokens or [CLS]) are not drawn"]
+    return []
+
+
+def answer_notes(pipeline: Pipeline, answer: Answer, *, heatmap: bool, borrowed: bool = False) -> list[str]:
+    """The legend's text lines for an answer: `selection_notes`, and where the heatmap comes from when
+    `borrowed` (another pass over the same frames: the method itself does not compute [CLS] scores)."""
+    notes = selection_notes(answer, pipeline.num_frames)
+    if heatmap and borrowed:
+        notes.append(f"the heatmap is the encoder's [CLS] attention on these frames ({answer.method.get('method')} "
+                     "does not use it)")
+    return notes
+
+
+def answer_header(pipeline: Pipeline, answer: Answer, *, heatmap: bool, borrowed: bool = False) -> Header:
+    """The header of `render_answer`'s picture: title, legend of what is drawn, notes."""
+    return header_for(describe_selection(answer, pipeline.num_frames, pipeline.num_patches),
+                      marks=answer.kept_indices is not None, heatmap=heatmap,
+                      notes=answer_notes(pipeline, answer, heatmap=heatmap, borrowed=borrowed))
+
+
+def render_answer(
+    pipeline: Pipeline,
+    frames: Frames,
+    answer: Answer,
+    *,
+    cls_scores: torch.Tensor | None = None,
+    heatmap: bool = True,
+    layout: Layout = Layout(),
+) -> Image.Image:
+    """The picture for one answered sample, its header as tall as its text. The heatmap panels show
+    `cls_scores`, default `answer.cls_scores` (None for methods that do not compute them: pass
+    `heatmap_scores(pipeline, frames)`); `heatmap=False` leaves them out."""
+    grid_side, images, scores = _prepare(pipeline, frames, answer, cls_scores, heatmap)
+    header = answer_header(pipeline, answer, heatmap=scores is not None, borrowed=answer.cls_scores is None)
+    layout = layout.fit_header(header, len(images), images.shape[1])
+    return render_kept_tokens(images, answer.kept_indices, scores, grid_side, header.title,
+                              labels=_labels(frames, answer), layout=layout, notes=_notes(pipeline, answer, scores))
+
+
+def write_answer_animation(
+    path: str | os.PathLike,
+    pipeline: Pipeline,
+    frames: Frames,
+    answer: Answer,
+    *,
+    cls_scores: torch.Tensor | None = None,
+    heatmap: bool = True,
+    fps: float = 2.0,
+) -> Path:
+    """`render_answer`'s frames in motion (.gif or .mp4)."""
+    grid_side, images, scores = _prepare(pipeline, frames, answer, cls_scores, heatmap)
+    title = describe_selection(answer, pipeline.num_frames, pipeline.num_patches)
+    return write_kept_tokens_animation(path, images, answer.kept_indices, scores, grid_side, title, fps=fps,
+                                       labels=_labels(frames, answer), notes=_notes(pipeline, answer, scores))
+
+
+def heatmap_scores(pipeline: Pipeline, frames: Frames) -> torch.Tensor | None:
+    """[CLS] scores (T, N) for a method that did not compute them (random, none): one pass of a method that reads
+    them, at L = 0 (so the LLM prefill holds only the text); None when the encoder has no [CLS] token."""
+    from fastervlm.models.base import GenerationSettings
+
+    scoring = _cls_scoring_method()
+    if scoring is None:
+        return None
+    try:
+        answer = pipeline.answer_frames([frames], ["Describe the video."], pipeline.pruner(scoring, keep=0),
+                                        GenerationSettings(max_new_tokens=1))[0]
+    except UnsupportedModelError:
+        return None
+    return answer.cls_scores
+
+
+def _cls_scoring_method() -> str | None:
+    """A registered vision-stage method with a per-frame budget that reads [CLS] scores (the default one first)."""
+    from fastervlm.methods import default_method, list_methods
+    from fastervlm.methods.base import CLS_SCORES
+
+    methods = list_methods()
+    candidates = [default_method(True), *methods]
+    return next((name for name in candidates if methods[name].stage == "vision" and methods[name].budget == "per_frame"
+                 and CLS_SCORES in methods[name].inputs), None)
+
+
+def _notes(pipeline: Pipeline, answer: Answer, scores: torch.Tensor | None) -> list[str]:
+    return answer_notes(pipeline, answer, heatmap=scores is not None, borrowed=answer.cls_scores is None)
+
+
+def _prepare(pipeline: Pipeline, frames: Frames, answer: Answer, cls_scores: torch.Tensor | None,
+             heatmap: bool) -> tuple[int, np.ndarray, torch.Tensor | None]:
+    """Patches per side, the frames as the model saw them, and the scores to draw (None: no heatmap)."""
+    check_showable(answer.method.get("method", "?"))
+    grid_side = math.isqrt(pipeline.num_patches)
+    if grid_side * grid_side != pipeline.num_patches:
+        raise FasterVLMError(f"{pipeline.num_patches} patches per frame do not form a square grid; show cannot place them.")
+    scores = (answer.cls_scores if cls_scores is None else cls_scores) if heatmap else None
+    return grid_side, pipeline.display_frames(frames), scores
+
+
+def _labels(frames: Frames, answer: Answer) -> list[str]:
+    sources = frames.frame_indices or list(range(frames.pixels.shape[0]))
+    if answer.kept_indices is None:
+        return [f"frame {source}" for source in sources]
+    return [f"frame {source}: {len(kept)} kept" for source, kept in zip(sources, answer.kept_indices)]

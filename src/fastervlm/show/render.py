@@ -1,0 +1,192 @@
+"""The drawing itself, free of any model: frames, kept indices and [CLS] scores in, a PIL image (or an
+animation) out. The web page and `render_answer` call it with `Pipeline.display_frames(frames)` and an Answer's
+`kept_indices` / `cls_scores`."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fastervlm.errors import FasterVLMError
+from fastervlm.show.layout import Header, Layout, LegendItem, font
+from fastervlm.show.panels import draw_header, frame_panel, heatmap_panel
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+KEPT = LegendItem("kept patch (outlined)", "kept")
+PRUNED = LegendItem("pruned patch (greyed)", "pruned")
+HEAT = (LegendItem("[CLS] attention (panel below each frame), per frame:"), LegendItem("", "bar"))
+ANIMATION_WIDTH = 320
+"""An animation's frames are scaled to at least this many pixels wide."""
+
+
+def header_for(title: str | Sequence[str], *, marks: bool, heatmap: bool, notes: Sequence[str] = ()) -> Header:
+    """The title and a legend of what is drawn: the kept/pruned marks, the heatmap, then `notes`."""
+    legend = ([KEPT, PRUNED] if marks else []) + (list(HEAT) if heatmap else [])
+    return Header.of(title, [*legend, *(LegendItem(note) for note in notes)])
+
+
+@dataclass(frozen=True)
+class Drawing:
+    """Checked inputs of a picture: uint8 (T, S, S, 3) frames, kept indices per frame or None, (T, N) scores or
+    None, patches per side."""
+
+    frames: np.ndarray
+    kept: list[np.ndarray] | None
+    scores: np.ndarray | None
+    grid_side: int
+
+    @property
+    def count(self) -> int:
+        return self.frames.shape[0]
+
+    @property
+    def side(self) -> int:
+        return self.frames.shape[1]
+
+    def header(self, title: str | Sequence[str], notes: Sequence[str]) -> Header:
+        return header_for(title, marks=self.kept is not None, heatmap=self.scores is not None, notes=notes)
+
+    def one(self, t: int) -> Drawing:
+        """Frame t alone."""
+        return Drawing(self.frames[t : t + 1], None if self.kept is None else self.kept[t : t + 1],
+                       None if self.scores is None else self.scores[t : t + 1], self.grid_side)
+
+
+def render_kept_tokens(
+    frames: np.ndarray,
+    kept_indices: Sequence[Sequence[int]] | None,
+    cls_scores: np.ndarray | torch.Tensor | None,
+    grid_side: int,
+    title: str | Sequence[str] = "",
+    *,
+    labels: Sequence[str] | None = None,
+    layout: Layout = Layout(),
+    notes: Sequence[str] = (),
+) -> Image.Image:
+    """Draw the frames a model saw in a grid: each frame as it is, kept patches outlined, pruned ones greyed, and
+    under it (when `cls_scores` are given) its [CLS] heatmap panel; a header with the title and a legend.
+
+    frames: uint8 (T, S, S, 3), the pixels the model saw (`Pipeline.display_frames(frames)`).
+    kept_indices: per frame, the kept patch indices in raster order ([CLS] excluded; `Answer.kept_indices`), or
+        None to mark nothing (a method that merges patches).
+    cls_scores: (T, N) [CLS] attention per frame (`Answer.cls_scores`), normalised per frame for the colours, or
+        None for no heatmap panels.
+    grid_side: patches per side (N = grid_side ** 2; S must be a multiple of it).
+    title: phrases (or one string with " | " between them), each kept whole on one line of the header.
+    notes: more legend entries, e.g. what a merging method's tokens are.
+    The picture has exactly `layout.size(T, S, heatmap=cls_scores is not None)`; use `layout.fit_header(...)` for
+    a header strip as tall as its text (`render_answer` does).
+    """
+    drawing = _check_inputs(frames, kept_indices, cls_scores, grid_side)
+    labels = _default_labels(drawing) if labels is None else list(labels)
+    if len(labels) != drawing.count:
+        raise ValueError(f"{drawing.count} frames but {len(labels)} labels")
+    return _render(drawing, drawing.header(title, notes), labels, layout)
+
+
+def _render(drawing: Drawing, header: Header, labels: list[str], layout: Layout) -> Image.Image:
+    from PIL import Image, ImageDraw
+
+    heatmap = drawing.scores is not None
+    picture = Image.new("RGB", layout.size(drawing.count, drawing.side, heatmap), "white")
+    draw_header(picture, header, layout.gap, picture.width - 2 * layout.gap, layout.title_height)
+    draw = ImageDraw.Draw(picture)
+    for t in range(drawing.count):
+        kept = None if drawing.kept is None else drawing.kept[t]
+        left, top, right, _ = layout.tile_box(t, drawing.side, heatmap)
+        picture.paste(Image.fromarray(frame_panel(drawing.frames[t], kept, drawing.grid_side, layout.scale)), (left, top))
+        if heatmap:
+            panel = heatmap_panel(drawing.scores[t], kept, drawing.grid_side, right - left)
+            picture.paste(Image.fromarray(panel), layout.heatmap_box(t, drawing.side)[:2])
+        draw.text((left, top - layout.label_height + 2), labels[t], fill="black", font=font(13))
+    return picture
+
+
+def write_kept_tokens_animation(
+    path: str | os.PathLike,
+    frames: np.ndarray,
+    kept_indices: Sequence[Sequence[int]] | None,
+    cls_scores: np.ndarray | torch.Tensor | None,
+    grid_side: int,
+    title: str | Sequence[str] = "",
+    *,
+    fps: float = 2.0,
+    labels: Sequence[str] | None = None,
+    layout: Layout | None = None,
+    notes: Sequence[str] = (),
+) -> Path:
+    """The frames in motion, one picture per sampled frame (as `render_kept_tokens` draws one frame, at least
+    ANIMATION_WIDTH pixels wide, the header as tall as its text): an animated GIF (Pillow, loops) or an H.264 MP4
+    (PyAV), chosen by the file suffix."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".gif", ".mp4"):
+        raise FasterVLMError(f"cannot write an animation to {path}: use a .gif or .mp4 file name.")
+    if fps <= 0:
+        raise FasterVLMError(f"--fps must be above 0 (got {fps}).")
+    drawing = _check_inputs(frames, kept_indices, cls_scores, grid_side)
+    labels = _default_labels(drawing) if labels is None else list(labels)
+    header = drawing.header(title, notes)
+    layout = replace(layout or Layout(scale=max(1, math.ceil(ANIMATION_WIDTH / drawing.side))), columns=1)
+    layout = layout.fit_header(header, 1, drawing.side)
+    pictures = [_render(drawing.one(t), header, [labels[t]], layout) for t in range(drawing.count)]
+    if suffix == ".gif":
+        pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=round(1000 / fps), loop=0)
+    else:
+        _write_mp4(path, pictures, fps)
+    return path
+
+
+def _write_mp4(path: Path, pictures: list[Image.Image], fps: float) -> None:
+    """H.264 yuv420p (even sizes: padded with white) at `fps`, playable in browsers."""
+    from fractions import Fraction
+
+    import av
+
+    width, height = pictures[0].width + pictures[0].width % 2, pictures[0].height + pictures[0].height % 2
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for picture in pictures:
+            canvas = np.full((height, width, 3), 255, dtype=np.uint8)
+            canvas[: picture.height, : picture.width] = np.asarray(picture)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(canvas, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def _check_inputs(frames: np.ndarray, kept_indices: Sequence[Sequence[int]] | None, cls_scores: Any,
+                  grid_side: int) -> Drawing:
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[1] != frames.shape[2] or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 (T, S, S, 3), got {frames.dtype} {frames.shape}")
+    count, side = frames.shape[:2]
+    if grid_side < 1 or side % grid_side:
+        raise ValueError(f"the frame side {side} is not a multiple of the patch grid side {grid_side}")
+    patches = grid_side * grid_side
+    kept = None
+    if kept_indices is not None:
+        if len(kept_indices) != count:
+            raise ValueError(f"{count} frames but kept indices for {len(kept_indices)}")
+        kept = [np.asarray(list(k), dtype=np.int64) for k in kept_indices]
+        if any(k.size and (k.min() < 0 or k.max() >= patches) for k in kept):
+            raise ValueError(f"kept indices must lie in 0..{patches - 1}")
+    scores = None
+    if cls_scores is not None:
+        scores = cls_scores.detach().float().cpu().numpy() if hasattr(cls_scores, "detach") else np.asarray(cls_scores, dtype=np.float32)
+        if scores.shape != (count, patches):
+            raise ValueError(f"cls_scores must be ({count}, {patches}), got {scores.shape}")
+    return Drawing(frames, kept, scores, grid_side)
+
+
+def _default_labels(drawing: Drawing) -> list[str]:
+    kept = drawing.kept
+    return [f"frame {t}" + ("" if kept is None else f": {len(kept[t])} kept") for t in range(drawing.count)]
