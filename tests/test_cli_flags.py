@@ -90,7 +90,7 @@ def test_methods_command_prints_what_each_method_declares(capsys) -> None:
     for name, cls in list_methods().items():
         block = blocks[name]
         where = block.splitlines()[0][11:33].strip()
-        if cls.baseline or cls.budget == "none":
+        if cls.baseline or cls.budget == "unbudgeted":
             assert where == "—  keeps every token" and "before the projector" not in block
         else:
             assert where == {"vision": "before the projector", "llm": "inside the LLM"}[cls.stage]

@@ -15,7 +15,7 @@ from fastervlm.models.base import GenerationSettings
 
 SHORT = GenerationSettings(max_new_tokens=4)
 QUESTIONS = ["What is moving?", "Which colour is the square in the top left corner of the picture?"]
-PRUNING = sorted(name for name, cls in list_methods().items() if cls.budget != "none")
+PRUNING = sorted(name for name, cls in list_methods().items() if cls.budget != "unbudgeted")
 
 
 def _pixels(pipeline, seed: int) -> torch.Tensor:

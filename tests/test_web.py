@@ -216,7 +216,7 @@ def test_the_page_asks_the_registry(tiny_pipeline) -> None:
     assert asking.typical_budgets(64) == {asking.BUDGET_REDUCTION: 0.9, asking.BUDGET_KEEP: 6, asking.BUDGET_NONE: None}
     assert asking.typical_budgets(256)[asking.BUDGET_KEEP] == 26
     for name, cls in list_methods().items():
-        assert asking.keeps_every_token(name) == (cls.budget == "none")
+        assert asking.keeps_every_token(name) == (cls.budget == "unbudgeted")
         assert create_pruner(name, **asking.method_defaults(name)).settings()["method"] == name
     pytest.importorskip("gradio", reason='needs the [web] extra: pip install "fastervlm[web]"')
     from fastervlm.web.app import default_configurations

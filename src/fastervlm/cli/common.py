@@ -194,7 +194,7 @@ def _note_no_budget(method: str | None) -> None:
 
     from fastervlm.methods import get_method
 
-    if method is not None and get_method(method).budget != "none":
+    if method is not None and get_method(method).budget != "unbudgeted":
         print(f"fastervlm: note: --method {method} without --keep or --reduction keeps every visual token "
               "(no pruning); add e.g. --reduction 0.9.", file=sys.stderr)
 

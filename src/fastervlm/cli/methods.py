@@ -28,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def where(cls: type) -> str:
     """Where a method acts: its stage's attach point, or none for a method that keeps every token."""
-    return NO_ATTACH_POINT if cls.baseline or cls.budget == "none" else WHERE[cls.stage]
+    return NO_ATTACH_POINT if cls.baseline or cls.budget == "unbudgeted" else WHERE[cls.stage]
 
 
 def describe(name: str, cls: type) -> list[str]:

@@ -13,7 +13,7 @@ from fastervlm.methods.registry import register
 @dataclass
 class NoPruning(VisionPruner):
     name = "none"
-    budget = "none"
+    budget = "unbudgeted"
     baseline = True
     summary = "no pruning: all patches of all frames reach the LLM"
 

@@ -89,7 +89,7 @@ def keeps_every_token(name: str) -> bool:
     """Whether a method takes no budget (the baseline): the page then sets its budget to "no budget"."""
     from fastervlm.methods import get_method
 
-    return get_method(name).budget == "none"
+    return get_method(name).budget == "unbudgeted"
 
 
 def typical_budgets(num_patches: int) -> dict[str, float | None]:
