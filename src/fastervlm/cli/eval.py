@@ -11,12 +11,11 @@ import sys
 from pathlib import Path
 
 from fastervlm.cli.common import add_generation_arguments, add_method_arguments, add_model_arguments
-
-BENCHMARK_NAMES = ("tgif", "msvd", "msrvtt", "activitynet")
-"""Also in fastervlm.eval.benchmarks.BENCHMARKS (not imported here to keep --help cheap); a test keeps them equal."""
+from fastervlm.eval.benchmarks import benchmark_names  # the packaged benchmark files: cheap, no torch
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    names = benchmark_names()
     parser = subparsers.add_parser(
         "eval", help="video-QA evaluation: predict, judge, report, compare, sweep",
         description="Rebuild the seed's results table: predict answers on TGIF/MSVD/MSRVTT/ActivityNet-QA "
@@ -28,7 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                   "where a previous run stopped. Under torchrun every rank takes its own shard.")
     _add_data_arguments(predict)
     predict.add_argument("--benchmark", required=True, action="append",
-                         help=f"{', '.join(BENCHMARK_NAMES)} or a .json/.toml benchmark file (repeatable)")
+                         help=f"{', '.join(names)} or a .json/.toml benchmark file (repeatable)")
     add_model_arguments(predict)
     add_method_arguments(predict)
     add_generation_arguments(predict)
@@ -67,7 +66,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                 description="Run the unpruned baseline and every method at every reduction on every "
                                 "benchmark with one loaded model, then judge and report. Resumes like predict.")
     _add_data_arguments(sweep)
-    sweep.add_argument("--benchmarks", default=",".join(BENCHMARK_NAMES), help="comma-separated (default: all four)")
+    sweep.add_argument("--benchmarks", default=",".join(names), help="comma-separated (default: all four)")
     add_model_arguments(sweep)
     sweep.add_argument("--methods", default="fastervlm", help="comma-separated method names (default %(default)s)")
     sweep.add_argument("--reductions", default="0.5,0.75,0.9,0.95", help="comma-separated (default %(default)s)")
