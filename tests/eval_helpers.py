@@ -106,3 +106,51 @@ def write_benchmark(data_root: Path, ids: list[str], folder: str = "MSVD_Zero_Sh
     for i in ids:
         if i not in missing:
             (root / video_dir / f"{prefix}vid_{i}.mp4").write_bytes(b"bad" if i in bad else b"ok")
+
+
+# A handful of made-up items per built-in benchmark, in the real files' schema (spec 6.1): test_q entries
+# {video_name, question, question_id}, test_a entries {answer, type, question_id}; question ids "v_<video>_<n>";
+# several questions per video where the real subsets have them. (video, n, question, answer, type)
+SAMPLE_ITEMS: dict[str, list[tuple[str, int, str, str, int]]] = {
+    "tgif": [
+        ("tumblr_sample0a1b2c3d4_250", 0, "What does the bird do 4 times ?", "flap wings", 3),
+        ("tumblr_sample1e5f6g7h8_250", 0, "What does the woman do 2 times ?", "nod head", 3),
+        ("tumblr_sample2i9j0k1l2_250", 0, "What does the dog do 3 times ?", "jump", 3),
+        ("tumblr_sample3m3n4o5p6_400", 0, "What does the man do 10 or more than 10 times ?", "clap hand", 3),
+    ],
+    "msvd": [
+        ("sAmPle0Xy_Z_12_20", 0, "who is slicing an onion?", "woman", 3),
+        ("sAmPle0Xy_Z_12_20", 1, "what is a woman slicing?", "onion", 3),
+        ("sAmPle1Qr-w_3_9", 0, "what is a cat playing with?", "ball", 3),
+        ("sAmPle1Qr-w_3_9", 1, "who plays with a ball?", "cat", 3),
+    ],
+    "msrvtt": [
+        ("video9901", 0, "what is the video doing?", "cook", 3),
+        ("video9901", 1, "who is in the kitchen?", "man", 3),
+        ("video9902", 0, "what is a person riding?", "bicycle", 3),
+        ("video9903", 0, "what are the people doing?", "dance", 3),
+    ],
+    "activitynet": [
+        ("sAmPle4AbCd", 3, "is the athlete wearing a hat", "no", 3),
+        ("sAmPle5EfGh", 2, "what is the person in red doing", "surfing", 7),
+        ("sAmPle6IjKl", 10, "is the dog indoors", "yes", 3),
+        ("sAmPle5EfGh", 5, "how many people are in the video", "2", 8),
+    ],
+}
+
+
+def write_sample_benchmarks(data_root: Path) -> dict[str, list[dict[str, Any]]]:
+    """test_q_1k.json + test_a_1k.json for each built-in benchmark under `data_root` (no videos); the question
+    entries by benchmark name."""
+    from fastervlm.eval.benchmarks import BENCHMARKS
+
+    written = {}
+    for name, rows in SAMPLE_ITEMS.items():
+        folder = data_root / BENCHMARKS[name].folder
+        folder.mkdir(parents=True, exist_ok=True)
+        questions = [{"video_name": v, "question": q, "question_id": f"v_{v}_{n}"} for v, n, q, _, _ in rows]
+        answers = [{"answer": a, "type": t, "question_id": f"v_{v}_{n}"} for v, n, _, a, t in rows]
+        (folder / "test_q_1k.json").write_text(json.dumps(questions))
+        (folder / "test_a_1k.json").write_text(json.dumps(answers))
+        written[name] = questions
+    return written

@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from eval_helpers import SAMPLE_ITEMS
 
 from fastervlm.errors import FasterVLMError
 from fastervlm.eval.benchmarks import BENCHMARKS, get_benchmark, load_items, video_path
@@ -104,12 +105,36 @@ def test_an_empty_question_file_fails_predict_before_any_run_is_made(tmp_path: P
 
 
 @pytest.mark.parametrize("name", list(BENCHMARKS))
+def test_sample_files_in_the_real_schema_load_and_match(name: str, sample_data_root: Path) -> None:
+    loaded = load_items(BENCHMARKS[name], sample_data_root)
+    rows = SAMPLE_ITEMS[name]
+    assert [(i.id, i.video_name, i.question, i.answer) for i in loaded.items] == [
+        (f"v_{v}_{n}", v, q, a) for v, n, q, a, _ in rows]
+    assert loaded.files["questions"].endswith(f"{BENCHMARKS[name].folder}/test_q_1k.json")
+
+
+@pytest.mark.shared_data("FASTERVLM_SHARED_BENCHMARKS")
+@pytest.mark.parametrize("name", list(BENCHMARKS))
 def test_shared_1k_files_load_and_match(name: str, shared_benchmarks: Path) -> None:
     loaded = load_items(BENCHMARKS[name], shared_benchmarks)
     assert len(loaded.items) == 1000
     assert len({i.id for i in loaded.items}) == 1000
     raw_a = {a["question_id"]: a["answer"] for a in json.loads(Path(loaded.files["answers"]).read_text())}
     assert all(item.answer == raw_a[item.id] for item in loaded.items)
+
+
+@pytest.mark.shared_data("FASTERVLM_SHARED_BENCHMARKS")
+@pytest.mark.parametrize("name", list(BENCHMARKS))
+def test_the_sample_files_have_the_real_files_schema(name: str, shared_benchmarks: Path, sample_data_root: Path) -> None:
+    """The generated samples stay true to the real files: the same keys and value types, the same id rule."""
+    def shape(path: Path) -> set[tuple[tuple[str, str], ...]]:
+        return {tuple(sorted((k, type(v).__name__) for k, v in entry.items())) for entry in json.loads(path.read_text())}
+
+    for file in ("test_q_1k.json", "test_a_1k.json"):
+        real, sample = (root / BENCHMARKS[name].folder / file for root in (shared_benchmarks, sample_data_root))
+        assert shape(sample) <= shape(real), file
+    real_q = json.loads((shared_benchmarks / BENCHMARKS[name].folder / "test_q_1k.json").read_text())
+    assert all(q["question_id"].startswith(f"v_{q['video_name']}_") for q in real_q)
 
 
 def test_answers_are_matched_by_id_not_position(tmp_path: Path) -> None:

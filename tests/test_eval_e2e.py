@@ -1,6 +1,6 @@
-"""End to end on the tiny checkpoint: synthetic videos named after real items of ../shared/benchmarks,
-predict -> judge (scripted local server) -> report through the CLI, a sweep that resumes everything, and
-torchrun with 2 CPU processes against 1 process."""
+"""End to end on the tiny checkpoint: synthetic videos named after the items of generated benchmark files (the
+real schema, tests/eval_helpers.SAMPLE_ITEMS), predict -> judge (scripted local server) -> report through the
+CLI, a sweep that resumes everything, and torchrun with 2 CPU processes against 1 process."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from eval_helpers import SAMPLE_ITEMS, write_sample_benchmarks
 from fake_openai_server import FakeOpenAI, Reply
 
 from fastervlm.cli import main
@@ -19,22 +20,19 @@ from fastervlm.eval.benchmarks import BENCHMARKS
 from fastervlm.eval.rundir import RunDir, find_runs
 
 LIMIT = 3
-MISSING = "tumblr_nqfhegeUAz1uz0hico1_250"  # TGIF's 3rd item: its video is left out on purpose
+MISSING = SAMPLE_ITEMS["tgif"][2][0]  # TGIF's 3rd item: its video is left out on purpose
 COMMON = ["--limit", str(LIMIT), "--device", "cpu", "--max-new-tokens", "4", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
-def data_root(shared_benchmarks: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shared question/answer files (linked, not copied) plus synthetic videos for their first items."""
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Generated question/answer files plus synthetic videos for their first items."""
     from fastervlm.media import write_synthetic_video
 
     root = tmp_path_factory.mktemp("data")
+    questions_by_benchmark = write_sample_benchmarks(root)
     for seed, bench in enumerate(BENCHMARKS.values()):
-        folder = root / bench.folder
-        folder.mkdir()
-        for name in ("test_q_1k.json", "test_a_1k.json"):
-            (folder / name).symlink_to(shared_benchmarks / bench.folder / name)
-        questions = json.loads((folder / "test_q_1k.json").read_text())[:LIMIT]
+        questions = questions_by_benchmark[bench.name][:LIMIT]
         videos = bench.videos(root)
         videos.mkdir(parents=True)
         extension = ".mkv" if bench.name == "activitynet" else ".mp4"
