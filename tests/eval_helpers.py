@@ -3,12 +3,21 @@ Pipeline, benchmark folders with stand-in videos."""
 
 from __future__ import annotations
 
+import builtins
+import errno
+import io
 import json
+import os
+import shutil
+import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from unittest import mock
 
 from fastervlm.eval.rundir import JsonlAppender, RunDir
 
@@ -154,3 +163,74 @@ def write_sample_benchmarks(data_root: Path) -> dict[str, list[dict[str, Any]]]:
         (folder / "test_a_1k.json").write_text(json.dumps(answers))
         written[name] = questions
     return written
+
+
+@contextmanager
+def unwritable(path: Path, how: str = "real") -> Iterator[str]:
+    """Make `path` and everything below it refuse writes; yields what was done, so a test says what it checked.
+
+    how="real": `chmod -R a-w` when not root; as root (which ignores modes) `chattr -R +i`, a real refusal by the
+    kernel (EPERM). Where neither works (no chattr, or a file system without the attribute) this falls back to
+    the simulation and says so. how="simulated": the os/io calls that create or change files under `path` raise
+    OSError(EROFS), as on a read-only mount (mounting one needs privileges tests do not have).
+    """
+    path = Path(path).resolve()
+    if how == "real" and os.geteuid() != 0:
+        subprocess.run(["chmod", "-R", "a-w", str(path)], check=True)
+        try:
+            yield "read-only folder (chmod a-w, non-root)"
+        finally:
+            subprocess.run(["chmod", "-R", "u+w", str(path)], check=True)
+        return
+    if how == "real" and shutil.which("chattr") and subprocess.run(["chattr", "-R", "+i", str(path)],
+                                                                   capture_output=True).returncode == 0:
+        try:
+            yield "immutable folder (chattr +i as root)"
+        finally:
+            subprocess.run(["chattr", "-R", "-i", str(path)], check=True)
+        return
+    with _simulated_read_only(path):
+        yield "simulated read-only file system (EROFS from patched os/io calls)"
+
+
+@contextmanager
+def _simulated_read_only(root: Path) -> Iterator[None]:
+    def under(target: Any) -> bool:
+        if isinstance(target, int):
+            return False  # a file descriptor
+        resolved = Path(os.path.abspath(os.fspath(target)))
+        return resolved == root or root in resolved.parents
+
+    def refuse(target: Any) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(target))
+
+    def guard(real: Any, *, writes: Any = lambda *a, **k: True) -> Any:
+        def call(target: Any, *args: Any, **kwargs: Any) -> Any:
+            if under(target) and writes(*args, **kwargs):
+                refuse(target)
+            return real(target, *args, **kwargs)
+        return call
+
+    def guard_both(real: Any) -> Any:  # link/replace/rename: the destination decides
+        def call(src: Any, dst: Any, *args: Any, **kwargs: Any) -> Any:
+            if under(dst) or under(src):
+                refuse(dst)
+            return real(src, dst, *args, **kwargs)
+        return call
+
+    def open_writes(mode: str = "r", *args: Any, **kwargs: Any) -> bool:
+        return any(c in mode for c in "wax+")
+
+    def os_open_writes(flags: int, *args: Any, **kwargs: Any) -> bool:
+        return bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC))
+
+    with ExitStack() as stack:
+        for name in ("mkdir", "unlink", "rmdir"):
+            stack.enter_context(mock.patch.object(os, name, guard(getattr(os, name))))
+        for name in ("link", "replace", "rename"):
+            stack.enter_context(mock.patch.object(os, name, guard_both(getattr(os, name))))
+        stack.enter_context(mock.patch.object(os, "open", guard(os.open, writes=os_open_writes)))
+        real_open = builtins.open
+        stack.enter_context(mock.patch.object(builtins, "open", guard(real_open, writes=open_writes)))
+        stack.enter_context(mock.patch.object(io, "open", guard(real_open, writes=open_writes)))
+        yield
