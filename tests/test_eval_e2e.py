@@ -78,26 +78,24 @@ def test_predict_judge_report(data_root: Path, tiny_checkpoint: Path, tiny_pipel
         assert calls == 2 * (4 * LIMIT - 1)  # two runs, every item except the missing video
         assert main(["eval", "judge", str(runs), *cache, "--no-progress"]) == 0
         assert len(server.calls) == calls  # all cached
-    capsys.readouterr()
-    assert main(["eval", "report", str(runs), "--out", str(tmp_path / "report")]) == 0
-    table = capsys.readouterr().out
-    tokens_full, tokens_pruned = frames * n, frames * round(n * 0.1)
-    # every benchmark: 1 yes of 3 (TGIF: of 2 predicted, its missing video is flagged)
-    assert f"| none | {tokens_full} | 50.0† | 2.50† | 33.3 | 2.00 | 33.3 | 2.00 | 33.3 | 2.00 | 100.00% | 100.00% |" in table
-    assert f"| fastervlm_r0.9 | {tokens_pruned} | 50.0† |" in table
-    assert "tgif / none: 1 prediction errors" in table
-    assert (tmp_path / "report" / "report.png").is_file()
-    report = json.loads((tmp_path / "report" / "report.json").read_text())
-    assert {r["benchmark"]: r["errors"] for r in report["runs"] if r["row"] == "none"} == {
-        "tgif": 1, "msvd": 0, "msrvtt": 0, "activitynet": 0}
+        capsys.readouterr()
+        assert main(["eval", "report", str(runs), "--out", str(tmp_path / "report")]) == 0
+        table = capsys.readouterr().out
+        tokens_full, tokens_pruned = frames * n, frames * round(n * 0.1)
+        # every benchmark: 1 yes of 3 (TGIF: of 2 predicted, its missing video is flagged)
+        assert f"| none | {tokens_full} | 50.0† | 2.50† | 33.3 | 2.00 | 33.3 | 2.00 | 33.3 | 2.00 | 100.00% | 100.00% |" in table
+        assert f"| fastervlm_r0.9 | {tokens_pruned} | 50.0† |" in table
+        assert "tgif / none: 1 prediction errors" in table
+        assert (tmp_path / "report" / "report.png").is_file()
+        report = json.loads((tmp_path / "report" / "report.json").read_text())
+        assert {r["benchmark"]: r["errors"] for r in report["runs"] if r["row"] == "none"} == {
+            "tgif": 1, "msvd": 0, "msrvtt": 0, "activitynet": 0}
 
-    # A sweep over the same grid finds every run finished and every judgment cached.
-    with FakeOpenAI() as server:
-        _judge_env(monkeypatch, server)
+        # A sweep over the same grid with the same judge finds every run finished and every judgment cached.
         sweep = ["eval", "sweep", "--data-root", str(data_root), "--model", str(tiny_checkpoint), "--out", str(runs),
                  "--reductions", "0.9", "--cache-dir", str(tmp_path / "cache"), *COMMON]
         assert main(sweep) == 0
-        assert len(server.calls) == 0
+        assert len(server.calls) == calls
     err = capsys.readouterr().err
     assert "0 answered" in err and "3 already done" in err
     assert (runs / "report.md").is_file()

@@ -111,14 +111,15 @@ def test_an_unparsable_item_fails_after_max_attempts_with_its_raw_text(tmp_path:
         lines: list[str] = []
         with pytest.raises(FasterVLMError, match="1 items are still unjudged"):
             _judge([run], _settings(server, tmp_path, max_attempts=3), lines)
-        calls = len(server.calls)
+        calls, port = len(server.calls), server.port
     assert calls == 5 + 3
     failed = read_judgments(run, "gpt-3.5-turbo")["q2"]
     assert (failed["valid"], failed["reply"], failed["attempts"]) == (False, "no idea", 3)
+    assert failed["replies"] == ["no idea"] * 3
     assert "not a dict" in failed["error"]
     assert any("1 failed" in line for line in lines)
-    # The failure is not cached: the next run asks again (and now gets an answer).
-    with FakeOpenAI() as server:
+    # The failure is not cached: the next run asks again (and now gets an answer), at the same address.
+    with FakeOpenAI(port=port) as server:
         summary, = _judge([run], _settings(server, tmp_path))
         assert (summary.cached, summary.judged, len(server.calls)) == (5, 1, 1)
 

@@ -9,6 +9,7 @@ calls under the folder fail with EROFS, as a read-only mount would (tests cannot
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,62 @@ def test_a_read_only_run_with_work_left_names_the_folder_and_the_fix(tmp_path: P
         _predict(tmp_path, tmp_path / "runs")
     assert str(err.value).startswith(f"cannot write in {run.path / 'predictions'} ("), what
     assert f"make {run.path} writable" in str(err.value)
+
+
+def _judge_cli(paths: list[Path], server, tmp_path: Path, monkeypatch, *extra: str) -> int:
+    from fastervlm.cli import main
+
+    monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    return main(["eval", "judge", *map(str, paths), "--no-progress", *extra])
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_judging_a_read_only_run_names_the_folder_before_any_call(tmp_path: Path, how: str, monkeypatch, capsys) -> None:
+    from eval_helpers import make_run
+    from fake_openai_server import FakeOpenAI
+
+    run = make_run(tmp_path / "runs" / "run", {"q0": ("a", "a"), "q1": ("b", "c")})
+    with FakeOpenAI() as server, unwritable(run.path, how) as what:
+        code = _judge_cli([run.path], server, tmp_path, monkeypatch, "--cache-dir", str(tmp_path / "cache"))
+        assert server.calls == [], what
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    expected = (f"fastervlm: error: cannot write in {run.judge_dir('gpt-3.5-turbo')} (REASON): make {run.path} "
+                f"writable (chmod -R u+w {run.path}), or judge a writable copy of it.")
+    assert re.fullmatch(re.escape(expected).replace("REASON", "[^()]+"), err.strip()), err
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_a_read_only_judge_cache_is_named_before_any_call(tmp_path: Path, how: str, monkeypatch, capsys) -> None:
+    from eval_helpers import make_run
+    from fake_openai_server import FakeOpenAI
+
+    run = make_run(tmp_path / "runs" / "run", {"q0": ("a", "a")})
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    with FakeOpenAI() as server, unwritable(cache, how) as what:
+        code = _judge_cli([run.path], server, tmp_path, monkeypatch, "--cache-dir", str(cache))
+        assert server.calls == [], what
+    err = capsys.readouterr().err
+    assert code == 2 and f"cannot write in {cache} (" in err and "pass --cache-dir a writable folder" in err
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_a_report_on_a_read_only_runs_folder_prints_the_table_and_offers_out(tmp_path: Path, how: str, capsys) -> None:
+    from eval_helpers import make_run
+
+    from fastervlm.cli import main
+
+    runs = tmp_path / "runs"
+    make_run(runs / "tiny/msvd/none", {"q0": ("a", "a"), "q1": ("b", "c")})
+    with unwritable(runs, how) as what:
+        code = main(["eval", "report", str(runs), "--no-plot"])
+    out, err = capsys.readouterr()
+    assert code == 2, what
+    assert "| tiny | none |" in out  # the table anyway
+    assert err.startswith(f"fastervlm: error: cannot write in {runs} (") and err.count("\n") == 1
+    assert "the table above is complete; pass --out a writable folder" in err
+    assert not (runs / "report.md").exists()
+    assert main(["eval", "report", str(runs), "--no-plot", "--out", str(tmp_path / "elsewhere")]) == 0
+    assert (tmp_path / "elsewhere" / "report.md").is_file()
