@@ -110,6 +110,21 @@ def test_a_different_configuration_is_refused_by_the_cli(data_root: Path, tiny_c
     assert "method.reduction: 0.5 in the run directory, 0.75 now" in capsys.readouterr().err
 
 
+def test_a_larger_limit_grows_the_run_through_the_cli(data_root: Path, tiny_checkpoint: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    run = ["eval", "predict", "--benchmark", "msrvtt", "--data-root", str(data_root), "--model", str(tiny_checkpoint),
+           "--run-dir", str(tmp_path / "run"), "--device", "cpu", "--max-new-tokens", "4", "--no-progress"]
+    assert main([*run, "--limit", "2"]) == 0
+    first = RunDir(tmp_path / "run").predictions()
+    assert main([*run, "--limit", "3"]) == 0
+    assert "1 answered, 0 errors, 2 already done (of 3 in this shard)" in capsys.readouterr().err
+    grown = RunDir(tmp_path / "run").predictions()
+    assert list(grown) == [q["question_id"] for q in json.loads((data_root / "MSRVTT_Zero_Shot_QA" / "test_q_1k.json").read_text())[:3]]
+    assert {i: grown[i] for i in first} == first  # what was predicted stays as it was
+    assert main([*run, "--limit", "1"]) == 2
+    assert "holds a run of 3 items and this command asks for its first 1: a run is never shrunk" in capsys.readouterr().err
+
+
 def test_judge_without_a_server_fails_loudly(data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                              capsys: pytest.CaptureFixture) -> None:
     from eval_helpers import make_run
