@@ -175,15 +175,15 @@ def _stderr(text: str) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from fastervlm.cli.common import generation_settings, load_model, method_settings
+    from fastervlm.cli.common import generation_settings, load_model, method_settings, split_list
     from fastervlm.errors import FasterVLMError
     from fastervlm.eval.predict import distributed, predict_items, prepare_run, rank_device
 
-    loaded = _load_benchmarks(args.benchmark, args.data_root, args.limit, "--benchmark")  # bad data fails before the model loads
-    if args.run_dir and len(loaded) > 1:
-        raise FasterVLMError("--run-dir names one run: give one --benchmark with it, or use --out.")
     if args.prefetch < 0:
         raise FasterVLMError(f"--prefetch is a number of videos decoded ahead: 0 or more (got {args.prefetch}).")
+    if args.run_dir and len(split_list(args.benchmark)) > 1:
+        raise FasterVLMError("--run-dir names one run: give one --benchmark with it, or use --out.")
+    loaded = _load_benchmarks(args.benchmark, args.data_root, args.limit, "--benchmark")  # bad data fails before the model loads
     method, settings = method_settings(args)
     generation = generation_settings(args)
     with distributed() as rank:
