@@ -124,8 +124,9 @@ class RunDir:
         """Record the configuration (True), or check it against the recorded one (False): a different
         configuration is refused, more items than recorded grow the run (`grow`), fewer or other items are refused.
         Nothing is written when the run folder already holds exactly this (a read-only folder can be resumed)."""
-        fix = "choose a writable --out (or --run-dir), or make this folder writable."
         if not self.exists():
+            existing = next(p for p in (self.path, *self.path.parents) if p.exists())
+            fix = f"choose a writable --out (or --run-dir), or make {existing} writable."
             with writing(self.path, fix):
                 create_json_once(self.path / ITEMS_FILE, items)
                 if create_json_once(self.config_file, config):

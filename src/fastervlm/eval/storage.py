@@ -23,7 +23,7 @@ from fastervlm.errors import FasterVLMError
 _REASONS = {
     errno.EROFS: "read-only file system",
     errno.EACCES: "permission denied",
-    errno.EPERM: "operation not permitted; is it immutable? lsattr shows an i",
+    errno.EPERM: "operation not permitted: is it immutable? see lsattr",
     errno.ENOSPC: "no space left on the device",
     errno.EDQUOT: "disk quota exceeded",
 }
