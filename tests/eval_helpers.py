@@ -62,9 +62,15 @@ class FakeGeneration:
 class FakePruner:
     method: str = "none"
     reduction: float | None = None
+    keep: int | None = None
 
     def settings(self) -> dict[str, Any]:
-        return {"method": self.method, "keep": None, "reduction": self.reduction}
+        return {"method": self.method, "keep": self.keep, "reduction": self.reduction}
+
+    def per_frame_budget(self, num_patches: int) -> int:
+        from fastervlm.selection import resolve_keep
+
+        return resolve_keep(num_patches, self.keep, self.reduction)
 
 
 class FakePipeline:
@@ -72,6 +78,7 @@ class FakePipeline:
     a video whose bytes are b"bad" fails to decode. `delay` seconds per answer (for kill tests)."""
 
     num_frames = 2
+    num_patches = 16
 
     def __init__(self, root: Path, delay: float = 0.0) -> None:
         self.path = root / "fake-model"

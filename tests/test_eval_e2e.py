@@ -125,6 +125,16 @@ def test_a_larger_limit_grows_the_run_through_the_cli(data_root: Path, tiny_chec
     assert "holds a run of 3 items and this command asks for its first 1: a run is never shrunk" in capsys.readouterr().err
 
 
+def test_a_budget_out_of_range_stops_predict_instead_of_an_error_per_item(data_root: Path, tiny_checkpoint: Path,
+                                                                          tiny_pipeline, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    too_many = tiny_pipeline.num_patches + 1
+    assert main(["eval", "predict", "--benchmark", "msvd", "--data-root", str(data_root), "--model", str(tiny_checkpoint),
+                 "--run-dir", str(tmp_path / "run"), "--keep", str(too_many), *COMMON]) == 2
+    assert f"--keep must be a whole number of patches per frame between 0 and {tiny_pipeline.num_patches}" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_judge_without_a_server_fails_loudly(data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                              capsys: pytest.CaptureFixture) -> None:
     from eval_helpers import make_run

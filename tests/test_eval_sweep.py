@@ -117,3 +117,16 @@ def test_a_missing_judge_key_fails_before_any_prediction(tmp_path: Path, monkeyp
     with pytest.raises(FasterVLMError, match="OPENAI_API_KEY"):
         run_sweep(plan, lambda device: loaded.append(device) or FakePipeline(tmp_path), progress=False)
     assert loaded == [] and not (tmp_path / "runs").exists()
+
+
+def test_a_budget_the_model_cannot_keep_fails_before_any_run_is_made(tmp_path: Path) -> None:
+    from fastervlm.errors import BudgetError
+    from fastervlm.eval.sweep import sweep_predict
+
+    write_benchmark(tmp_path / "data", IDS)
+    loaded = [load_items(BENCHMARKS["msvd"], tmp_path / "data")]
+    pipe = FakePipeline(tmp_path)  # 16 patches per frame
+    with pytest.raises(BudgetError, match="between 0 and 16"):
+        sweep_predict(pipe, loaded, tmp_path / "data", [Cell("fastervlm", {"keep": 17})], FakeGeneration(),
+                      out=tmp_path / "runs", progress=False)
+    assert pipe.answered == [] and not (tmp_path / "runs").exists()

@@ -190,6 +190,7 @@ def run_predict(args: argparse.Namespace) -> int:
         args.device = rank_device(args.device)
         pipeline = load_model(args)
         pruner = pipeline.pruner(method, **settings)
+        pruner.per_frame_budget(pipeline.num_patches)  # a budget out of range fails here, not as an error per item
         for benchmark in loaded:
             run = prepare_run(pipeline, benchmark, args.data_root, pruner, generation, flip=args.flip, out=args.out,
                               run_dir=args.run_dir, tag=args.tag)

@@ -71,6 +71,8 @@ def sweep_predict(
     runs, summaries = [], []
     pruners = [pipeline.pruner(cell.method, **cell.settings) for cell in cells]  # bad settings fail before any work
     for pruner in pruners:
+        pruner.per_frame_budget(pipeline.num_patches)  # a budget this model cannot keep, too (not an error per item)
+    for pruner in pruners:
         for loaded in benchmarks:
             run = prepare_run(pipeline, loaded, data_root, pruner, generation, flip=flip, out=out, tag=tag)
             summaries.append(predict_items(pipeline, run, loaded, data_root, pruner, generation, flip=flip,
