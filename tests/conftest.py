@@ -20,8 +20,12 @@ os.environ["FASTERVLM_CACHE"] = str(CACHE)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(CACHE, ignore_errors=True)
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-
+SHARED_BENCHMARKS_ENV = "FASTERVLM_SHARED_BENCHMARKS"
+"""Opt-in: a folder with the seed's real 1K question/answer files (TGIF_Zero_Shot_QA/, ...); tests marked
+shared_data(SHARED_BENCHMARKS_ENV) run only when it is set. `.ci/run` sets it when ../shared/benchmarks is beside
+the checkout."""
+SHARED_SPEC_ENV = "FASTERVLM_SHARED_SPEC"
+"""Opt-in: the path of fastervlm-video-spec.md, to compare the judge prompt with the spec's text."""
 
 @pytest.fixture(scope="session")
 def tiny_root() -> Path:
@@ -53,10 +57,39 @@ def synthetic_video(tiny_root: Path) -> Path:
     return write_synthetic_video(tiny_root / "synthetic.mp4")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "shared_data(variable): needs files outside the repository, named by the "
+                            "environment variable; deselected (not skipped) when the variable is unset")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Opt-in tests leave the default run without a skip: nothing outside the repository is needed."""
+    opted_out = [item for item in items
+                 if (mark := item.get_closest_marker("shared_data")) is not None and not os.environ.get(mark.args[0])]
+    if opted_out:
+        config.hook.pytest_deselected(items=opted_out)
+        items[:] = [item for item in items if item not in opted_out]
+
+
+def shared_path(variable: str) -> Path:
+    """The opt-in path an environment variable names; a set variable that names nothing is an error, not a skip."""
+    path = Path(os.environ[variable]).expanduser()
+    if not path.exists():
+        pytest.fail(f"{variable}={path} does not exist: unset it, or point it at the real files")
+    return path
+
+
 @pytest.fixture(scope="session")
 def shared_benchmarks() -> Path:
-    """../shared/benchmarks beside the checkout (read-only; never copied into the repo)."""
-    path = SHARED / "benchmarks"
-    if not path.is_dir():
-        pytest.skip(f"{path} is not present")
-    return path
+    """The real 1K question/answer files ($FASTERVLM_SHARED_BENCHMARKS; read-only, never copied into the repo)."""
+    return shared_path(SHARED_BENCHMARKS_ENV)
+
+
+@pytest.fixture(scope="session")
+def sample_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A --data-root with a handful of items per built-in benchmark in the real schema (no videos)."""
+    from eval_helpers import write_sample_benchmarks
+
+    root = tmp_path_factory.mktemp("sample-benchmarks")
+    write_sample_benchmarks(root)
+    return root

@@ -3,12 +3,21 @@ Pipeline, benchmark folders with stand-in videos."""
 
 from __future__ import annotations
 
+import builtins
+import errno
+import io
 import json
+import os
+import shutil
+import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from unittest import mock
 
 from fastervlm.eval.rundir import JsonlAppender, RunDir
 
@@ -53,9 +62,15 @@ class FakeGeneration:
 class FakePruner:
     method: str = "none"
     reduction: float | None = None
+    keep: int | None = None
 
     def settings(self) -> dict[str, Any]:
-        return {"method": self.method, "keep": None, "reduction": self.reduction}
+        return {"method": self.method, "keep": self.keep, "reduction": self.reduction}
+
+    def per_frame_budget(self, num_patches: int) -> int:
+        from fastervlm.selection import resolve_keep
+
+        return resolve_keep(num_patches, self.keep, self.reduction)
 
 
 class FakePipeline:
@@ -63,6 +78,7 @@ class FakePipeline:
     a video whose bytes are b"bad" fails to decode. `delay` seconds per answer (for kill tests)."""
 
     num_frames = 2
+    num_patches = 16
 
     def __init__(self, root: Path, delay: float = 0.0) -> None:
         self.path = root / "fake-model"
@@ -106,3 +122,122 @@ def write_benchmark(data_root: Path, ids: list[str], folder: str = "MSVD_Zero_Sh
     for i in ids:
         if i not in missing:
             (root / video_dir / f"{prefix}vid_{i}.mp4").write_bytes(b"bad" if i in bad else b"ok")
+
+
+# A handful of made-up items per built-in benchmark, in the real files' schema (spec 6.1): test_q entries
+# {video_name, question, question_id}, test_a entries {answer, type, question_id}; question ids "v_<video>_<n>";
+# several questions per video where the real subsets have them. (video, n, question, answer, type)
+SAMPLE_ITEMS: dict[str, list[tuple[str, int, str, str, int]]] = {
+    "tgif": [
+        ("tumblr_sample0a1b2c3d4_250", 0, "What does the bird do 4 times ?", "flap wings", 3),
+        ("tumblr_sample1e5f6g7h8_250", 0, "What does the woman do 2 times ?", "nod head", 3),
+        ("tumblr_sample2i9j0k1l2_250", 0, "What does the dog do 3 times ?", "jump", 3),
+        ("tumblr_sample3m3n4o5p6_400", 0, "What does the man do 10 or more than 10 times ?", "clap hand", 3),
+    ],
+    "msvd": [
+        ("sAmPle0Xy_Z_12_20", 0, "who is slicing an onion?", "woman", 3),
+        ("sAmPle0Xy_Z_12_20", 1, "what is a woman slicing?", "onion", 3),
+        ("sAmPle1Qr-w_3_9", 0, "what is a cat playing with?", "ball", 3),
+        ("sAmPle1Qr-w_3_9", 1, "who plays with a ball?", "cat", 3),
+    ],
+    "msrvtt": [
+        ("video9901", 0, "what is the video doing?", "cook", 3),
+        ("video9901", 1, "who is in the kitchen?", "man", 3),
+        ("video9902", 0, "what is a person riding?", "bicycle", 3),
+        ("video9903", 0, "what are the people doing?", "dance", 3),
+    ],
+    "activitynet": [
+        ("sAmPle4AbCd", 3, "is the athlete wearing a hat", "no", 3),
+        ("sAmPle5EfGh", 2, "what is the person in red doing", "surfing", 7),
+        ("sAmPle6IjKl", 10, "is the dog indoors", "yes", 3),
+        ("sAmPle5EfGh", 5, "how many people are in the video", "2", 8),
+    ],
+}
+
+
+def write_sample_benchmarks(data_root: Path) -> dict[str, list[dict[str, Any]]]:
+    """test_q_1k.json + test_a_1k.json for each built-in benchmark under `data_root` (no videos); the question
+    entries by benchmark name."""
+    from fastervlm.eval.benchmarks import BENCHMARKS
+
+    written = {}
+    for name, rows in SAMPLE_ITEMS.items():
+        folder = data_root / BENCHMARKS[name].folder
+        folder.mkdir(parents=True, exist_ok=True)
+        questions = [{"video_name": v, "question": q, "question_id": f"v_{v}_{n}"} for v, n, q, _, _ in rows]
+        answers = [{"answer": a, "type": t, "question_id": f"v_{v}_{n}"} for v, n, _, a, t in rows]
+        (folder / "test_q_1k.json").write_text(json.dumps(questions))
+        (folder / "test_a_1k.json").write_text(json.dumps(answers))
+        written[name] = questions
+    return written
+
+
+@contextmanager
+def unwritable(path: Path, how: str = "real") -> Iterator[str]:
+    """Make `path` and everything below it refuse writes; yields what was done, so a test says what it checked.
+
+    how="real": `chmod -R a-w` when not root; as root (which ignores modes) `chattr -R +i`, a real refusal by the
+    kernel (EPERM). Where neither works (no chattr, or a file system without the attribute) this falls back to
+    the simulation and says so. how="simulated": the os/io calls that create or change files under `path` raise
+    OSError(EROFS), as on a read-only mount (mounting one needs privileges tests do not have).
+    """
+    path = Path(path).resolve()
+    if how == "real" and os.geteuid() != 0:
+        subprocess.run(["chmod", "-R", "a-w", str(path)], check=True)
+        try:
+            yield "read-only folder (chmod a-w, non-root)"
+        finally:
+            subprocess.run(["chmod", "-R", "u+w", str(path)], check=True)
+        return
+    if how == "real" and shutil.which("chattr") and subprocess.run(["chattr", "-R", "+i", str(path)],
+                                                                   capture_output=True).returncode == 0:
+        try:
+            yield "immutable folder (chattr +i as root)"
+        finally:
+            subprocess.run(["chattr", "-R", "-i", str(path)], check=True)
+        return
+    with _simulated_read_only(path):
+        yield "simulated read-only file system (EROFS from patched os/io calls)"
+
+
+@contextmanager
+def _simulated_read_only(root: Path) -> Iterator[None]:
+    def under(target: Any) -> bool:
+        if isinstance(target, int):
+            return False  # a file descriptor
+        resolved = Path(os.path.abspath(os.fspath(target)))
+        return resolved == root or root in resolved.parents
+
+    def refuse(target: Any) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(target))
+
+    def guard(real: Any, *, writes: Any = lambda *a, **k: True) -> Any:
+        def call(target: Any, *args: Any, **kwargs: Any) -> Any:
+            if under(target) and writes(*args, **kwargs):
+                refuse(target)
+            return real(target, *args, **kwargs)
+        return call
+
+    def guard_both(real: Any) -> Any:  # link/replace/rename: the destination decides
+        def call(src: Any, dst: Any, *args: Any, **kwargs: Any) -> Any:
+            if under(dst) or under(src):
+                refuse(dst)
+            return real(src, dst, *args, **kwargs)
+        return call
+
+    def open_writes(mode: str = "r", *args: Any, **kwargs: Any) -> bool:
+        return any(c in mode for c in "wax+")
+
+    def os_open_writes(flags: int, *args: Any, **kwargs: Any) -> bool:
+        return bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC))
+
+    with ExitStack() as stack:
+        for name in ("mkdir", "unlink", "rmdir"):
+            stack.enter_context(mock.patch.object(os, name, guard(getattr(os, name))))
+        for name in ("link", "replace", "rename"):
+            stack.enter_context(mock.patch.object(os, name, guard_both(getattr(os, name))))
+        stack.enter_context(mock.patch.object(os, "open", guard(os.open, writes=os_open_writes)))
+        real_open = builtins.open
+        stack.enter_context(mock.patch.object(builtins, "open", guard(real_open, writes=open_writes)))
+        stack.enter_context(mock.patch.object(io, "open", guard(real_open, writes=open_writes)))
+        yield

@@ -7,6 +7,8 @@
 
 Requests whose user message contains a fault's text consume that fault's actions in order; afterwards, and for
 every other request, the default judge answers: yes/5 when the correct answer appears in the prediction, else no/1.
+`served_model` is the model name the responses report (default: the requested one, as most servers do); `port`
+starts the server at an address used before (the same endpoint, restarted).
 """
 
 from __future__ import annotations
@@ -44,11 +46,19 @@ class Sleep:
 
 
 @dataclass
+class Raw:
+    """Answer 200 with this body and content type (an nginx welcome page, a proxy's login form, broken JSON)."""
+
+    body: str
+    content_type: str = "text/html"
+
+
+@dataclass
 class EchoAuth:
     """Answer 500 with the request's Authorization header in the body (a server that leaks the key)."""
 
 
-Action = Reply | Status | Sleep | EchoAuth
+Action = Reply | Status | Sleep | Raw | EchoAuth
 
 
 def default_judgment(user_message: str) -> str:
@@ -59,8 +69,11 @@ def default_judgment(user_message: str) -> str:
 
 
 class FakeOpenAI:
-    def __init__(self, faults: dict[str, list[Action]] | None = None) -> None:
+    def __init__(self, faults: dict[str, list[Action]] | None = None, *, served_model: str | None = None,
+                 port: int = 0) -> None:
         self.faults = {k: list(v) for k, v in (faults or {}).items()}
+        self.served_model = served_model
+        self.port = port
         self.calls: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -108,6 +121,14 @@ class FakeOpenAI:
                     headers = {"Retry-After": str(action.retry_after)} if action.retry_after is not None else None
                     self._send(action.code, {"error": {"message": action.message, "type": "scripted"}}, headers)
                     return
+                if isinstance(action, Raw):
+                    data = action.body.encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", action.content_type)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
                 if isinstance(action, EchoAuth):
                     self._send(500, {"error": {"message": f"bad auth {self.headers.get('Authorization')}"}})
                     return
@@ -119,7 +140,7 @@ class FakeOpenAI:
                         "id": "chatcmpl-fake",
                         "object": "chat.completion",
                         "created": 0,
-                        "model": body.get("model"),
+                        "model": fake.served_model or body.get("model"),
                         "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
                                      "finish_reason": "stop"}],
                         "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110},
@@ -127,7 +148,8 @@ class FakeOpenAI:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client timed out and went away
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.port = self._server.server_address[1]
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
+from eval_helpers import SAMPLE_ITEMS
 
 from fastervlm.errors import FasterVLMError
 from fastervlm.eval.benchmarks import BENCHMARKS, get_benchmark, load_items, video_path
@@ -25,12 +31,89 @@ def _qa(n: int, offset: int = 0) -> tuple[list[dict], list[dict]]:
     return qs, ans
 
 
-def test_cli_names_match_the_benchmark_table() -> None:
-    from fastervlm.cli.eval import BENCHMARK_NAMES
+def test_the_builtin_benchmarks_are_the_packaged_files_in_name_order() -> None:
+    from importlib import resources
 
-    assert tuple(BENCHMARKS) == BENCHMARK_NAMES
+    from fastervlm.eval.benchmarks import BUILTIN_DIR, benchmark_from_text
+
+    files = sorted(f for f in resources.files("fastervlm.eval").joinpath(BUILTIN_DIR).iterdir() if f.name.endswith(".toml"))
+    parsed = [benchmark_from_text(f.read_text(), ".toml", f.name) for f in files]
+    assert list(BENCHMARKS.values()) == parsed
+    assert list(BENCHMARKS) == ["tgif", "msvd", "msrvtt", "activitynet"]  # the seed's column order
+    assert (BENCHMARKS["activitynet"].video_prefix, BENCHMARKS["msrvtt"].video_dir) == ("v_", "videos/all")
 
 
+def test_cli_help_lists_the_packaged_benchmarks_without_importing_torch() -> None:
+    code = (
+        "import sys, contextlib, io\n"
+        "from fastervlm.cli import build_parser\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):\n"
+        "    build_parser().parse_args(['eval', 'predict', '--help'])\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "print(out.getvalue())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_src_env(), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "tgif, msvd, msrvtt, activitynet or a .json/.toml" in " ".join(done.stdout.split())
+
+
+@pytest.mark.slow
+def test_a_built_wheel_carries_the_benchmark_files_and_reads_them_from_the_zip(tmp_path: Path) -> None:
+    """The wheel is imported as a zip (zipimport): the definitions must come through importlib.resources."""
+    pytest.importorskip("setuptools")
+    repo = Path(__file__).resolve().parents[1]
+    tree = tmp_path / "tree"
+    shutil.copytree(repo / "src", tree / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(repo / name, tree / name)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(tmp_path / "dist"), str(tree)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-2000:]
+    wheel, = (tmp_path / "dist").glob("fastervlm-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        packaged = sorted(Path(n).name for n in z.namelist() if "/benchmark_defs/" in n)
+    assert packaged == sorted(p.name for p in (repo / "src/fastervlm/eval/benchmark_defs").iterdir())
+    code = "import fastervlm.eval.benchmarks as b; print(b.__file__); print(','.join(b.BENCHMARKS))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(wheel)})
+    assert done.returncode == 0, done.stderr
+    where, names = done.stdout.split()
+    assert where.startswith(str(wheel)) and names == "tgif,msvd,msrvtt,activitynet"
+
+
+def _src_env() -> dict[str, str]:
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+
+
+def test_an_empty_question_file_is_refused(tmp_path: Path) -> None:
+    folder = _write_pair(tmp_path, "MSVD_Zero_Shot_QA", [], [])
+    with pytest.raises(FasterVLMError, match=f"no questions in {folder / 'test_q_1k.json'}"):
+        load_items(BENCHMARKS["msvd"], tmp_path)
+
+
+def test_an_empty_question_file_fails_predict_before_any_run_is_made(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from fastervlm.cli import main
+
+    _write_pair(tmp_path / "data", "MSVD_Zero_Shot_QA", [], [])
+    code = main(["eval", "predict", "--benchmark", "msvd", "--data-root", str(tmp_path / "data"), "--model",
+                 str(tmp_path / "no-model"), "--out", str(tmp_path / "runs")])
+    assert code == 2
+    assert "no questions in" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("name", list(BENCHMARKS))
+def test_sample_files_in_the_real_schema_load_and_match(name: str, sample_data_root: Path) -> None:
+    loaded = load_items(BENCHMARKS[name], sample_data_root)
+    rows = SAMPLE_ITEMS[name]
+    assert [(i.id, i.video_name, i.question, i.answer) for i in loaded.items] == [
+        (f"v_{v}_{n}", v, q, a) for v, n, q, a, _ in rows]
+    assert loaded.files["questions"].endswith(f"{BENCHMARKS[name].folder}/test_q_1k.json")
+
+
+@pytest.mark.shared_data("FASTERVLM_SHARED_BENCHMARKS")
 @pytest.mark.parametrize("name", list(BENCHMARKS))
 def test_shared_1k_files_load_and_match(name: str, shared_benchmarks: Path) -> None:
     loaded = load_items(BENCHMARKS[name], shared_benchmarks)
@@ -38,6 +121,20 @@ def test_shared_1k_files_load_and_match(name: str, shared_benchmarks: Path) -> N
     assert len({i.id for i in loaded.items}) == 1000
     raw_a = {a["question_id"]: a["answer"] for a in json.loads(Path(loaded.files["answers"]).read_text())}
     assert all(item.answer == raw_a[item.id] for item in loaded.items)
+
+
+@pytest.mark.shared_data("FASTERVLM_SHARED_BENCHMARKS")
+@pytest.mark.parametrize("name", list(BENCHMARKS))
+def test_the_sample_files_have_the_real_files_schema(name: str, shared_benchmarks: Path, sample_data_root: Path) -> None:
+    """The generated samples stay true to the real files: the same keys and value types, the same id rule."""
+    def shape(path: Path) -> set[tuple[tuple[str, str], ...]]:
+        return {tuple(sorted((k, type(v).__name__) for k, v in entry.items())) for entry in json.loads(path.read_text())}
+
+    for file in ("test_q_1k.json", "test_a_1k.json"):
+        real, sample = (root / BENCHMARKS[name].folder / file for root in (shared_benchmarks, sample_data_root))
+        assert shape(sample) <= shape(real), file
+    real_q = json.loads((shared_benchmarks / BENCHMARKS[name].folder / "test_q_1k.json").read_text())
+    assert all(q["question_id"].startswith(f"v_{q['video_name']}_") for q in real_q)
 
 
 def test_answers_are_matched_by_id_not_position(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
-"""End to end on the tiny checkpoint: synthetic videos named after real items of ../shared/benchmarks,
-predict -> judge (scripted local server) -> report through the CLI, a sweep that resumes everything, and
-torchrun with 2 CPU processes against 1 process."""
+"""End to end on the tiny checkpoint: synthetic videos named after the items of generated benchmark files (the
+real schema, tests/eval_helpers.SAMPLE_ITEMS), predict -> judge (scripted local server) -> report through the
+CLI, a sweep that resumes everything, and torchrun with 2 CPU processes against 1 process."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from eval_helpers import SAMPLE_ITEMS, write_sample_benchmarks
 from fake_openai_server import FakeOpenAI, Reply
 
 from fastervlm.cli import main
@@ -19,22 +20,19 @@ from fastervlm.eval.benchmarks import BENCHMARKS
 from fastervlm.eval.rundir import RunDir, find_runs
 
 LIMIT = 3
-MISSING = "tumblr_nqfhegeUAz1uz0hico1_250"  # TGIF's 3rd item: its video is left out on purpose
+MISSING = SAMPLE_ITEMS["tgif"][2][0]  # TGIF's 3rd item: its video is left out on purpose
 COMMON = ["--limit", str(LIMIT), "--device", "cpu", "--max-new-tokens", "4", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
-def data_root(shared_benchmarks: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shared question/answer files (linked, not copied) plus synthetic videos for their first items."""
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Generated question/answer files plus synthetic videos for their first items."""
     from fastervlm.media import write_synthetic_video
 
     root = tmp_path_factory.mktemp("data")
+    questions_by_benchmark = write_sample_benchmarks(root)
     for seed, bench in enumerate(BENCHMARKS.values()):
-        folder = root / bench.folder
-        folder.mkdir()
-        for name in ("test_q_1k.json", "test_a_1k.json"):
-            (folder / name).symlink_to(shared_benchmarks / bench.folder / name)
-        questions = json.loads((folder / "test_q_1k.json").read_text())[:LIMIT]
+        questions = questions_by_benchmark[bench.name][:LIMIT]
         videos = bench.videos(root)
         videos.mkdir(parents=True)
         extension = ".mkv" if bench.name == "activitynet" else ".mp4"
@@ -80,26 +78,24 @@ def test_predict_judge_report(data_root: Path, tiny_checkpoint: Path, tiny_pipel
         assert calls == 2 * (4 * LIMIT - 1)  # two runs, every item except the missing video
         assert main(["eval", "judge", str(runs), *cache, "--no-progress"]) == 0
         assert len(server.calls) == calls  # all cached
-    capsys.readouterr()
-    assert main(["eval", "report", str(runs), "--out", str(tmp_path / "report")]) == 0
-    table = capsys.readouterr().out
-    tokens_full, tokens_pruned = frames * n, frames * round(n * 0.1)
-    # every benchmark: 1 yes of 3 (TGIF: of 2 predicted, its missing video is flagged)
-    assert f"| none | {tokens_full} | 50.0† | 2.50† | 33.3 | 2.00 | 33.3 | 2.00 | 33.3 | 2.00 | 100.00% | 100.00% |" in table
-    assert f"| fastervlm_r0.9 | {tokens_pruned} | 50.0† |" in table
-    assert "tgif / none: 1 prediction errors" in table
-    assert (tmp_path / "report" / "report.png").is_file()
-    report = json.loads((tmp_path / "report" / "report.json").read_text())
-    assert {r["benchmark"]: r["errors"] for r in report["runs"] if r["row"] == "none"} == {
-        "tgif": 1, "msvd": 0, "msrvtt": 0, "activitynet": 0}
+        capsys.readouterr()
+        assert main(["eval", "report", str(runs), "--out", str(tmp_path / "report")]) == 0
+        table = capsys.readouterr().out
+        tokens_full, tokens_pruned = frames * n, frames * round(n * 0.1)
+        # every benchmark: 1 yes of 3 (TGIF: of 2 predicted, its missing video is flagged)
+        assert f"| none | {tokens_full} | 50.0† | 2.50† | 33.3 | 2.00 | 33.3 | 2.00 | 33.3 | 2.00 | 100.00% | 100.00% |" in table
+        assert f"| fastervlm_r0.9 | {tokens_pruned} | 50.0† |" in table
+        assert "tgif / none: 1 prediction errors" in table
+        assert (tmp_path / "report" / "report.png").is_file()
+        report = json.loads((tmp_path / "report" / "report.json").read_text())
+        assert {r["benchmark"]: r["errors"] for r in report["runs"] if r["row"] == "none"} == {
+            "tgif": 1, "msvd": 0, "msrvtt": 0, "activitynet": 0}
 
-    # A sweep over the same grid finds every run finished and every judgment cached.
-    with FakeOpenAI() as server:
-        _judge_env(monkeypatch, server)
+        # A sweep over the same grid with the same judge finds every run finished and every judgment cached.
         sweep = ["eval", "sweep", "--data-root", str(data_root), "--model", str(tiny_checkpoint), "--out", str(runs),
                  "--reductions", "0.9", "--cache-dir", str(tmp_path / "cache"), *COMMON]
         assert main(sweep) == 0
-        assert len(server.calls) == 0
+        assert len(server.calls) == calls
     err = capsys.readouterr().err
     assert "0 answered" in err and "3 already done" in err
     assert (runs / "report.md").is_file()
@@ -112,6 +108,31 @@ def test_a_different_configuration_is_refused_by_the_cli(data_root: Path, tiny_c
     assert main([*run, "--reduction", "0.5"]) == 0
     assert main([*run, "--reduction", "0.75"]) == 2
     assert "method.reduction: 0.5 in the run directory, 0.75 now" in capsys.readouterr().err
+
+
+def test_a_larger_limit_grows_the_run_through_the_cli(data_root: Path, tiny_checkpoint: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    run = ["eval", "predict", "--benchmark", "msrvtt", "--data-root", str(data_root), "--model", str(tiny_checkpoint),
+           "--run-dir", str(tmp_path / "run"), "--device", "cpu", "--max-new-tokens", "4", "--no-progress"]
+    assert main([*run, "--limit", "2"]) == 0
+    first = RunDir(tmp_path / "run").predictions()
+    assert main([*run, "--limit", "3"]) == 0
+    assert "1 answered, 0 errors, 2 already done (of 3 in this shard)" in capsys.readouterr().err
+    grown = RunDir(tmp_path / "run").predictions()
+    assert list(grown) == [q["question_id"] for q in json.loads((data_root / "MSRVTT_Zero_Shot_QA" / "test_q_1k.json").read_text())[:3]]
+    assert {i: grown[i] for i in first} == first  # what was predicted stays as it was
+    assert main([*run, "--limit", "1"]) == 2
+    assert "holds a run of 3 items and this command asks for its first 1: a run is never shrunk" in capsys.readouterr().err
+
+
+def test_a_budget_out_of_range_stops_predict_instead_of_an_error_per_item(data_root: Path, tiny_checkpoint: Path,
+                                                                          tiny_pipeline, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    too_many = tiny_pipeline.num_patches + 1
+    assert main(["eval", "predict", "--benchmark", "msvd", "--data-root", str(data_root), "--model", str(tiny_checkpoint),
+                 "--run-dir", str(tmp_path / "run"), "--keep", str(too_many), *COMMON]) == 2
+    assert f"--keep must be a whole number of patches per frame between 0 and {tiny_pipeline.num_patches}" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_judge_without_a_server_fails_loudly(data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

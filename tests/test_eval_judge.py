@@ -20,7 +20,7 @@ from fastervlm.eval.judge import (
     read_judgments,
 )
 
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec" / "fastervlm-video-spec.md"
+GOLDEN = Path(__file__).parent / "data" / f"judge_request_{PROMPT_VERSION}.json"
 KEY = "sk-test-SECRET-0123456789"
 ANSWERS = {f"q{i}": (f"answer{i}", f"it is answer{i}" if i % 2 else "something else") for i in range(6)}
 
@@ -34,21 +34,47 @@ def _judge(runs, settings, lines=None, **kw):
     return judge_runs(runs, settings, api_key=KEY, progress=False, report=(lines.append if lines is not None else lambda _: None), **kw)
 
 
-def test_prompt_is_the_spec_text_verbatim() -> None:
-    if not SPEC.is_file():
-        pytest.skip("the shared spec is not beside the checkout")
-    text = SPEC.read_text()
-    system = re.search(r"\nSystem:\n```\n(.*?)\n```", text, re.DOTALL).group(1).replace("\\n", "\n")
-    user = re.search(r"\nUser:\n```\n(.*?)\n```", text, re.DOTALL).group(1).replace("\\n", "\n")
-    messages = judge_messages("Q?", "A.", "P!")
-    assert messages[0] == {"role": "system", "content": system}
-    expected_user = user.replace("{question}", "Q?").replace("{answer}", "A.").replace("{pred}", "P!")
-    assert messages[1] == {"role": "user", "content": expected_user}
-    assert "is  a string" in messages[1]["content"] and "task:------##INSTRUCTIONS: " in messages[0]["content"]
-    # braces in the texts are not templates
-    assert judge_messages("{answer}", "x", "{pred}")[1]["content"].count("{answer}") == 1
+def test_prompt_matches_the_golden_request() -> None:
+    """The exact messages, frozen in tests/data (lmms-eval's prompt-stability habit): any change to the prompt
+    text fails here; a deliberate change is a new prompt version with its own snapshot."""
+    golden = json.loads(GOLDEN.read_text())
+    assert golden["prompt_version"] == PROMPT_VERSION
+    assert judge_messages(**golden["item"]) == golden["messages"]
+    assert "is  a string" in golden["messages"][1]["content"] and "task:------##INSTRUCTIONS: " in golden["messages"][0]["content"]
+    # braces in the item are not templates (the golden item holds "{answer}" and "{pred}")
+    assert golden["messages"][1]["content"].count("{answer}") == 1 and "wings {pred}." in golden["messages"][1]["content"]
     with pytest.raises(FasterVLMError, match="unknown judge prompt version"):
         judge_messages("q", "a", "p", version="v0")
+
+
+def test_the_request_on_the_wire_carries_the_golden_messages(tmp_path: Path) -> None:
+    golden = json.loads(GOLDEN.read_text())
+    item = golden["item"]
+    run = make_run(tmp_path / "run", {"g0": (item["answer"], item["pred"])})
+    items = json.loads((run.path / "items.json").read_text())
+    items[0]["question"] = item["question"]
+    (run.path / "items.json").write_text(json.dumps(items))
+    record = json.loads(run.prediction_file(0).read_text())
+    run.prediction_file(0).write_text(json.dumps({**record, "question": item["question"]}) + "\n")
+    with FakeOpenAI() as server:
+        _judge([run], _settings(server, tmp_path))
+        body = server.calls[0]["body"]
+    assert body["messages"] == golden["messages"]
+    assert (body["model"], body["temperature"]) == ("gpt-3.5-turbo", 0.0)
+
+
+@pytest.mark.shared_data("FASTERVLM_SHARED_SPEC")
+def test_prompt_is_the_spec_text_verbatim() -> None:
+    from conftest import shared_path
+
+    text = shared_path("FASTERVLM_SHARED_SPEC").read_text()
+    system = re.search(r"\nSystem:\n```\n(.*?)\n```", text, re.DOTALL).group(1).replace("\\n", "\n")
+    user = re.search(r"\nUser:\n```\n(.*?)\n```", text, re.DOTALL).group(1).replace("\\n", "\n")
+    golden = json.loads(GOLDEN.read_text())
+    item = golden["item"]
+    assert golden["messages"][0] == {"role": "system", "content": system}
+    expected_user = re.sub(r"\{(question|answer|pred)\}", lambda m: item[m[1]], user)  # one pass: no re-templating
+    assert golden["messages"][1] == {"role": "user", "content": expected_user}
 
 
 def test_faults_are_retried_and_recorded(tmp_path: Path) -> None:
@@ -85,14 +111,15 @@ def test_an_unparsable_item_fails_after_max_attempts_with_its_raw_text(tmp_path:
         lines: list[str] = []
         with pytest.raises(FasterVLMError, match="1 items are still unjudged"):
             _judge([run], _settings(server, tmp_path, max_attempts=3), lines)
-        calls = len(server.calls)
+        calls, port = len(server.calls), server.port
     assert calls == 5 + 3
     failed = read_judgments(run, "gpt-3.5-turbo")["q2"]
     assert (failed["valid"], failed["reply"], failed["attempts"]) == (False, "no idea", 3)
+    assert failed["replies"] == ["no idea"] * 3
     assert "not a dict" in failed["error"]
     assert any("1 failed" in line for line in lines)
-    # The failure is not cached: the next run asks again (and now gets an answer).
-    with FakeOpenAI() as server:
+    # The failure is not cached: the next run asks again (and now gets an answer), at the same address.
+    with FakeOpenAI(port=port) as server:
         summary, = _judge([run], _settings(server, tmp_path))
         assert (summary.cached, summary.judged, len(server.calls)) == (5, 1, 1)
 

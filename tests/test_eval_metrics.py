@@ -8,7 +8,9 @@ import math
 import pytest
 
 from fastervlm.eval.metrics import (
+    ItemResult,
     compute,
+    compute_judgments,
     mcnemar_exact_p,
     mean_interval,
     paired_test,
@@ -29,29 +31,34 @@ REPLIES = {
     "h": "Sure! Here you go.",  # not a literal: the original retried forever; unjudged
     "i": "{'pred': 'I know', 'score': 1}",  # compat: "no" in "i know"
     "j": "```python\n{'pred': 'yes', 'score': 3}\n```",  # a fenced dict
+    "k": "['yes', 4]",  # a literal but not a dict: the original stored it; ['score'] raises -> counted with 0
+    "l": "{'pred': None, 'score': 2}",  # None.lower() raises after the score was added: 2, no yes/no
+    "m": "{'pred': 'yes', 'score': {1, 2}}",  # a set: the original could not store it as JSON; unjudged
 }
 
 
 def original_loop(replies: dict[str, str]) -> tuple[int, int, int, int]:
-    """A transcription of eval_video_qa.py's aggregation (spec 6.2) as the oracle: (count, score_sum, yes, no).
+    """The original's two steps (spec 6.2) as the oracle: annotate() keeps a reply when ast.literal_eval reads
+    it and json.dump stores it; the aggregation re-reads the JSON and counts. (count, score_sum, yes, no).
     Only the code-fence unwrapping is ours (the original retried fenced replies forever)."""
     import ast
+    import json
 
-    count = score_sum = yes = no = 0
+    stored = []
     for text in replies.values():
+        inner = text.strip()
+        if inner.startswith("```"):
+            inner = inner.split("\n", 1)[1].rsplit("```", 1)[0]
         try:
-            inner = text.strip()
-            if inner.startswith("```"):
-                inner = inner.split("\n", 1)[1].rsplit("```", 1)[0]
-            result = ast.literal_eval(inner)
-        except (ValueError, SyntaxError):
+            stored.append(json.loads(json.dumps([ast.literal_eval(inner), {"q": "..."}])))
+        except Exception:  # noqa: BLE001  (annotate's except: printed, nothing kept)
             continue
-        if not isinstance(result, dict):
-            continue
+    count = score_sum = yes = no = 0
+    for result in stored:
         try:
             count += 1
-            score_sum += int(result["score"])
-            pred = result["pred"]
+            score_sum += int(result[0]["score"])
+            pred = result[0]["pred"]
             if "yes" in pred.lower():
                 yes += 1
             elif "no" in pred.lower():
@@ -62,14 +69,40 @@ def original_loop(replies: dict[str, str]) -> tuple[int, int, int, int]:
 
 
 def test_compat_reproduces_the_original_by_hand_and_by_transcription() -> None:
-    m = compute({k: parse_reply(v) for k, v in REPLIES.items()}, "compat")
-    # By hand: counted a..g, i, j = 9; scores 4+2+3+5+0+4+0+1+3 = 22; yes a, d, j; no b, c, i.
-    assert (m.judged, m.yes, m.no) == (9, 3, 3)
-    assert m.score == pytest.approx(22 / 9)
-    assert m.accuracy == pytest.approx(0.5)
+    m = compute_judgments({k: [v] for k, v in REPLIES.items()}, "compat")
+    # By hand: counted a..g, i, j, k, l = 11; scores 4+2+3+5+0+4+0+1+3+0+2 = 24; yes a, d, j; no b, c, i.
+    assert (m.judged, m.yes, m.no) == (11, 3, 3)
+    assert m.score == 24 / 11
+    assert m.accuracy == 0.5
     count, score_sum, yes, no = original_loop(REPLIES)
     assert (m.judged, m.yes, m.no) == (count, yes, no)
-    assert m.score == pytest.approx(score_sum / count)
+    assert m.score == score_sum / count  # exactly: the same integer sum over the same count
+
+
+def test_compat_reads_the_first_reply_the_original_would_have_kept() -> None:
+    """The judge asks again after a reply strict cannot use; the original would have stopped at the first one it
+    could read, so compat reads that one, not the last."""
+    attempts = {
+        "x": ["{'pred': 'yes'}", "not a dict at all", None],  # kept: the first (no score: 0, no yes)
+        "y": ["garbled {", "{'pred': 'Yes.', 'score': 4.0}", "{'pred': 'no', 'score': 1}"],  # kept: the second
+        "z": ["nothing readable", None],  # never kept: unjudged
+    }
+    m = compute_judgments(attempts, "compat")
+    assert sorted(m.items) == ["x", "y"]
+    assert (m.items["x"], m.items["y"]) == (ItemResult(None, 0), ItemResult(True, 4))
+    strict = compute_judgments(attempts, "strict")
+    assert sorted(strict.items) == ["y"] and strict.items["y"] == ItemResult(False, 1.0)  # the last reply
+
+
+def test_compat_score_is_the_original_division_on_the_issue_example() -> None:
+    """12 items, one reply without a score: the original divides by 12 (26/12 = 2.17), not by 11 (2.36)."""
+    replies = {f"q{i}": ["{'pred': 'yes', 'score': 3}" if i < 4 else "{'pred': 'no', 'score': 2}"] for i in range(11)}
+    replies["q11"] = ["{'pred': 'yes'}"]
+    m = compute_judgments(replies, "compat")
+    count, score_sum, _, _ = original_loop({k: v[0] for k, v in replies.items()})
+    assert (m.judged, count, score_sum) == (12, 12, 26)
+    assert f"{m.score:.2f}" == "2.17" and m.score == 26 / 12
+    assert f"{compute_judgments(replies, 'strict').score:.2f}" == "2.36"  # strict leaves the unusable reply out
 
 
 def test_strict_reads_exactly_and_leaves_the_rest_unjudged() -> None:

@@ -72,7 +72,8 @@ def test_another_configuration_in_the_same_folder_is_refused(tmp_path: Path) -> 
     with pytest.raises(FasterVLMError, match=r"(?s)method.reduction: 0.9 in the run directory, 0.95 now"):
         prepare_run(pipe, loaded, tmp_path / "data", pipe.pruner("fastervlm", reduction=0.95), FakeGeneration(), run_dir=tmp_path / "r")
     limited = load_items(BENCHMARKS["msvd"], tmp_path / "data", limit=3)
-    with pytest.raises(FasterVLMError, match="benchmark.items: 7 in the run directory, 3 now"):
+    with pytest.raises(FasterVLMError, match="holds a run of 7 items and this command asks for its first 3: a run is "
+                       "never shrunk. Resume it with --limit 7"):
         prepare_run(pipe, limited, tmp_path / "data", pipe.pruner("fastervlm", reduction=0.9), FakeGeneration(), run_dir=tmp_path / "r")
 
 
@@ -156,3 +157,42 @@ def test_run_names_and_variants() -> None:
     assert run_name(settings, "fp16") == "fastervlm_global_budget_k26_fp16"
     assert variant_name(settings, "fp16") == "fastervlm_global_budget_fp16"
     assert variant_name({"method": "fastv", "keep": None, "reduction": 0.5, "layer": 2}) == "fastv_layer2"
+
+
+def test_a_larger_limit_grows_the_run_and_keeps_what_was_predicted(tmp_path: Path) -> None:
+    write_benchmark(tmp_path / "data", IDS)
+    pipe = FakePipeline(tmp_path)
+    pruner = pipe.pruner("none")
+    first = load_items(BENCHMARKS["msvd"], tmp_path / "data", limit=3)
+    run = prepare_run(pipe, first, tmp_path / "data", pruner, FakeGeneration(), out=tmp_path / "runs")
+    predict_items(pipe, run, first, tmp_path / "data", pruner, FakeGeneration(), progress=False)
+    assert run.config()["benchmark"]["items"] == 3
+    created = run.config()["provenance"]["created"]
+
+    grown = load_items(BENCHMARKS["msvd"], tmp_path / "data", limit=6)
+    again = FakePipeline(tmp_path)
+    run = prepare_run(again, grown, tmp_path / "data", pruner, FakeGeneration(), out=tmp_path / "runs")
+    summary = predict_items(again, run, grown, tmp_path / "data", pruner, FakeGeneration(), progress=False)
+    assert again.answered == [f"what happens in {i}?" for i in IDS[3:6]]  # only the new items
+    assert (summary.skipped, summary.done, summary.expected, summary.merged_predictions) == (3, 3, 6, 6)
+    config = run.config()
+    assert (config["benchmark"]["items"], config["benchmark"]["items_sha256"]) == (6, grown.files["items_sha256"])
+    assert config["provenance"]["created"] == created  # the run's origin stays
+    assert [i["id"] for i in run.items()] == IDS[:6]
+    # Growing again with nothing new (the same limit) writes nothing and answers nothing.
+    third = FakePipeline(tmp_path)
+    run = prepare_run(third, grown, tmp_path / "data", pruner, FakeGeneration(), out=tmp_path / "runs")
+    assert predict_items(third, run, grown, tmp_path / "data", pruner, FakeGeneration(), progress=False).skipped == 6
+
+
+def test_other_items_are_refused_with_the_first_difference(tmp_path: Path) -> None:
+    write_benchmark(tmp_path / "a", IDS)
+    write_benchmark(tmp_path / "b", ["q0", "q1", "x2", "q3"])
+    pipe = FakePipeline(tmp_path)
+    pruner = pipe.pruner("none")
+    prepare_run(pipe, load_items(BENCHMARKS["msvd"], tmp_path / "a", limit=3), tmp_path / "a", pruner, FakeGeneration(),
+                run_dir=tmp_path / "r")
+    with pytest.raises(FasterVLMError, match="holds other benchmark items: item 3 is id 'q2' in the run directory, "
+                       "id 'x2' now"):
+        prepare_run(pipe, load_items(BENCHMARKS["msvd"], tmp_path / "b"), tmp_path / "b", pruner, FakeGeneration(),
+                    run_dir=tmp_path / "r")

@@ -135,6 +135,7 @@ def test_compat_mode_reads_the_same_judgments_with_the_original_rules(runs: Path
     for r in records:
         if r["id"] == "q3":
             r["reply"] = "{'pred': 'not quite', 'score': 2.9}"  # strict: unjudged; compat: a no, score int(2.9) = 2
+            r["replies"] = [r["reply"]]
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     strict = build_report([runs / "tiny/msvd/none"]).rows[0].results["msvd"].metrics
     compat = build_report([runs / "tiny/msvd/none"], mode="compat").rows[0].results["msvd"].metrics
@@ -187,3 +188,23 @@ def test_an_unjudged_report_says_so(tmp_path: Path) -> None:
     make_run(tmp_path / "tiny/msvd/none", _answers([True, False]))
     legend = build_report([tmp_path]).markdown()
     assert "not judged yet (run `fastervlm eval judge`)" in legend and "judge no judge" not in legend
+
+
+def test_compat_counts_a_reply_without_a_score_as_the_original_did(tmp_path: Path) -> None:
+    """The issue's case through the judge: a judge that first answers {'pred': 'yes'} for one item (then text the
+    original could not read). The original kept that first reply and divided by 12: 26/12 = 2.17, not 26/11."""
+    from fake_openai_server import Reply
+
+    answers = {f"q{i}": (f"ans{i}", f"pred{i}") for i in range(12)}
+    run = make_run(tmp_path / "runs/tiny/msvd/none", answers)
+    faults = {"in q0?": [Reply("{'pred': 'yes'}"), Reply("Sure! It is a yes."), Reply("Sure! It is a yes.")]}
+    faults.update({f"in q{i}?": [Reply("{'pred': 'yes', 'score': 3}" if i <= 4 else "{'pred': 'no', 'score': 2}")]
+                   for i in range(1, 12)})
+    with FakeOpenAI(faults) as server, pytest.raises(FasterVLMError, match="1 items are still unjudged"):
+        judge_runs([run], JudgeSettings(base_url=server.url, cache_dir=tmp_path / "cache", backoff=0.001,
+                                        max_attempts=3), api_key="k", progress=False, report=lambda _: None)
+    strict = build_report([run.path]).results[0].metrics
+    compat = build_report([run.path], mode="compat").results[0].metrics
+    assert (strict.judged, f"{strict.score:.2f}") == (11, "2.36")
+    assert (compat.judged, compat.yes, compat.no, f"{compat.score:.2f}") == (12, 4, 7, "2.17")
+    assert compat.score == 26 / 12

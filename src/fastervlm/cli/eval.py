@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from fastervlm.cli.common import add_generation_arguments, add_method_arguments, add_model_arguments
+from fastervlm.eval.benchmarks import benchmark_names  # the packaged benchmark files: cheap, no torch
+from fastervlm.eval.judge_client import DEFAULT_JUDGE_MODEL  # no openai import until a Judge is made
 
-BENCHMARK_NAMES = ("tgif", "msvd", "msrvtt", "activitynet")
-"""Also in fastervlm.eval.benchmarks.BENCHMARKS (not imported here to keep --help cheap); a test keeps them equal."""
+DEFAULT_REDUCTIONS = (0.5, 0.75, 0.9, 0.95)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -22,13 +26,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Rebuild the seed's results table: predict answers on TGIF/MSVD/MSRVTT/ActivityNet-QA "
         "(resumable, shardable with torchrun), judge them with an OpenAI-compatible LLM, report Acc/Score.")
     commands = parser.add_subparsers(dest="eval_command", metavar="STEP", required=True)
+    _add_predict(commands)
+    _add_judge(commands)
+    _add_report(commands)
+    _add_compare(commands)
+    _add_sweep(commands)
 
+
+def _add_predict(commands: argparse._SubParsersAction) -> None:
     predict = commands.add_parser("predict", help="answer every question of a benchmark (resumes; shards under torchrun)",
                                   description="Answer a benchmark's questions, one JSON line per item, resuming "
                                   "where a previous run stopped. Under torchrun every rank takes its own shard.")
     _add_data_arguments(predict)
-    predict.add_argument("--benchmark", required=True, action="append",
-                         help=f"{', '.join(BENCHMARK_NAMES)} or a .json/.toml benchmark file (repeatable)")
+    predict.add_argument("--benchmark", required=True, nargs="+", action="extend", metavar="NAME",
+                         help=f"{', '.join(benchmark_names())} or a .json/.toml benchmark file; several (space- or "
+                         "comma-separated, or the flag repeated) share one model load")
     add_model_arguments(predict)
     add_method_arguments(predict)
     add_generation_arguments(predict)
@@ -36,6 +48,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--prefetch", type=int, default=2, help="videos decoded ahead of the model (default %(default)s; 0: none)")
     predict.set_defaults(handler=run_predict)
 
+
+def _add_judge(commands: argparse._SubParsersAction) -> None:
     judge = commands.add_parser("judge", help="judge predictions with an OpenAI-compatible LLM (cached, retried)",
                                 description="Judge every prediction under the given run folders with the original's "
                                 "prompt. The endpoint comes from OPENAI_BASE_URL (or --base-url), the key from "
@@ -45,6 +59,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     _add_progress_argument(judge)
     judge.set_defaults(handler=run_judge)
 
+
+def _add_report(commands: argparse._SubParsersAction) -> None:
     report = commands.add_parser("report", help="the seed's table (Markdown, CSV, JSON, PNG) from run folders",
                                  description="Per benchmark Acc/Score, averages relative to the unpruned baseline, "
                                  "paired tests, and a plot of relative accuracy vs visual tokens.")
@@ -54,26 +70,36 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     report.add_argument("--out", help="folder for report.md/.csv/.json/.png (default: the first path)")
     report.set_defaults(handler=run_report)
 
+
+def _add_compare(commands: argparse._SubParsersAction) -> None:
     compare = commands.add_parser("compare", help="paired tests between two runs on the same items",
                                   description="McNemar's exact test on accuracy and a paired test on scores: is run B "
                                   "really different from run A, or is it noise?")
-    compare.add_argument("run_a")
-    compare.add_argument("run_b")
+    compare.add_argument("run_a", metavar="RUN_A", help="a run folder (e.g. the unpruned baseline): the reference")
+    compare.add_argument("run_b", metavar="RUN_B", help="a run folder of the same benchmark; differences are B - A")
     _add_report_arguments(compare, plot=False)
     compare.add_argument("--judge-model", help="which judge's results to use (default: the only one both have)")
     compare.set_defaults(handler=run_compare)
 
+
+def _add_sweep(commands: argparse._SubParsersAction) -> None:
     sweep = commands.add_parser("sweep", help="methods x reductions x benchmarks: predict, judge and report",
                                 description="Run the unpruned baseline and every method at every reduction on every "
                                 "benchmark with one loaded model, then judge and report. Resumes like predict.")
     _add_data_arguments(sweep)
-    sweep.add_argument("--benchmarks", default=",".join(BENCHMARK_NAMES), help="comma-separated (default: all four)")
+    sweep.add_argument("--benchmarks", nargs="+", metavar="NAME", default=benchmark_names(),
+                       help="space- or comma-separated names or benchmark files (default: all four)")
     add_model_arguments(sweep)
-    sweep.add_argument("--methods", default="fastervlm", help="comma-separated method names (default %(default)s)")
-    sweep.add_argument("--reductions", default="0.5,0.75,0.9,0.95", help="comma-separated (default %(default)s)")
-    sweep.add_argument("--no-baseline", action="store_true", help="skip the unpruned (method none) runs")
-    sweep.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
-                       help="a setting given to every method of the grid (repeatable)")
+    sweep.add_argument("--methods", nargs="+", metavar="METHOD",
+                       help="space- or comma-separated methods (default: the method a budget alone selects; see "
+                       "`fastervlm methods`)")
+    sweep.add_argument("--reductions", nargs="+", metavar="R", default=[str(r) for r in DEFAULT_REDUCTIONS],
+                       help="space- or comma-separated fractions of visual tokens dropped (default "
+                       f"{' '.join(f'{r:g}' for r in DEFAULT_REDUCTIONS)})")
+    sweep.add_argument("--no-baseline", action="store_true", help="skip the unpruned baseline runs")
+    sweep.add_argument("--method-option", action="append", default=[], metavar="[METHOD:]KEY=VALUE",
+                       help="a method setting (repeatable): to every method of the grid, or with METHOD: to that one, "
+                       "e.g. --method-option fastv:layer=3")
     add_generation_arguments(sweep)
     _add_output_arguments(sweep)
     sweep.add_argument("--no-judge", action="store_true", help="predict only")
@@ -86,7 +112,8 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument("--data-root", required=True, type=Path,
                        help="folder with TGIF_Zero_Shot_QA/, MSVD_Zero_Shot_QA/, ... (e.g. eval/GPT_Zero_Shot_QA)")
-    group.add_argument("--limit", type=int, help="only the first N questions (1000 on the full files = the seed's subsets)")
+    group.add_argument("--limit", type=int, help="only the first N questions (1000 on the full files = the seed's "
+                       "subsets); a larger N later grows the same run")
 
 
 def _add_output_arguments(parser: argparse.ArgumentParser, *, run_dir: bool = False) -> None:
@@ -104,12 +131,15 @@ def _add_progress_argument(parser: argparse.ArgumentParser) -> None:
 
 def _add_judge_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("judge")
-    group.add_argument("--judge-model", default="gpt-3.5-turbo", help="judge model name (default %(default)s, the original's)")
+    group.add_argument("--judge-model", default=DEFAULT_JUDGE_MODEL, help="judge model name (default %(default)s, the original's)")
     group.add_argument("--base-url", help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL, else api.openai.com)")
     group.add_argument("--concurrency", type=int, default=8, help="requests in flight (default %(default)s)")
     group.add_argument("--max-attempts", type=int, default=5, help="tries per item, transport errors and bad replies "
                        "alike (default %(default)s)")
     group.add_argument("--judge-timeout", type=float, default=60.0, help="seconds per request (default %(default)s)")
+    group.add_argument("--dead-after", type=float, default=60.0, metavar="SECONDS",
+                       help="stop when the endpoint has answered nothing for this long and two requests in a row "
+                       "could not connect or timed out (default %(default)s); a server that answers is waited for")
     group.add_argument("--judge-temperature", type=float, default=0.0, help="(default %(default)s; the original used the API default, 1)")
     group.add_argument("--cache-dir", type=Path, help="judgment cache (default $FASTERVLM_CACHE/judge or ~/.cache/fastervlm/judge)")
 
@@ -121,49 +151,46 @@ def _add_report_arguments(parser: argparse.ArgumentParser, *, plot: bool = True)
         parser.add_argument("--no-plot", action="store_true", help="skip report.png")
 
 
-def _comma_list(text: str, kind: type = str) -> list:
-    from fastervlm.errors import FasterVLMError
-
-    try:
-        return [kind(part.strip()) for part in text.split(",") if part.strip()]
-    except ValueError as err:
-        raise FasterVLMError(f"{text!r} is not a comma-separated list of {kind.__name__} values ({err}).") from err
-
-
-def _judge_settings(args: argparse.Namespace):  # noqa: ANN202
+def _judge_settings(args: argparse.Namespace) -> Any:
     from fastervlm.eval.judge import JudgeSettings
 
     return JudgeSettings(model=args.judge_model, base_url=args.base_url, temperature=args.judge_temperature,
                          max_attempts=args.max_attempts, concurrency=args.concurrency, timeout=args.judge_timeout,
-                         cache_dir=args.cache_dir)
+                         dead_after=args.dead_after, cache_dir=args.cache_dir)
 
 
-def _load_benchmarks(names: list[str], data_root: Path, limit: int | None) -> list:
+def _load_benchmarks(names: list[str], data_root: Path, limit: int | None, flag: str) -> list:
+    from fastervlm.cli.common import split_list
     from fastervlm.eval.benchmarks import get_benchmark, load_items
 
-    return [load_items(get_benchmark(name), data_root, limit) for name in names]
+    return [load_items(get_benchmark(name), data_root, limit) for name in split_list(names, flag=flag)]
 
 
 def _say(rank: int, text: str) -> None:
     print(text if rank == 0 else f"[rank {rank}] {text}", file=sys.stderr)
 
 
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
 def run_predict(args: argparse.Namespace) -> int:
-    from fastervlm.cli.common import generation_settings, load_model, method_settings
+    from fastervlm.cli.common import generation_settings, load_model, method_settings, split_list
     from fastervlm.errors import FasterVLMError
     from fastervlm.eval.predict import distributed, predict_items, prepare_run, rank_device
 
-    if args.run_dir and len(args.benchmark) > 1:
-        raise FasterVLMError("--run-dir names one run: give one --benchmark with it, or use --out.")
     if args.prefetch < 0:
         raise FasterVLMError(f"--prefetch is a number of videos decoded ahead: 0 or more (got {args.prefetch}).")
-    loaded = _load_benchmarks(args.benchmark, args.data_root, args.limit)  # bad data fails before the model loads
+    if args.run_dir and len(split_list(args.benchmark)) > 1:
+        raise FasterVLMError("--run-dir names one run: give one --benchmark with it, or use --out.")
+    loaded = _load_benchmarks(args.benchmark, args.data_root, args.limit, "--benchmark")  # bad data fails before the model loads
     method, settings = method_settings(args)
     generation = generation_settings(args)
     with distributed() as rank:
         args.device = rank_device(args.device)
         pipeline = load_model(args)
         pruner = pipeline.pruner(method, **settings)
+        pruner.per_frame_budget(pipeline.num_patches)  # a budget out of range fails here, not as an error per item
         for benchmark in loaded:
             run = prepare_run(pipeline, benchmark, args.data_root, pruner, generation, flip=args.flip, out=args.out,
                               run_dir=args.run_dir, tag=args.tag)
@@ -181,22 +208,16 @@ def run_judge(args: argparse.Namespace) -> int:
     from fastervlm.eval.rundir import find_runs_under
 
     runs = find_runs_under(args.paths)
-    judge_runs(runs, _judge_settings(args), progress=not args.no_progress, report=lambda line: print(line, file=sys.stderr))
+    judge_runs(runs, _judge_settings(args), progress=not args.no_progress, report=_stderr)
     return 0
 
 
-def _write_report(paths: list, out: Path, args: argparse.Namespace, judge_model: str | None) -> None:
-    from fastervlm.eval.report import build_report, write_report
-
-    report = build_report(paths, judge_model=judge_model, mode=args.metrics)
-    files = write_report(report, out, plot=not args.no_plot)
-    print(report.markdown())
-    print("wrote " + ", ".join(str(p) for p in files.values()), file=sys.stderr)
-
-
 def run_report(args: argparse.Namespace) -> int:
+    from fastervlm.eval.report import report_runs
+
     out = Path(args.out) if args.out else Path(args.paths[0])
-    _write_report(args.paths, out, args, args.judge_model)
+    report_runs(args.paths, out, judge_model=args.judge_model, mode=args.metrics, plot=not args.no_plot,
+                show=print, say=_stderr)
     return 0
 
 
@@ -214,40 +235,62 @@ def run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_sweep(args: argparse.Namespace) -> int:
-    from fastervlm.cli.common import generation_settings, load_model, method_settings
+@contextmanager
+def _errors_named(command: str) -> Iterator[None]:
+    """Errors raised while `command` runs start with its name (`eval sweep: ...`)."""
+    from fastervlm.cli.common import CliParameterNames
+    from fastervlm.errors import BudgetError, FasterVLMError
+
+    try:
+        yield
+    except BudgetError as err:
+        names = CliParameterNames()
+        names["reduction"] = "--reductions"  # the sweep's budgets come from its list flag
+        raise FasterVLMError(f"{command}: {err.render(names)}") from None
+    except FasterVLMError as err:
+        raise FasterVLMError(f"{command}: {err}") from None
+
+
+def _method_options(texts: list[str], methods: list[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """--method-option values: (settings for every method, settings by the method their METHOD: prefix names)."""
+    from fastervlm.cli.common import parse_setting
     from fastervlm.errors import FasterVLMError
-    from fastervlm.eval.judge import judge_runs
-    from fastervlm.eval.predict import distributed, rank_device
-    from fastervlm.eval.sweep import grid, sweep_predict
 
-    _, options = method_settings(argparse.Namespace(method=None, keep=None, reduction=None, global_budget=False,
-                                                    method_option=args.method_option), check_budget=False)
-    cells = grid(_comma_list(args.methods), _comma_list(args.reductions, float), options, baseline=not args.no_baseline)
-    loaded = _load_benchmarks(_comma_list(args.benchmarks), args.data_root, args.limit)
-    generation = generation_settings(args)
-    settings = None
-    if not args.no_judge:  # a bad judge flag or a missing key fails before hours of predicting
-        from fastervlm.eval.judge import api_key_from_env
+    common: dict[str, Any] = {}
+    scoped: dict[str, dict[str, Any]] = {}
+    for text in texts:
+        method, key, value = parse_setting(text)
+        if method is not None and method not in methods:
+            raise FasterVLMError(f"--method-option {text} is for {method}, which is not in --methods "
+                                 f"({', '.join(methods)}): add it there or drop the option.")
+        (scoped.setdefault(method, {}) if method else common)[key] = value
+    return common, scoped
 
-        api_key_from_env()
-        settings = _judge_settings(args)
-    with distributed() as rank:
-        args.device = rank_device(args.device)
-        pipeline = load_model(args)
-        runs, summaries = sweep_predict(pipeline, loaded, args.data_root, cells, generation, out=args.out,
-                                        flip=args.flip, tag=args.tag, rank=rank, progress=not args.no_progress)
-        for summary in summaries:
-            _say(rank.rank, summary.line())
-        if rank.rank != 0:
-            return 0
-    failure = None
-    if settings is not None:
-        try:
-            judge_runs(runs, settings, progress=not args.no_progress, report=lambda line: print(line, file=sys.stderr))
-        except FasterVLMError as err:
-            failure = err  # still write the report: it shows what is missing
-    _write_report([run.path for run in runs], args.out, args, None if settings is None else settings.model)
-    if failure is not None:
-        raise failure
+
+def run_sweep(args: argparse.Namespace) -> int:
+    with _errors_named("eval sweep"):
+        return _sweep(args)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from fastervlm.cli.common import generation_settings, load_model, split_list
+    from fastervlm.eval.sweep import Sweep, grid, run_sweep
+    from fastervlm.methods import default_method
+
+    methods = split_list(args.methods, flag="--methods") or [default_method(budget_given=True)]
+    common, scoped = _method_options(args.method_option, methods)
+    cells = grid(methods, split_list(args.reductions, float, flag="--reductions"), common, baseline=not args.no_baseline,
+                 scoped=scoped)
+    plan = Sweep(
+        benchmarks=_load_benchmarks(args.benchmarks, args.data_root, args.limit, "--benchmarks"),
+        data_root=args.data_root, cells=cells, generation=generation_settings(args), out=args.out,
+        judge=None if args.no_judge else _judge_settings(args), mode=args.metrics, plot=not args.no_plot,
+        flip=args.flip, tag=args.tag,
+    )
+
+    def load(device: str | None) -> Any:
+        args.device = device  # under torchrun on GPUs: this rank's card
+        return load_model(args)
+
+    run_sweep(plan, load, device=args.device, progress=not args.no_progress, say=_stderr, show=print)
     return 0

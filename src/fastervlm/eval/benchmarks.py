@@ -1,7 +1,10 @@
-"""The four video-QA benchmarks as data, user-defined benchmarks from a small file, and loading their items.
+"""Benchmarks as data files, and loading their items.
 
-A benchmark is where its files live under `--data-root` and how a question's video is named on disk.
-Questions and answers are matched by `question_id` (the original matched them by list position).
+A benchmark is where its files live under `--data-root` and how a question's video is named on disk: one small
+TOML or JSON file. The built-in ones are such files shipped inside the package (`benchmark_defs/`, read in name
+order, which is the report's column order); a user's own is the same kind of file passed by path. Adding a
+benchmark is adding one file. Questions and answers are matched by `question_id` (the original matched them by
+list position).
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ import hashlib
 import json
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -56,16 +61,9 @@ class Benchmark:
         return self.video_prefix + video_name
 
 
-BENCHMARKS: dict[str, Benchmark] = {
-    b.name: b
-    for b in (
-        Benchmark("tgif", "TGIF-QA", "TGIF_Zero_Shot_QA", "mp4"),
-        Benchmark("msvd", "MSVD-QA", "MSVD_Zero_Shot_QA", "videos"),
-        Benchmark("msrvtt", "MSRVTT-QA", "MSRVTT_Zero_Shot_QA", "videos/all"),
-        Benchmark("activitynet", "ActivityNet-QA", "Activitynet_Zero_Shot_QA", "all_test", video_prefix="v_"),
-    )
-}
-"""In the order of the seed's table."""
+BUILTIN_DIR = "benchmark_defs"
+"""The package folder (under fastervlm.eval) that holds the built-in benchmark files."""
+
 
 
 @dataclass(frozen=True)
@@ -89,34 +87,26 @@ class LoadedBenchmark:
     1K files or from the full files with --limit 1000 give the same digest."""
 
 
-def get_benchmark(spec: str) -> Benchmark:
-    """A built-in benchmark by name (case-insensitive, "-qa" allowed) or a user-defined one from a .json/.toml file."""
-    key = spec.lower().removesuffix("-qa").replace("-", "")
-    if key in BENCHMARKS:
-        return BENCHMARKS[key]
-    path = Path(spec).expanduser()
-    if path.suffix.lower() in (".json", ".toml"):
-        return benchmark_from_file(path)
-    raise FasterVLMError(
-        f"unknown benchmark {spec!r}: use one of {', '.join(BENCHMARKS)} or a .json/.toml file that defines one "
-        "(see docs/evaluation.md)."
-    )
-
-
 def benchmark_from_file(path: Path) -> Benchmark:
-    """A user-defined benchmark: keys name, folder, video_dir, optional title, video_prefix, questions+answers
-    (one file pair) and extensions."""
+    """A benchmark defined by a .toml or .json file (see `benchmark_from_text` for the keys)."""
     if not path.is_file():
         raise FasterVLMError(f"benchmark file {path} does not exist.")
+    return benchmark_from_text(path.read_text(), path.suffix, str(path))
+
+
+def benchmark_from_text(text: str, suffix: str, origin: str) -> Benchmark:
+    """A benchmark from the text of a definition file: keys name, folder, video_dir, optional title,
+    video_prefix, questions+answers (one file pair) and extensions. `origin` names the file in errors."""
+    kind = suffix.lower().lstrip(".")
     try:
-        raw = tomllib.loads(path.read_text()) if path.suffix.lower() == ".toml" else json.loads(path.read_text())
+        raw = tomllib.loads(text) if kind == "toml" else json.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
-        raise FasterVLMError(f"benchmark file {path} is not valid {path.suffix[1:].upper()}: {err}") from err
+        raise FasterVLMError(f"benchmark file {origin} is not valid {kind.upper()}: {err}") from err
     if not isinstance(raw, dict):
-        raise FasterVLMError(f"benchmark file {path} must hold one table/object with the keys name, folder, video_dir.")
+        raise FasterVLMError(f"benchmark file {origin} must hold one table/object with the keys name, folder, video_dir.")
     data = dict(raw)
     if ("questions" in data) != ("answers" in data):
-        raise FasterVLMError(f"benchmark file {path}: give both 'questions' and 'answers', or neither.")
+        raise FasterVLMError(f"benchmark file {origin}: give both 'questions' and 'answers', or neither.")
     if "questions" in data:
         data["file_pairs"] = ((str(data.pop("questions")), str(data.pop("answers"))),)
     if "extensions" in data:
@@ -130,10 +120,53 @@ def benchmark_from_file(path: Path) -> Benchmark:
             [f"missing keys {', '.join(missing)}"] if missing else []
         )
         raise FasterVLMError(
-            f"benchmark file {path}: {'; '.join(problems)}. Allowed: name, title, folder, video_dir, video_prefix, "
+            f"benchmark file {origin}: {'; '.join(problems)}. Allowed: name, title, folder, video_dir, video_prefix, "
             "questions, answers, extensions."
         )
     return Benchmark(**data)
+
+
+DEFINITION_SUFFIXES = (".toml", ".json")
+
+
+def _builtin_files() -> list[Traversable]:
+    """The packaged definition files in name order (importlib.resources: read from an installed wheel too)."""
+    folder = resources.files("fastervlm.eval").joinpath(BUILTIN_DIR)
+    files = [f for f in folder.iterdir() if f.is_file() and Path(f.name).suffix in DEFINITION_SUFFIXES]
+    return sorted(files, key=lambda f: f.name)
+
+
+def _load_builtins() -> dict[str, Benchmark]:
+    found: dict[str, Benchmark] = {}
+    for file in _builtin_files():
+        benchmark = benchmark_from_text(file.read_text(encoding="utf-8"), Path(file.name).suffix, f"{BUILTIN_DIR}/{file.name}")
+        if benchmark.name in found:
+            raise FasterVLMError(f"two packaged benchmark files define {benchmark.name!r}; names must be unique.")
+        found[benchmark.name] = benchmark
+    return found
+
+
+BENCHMARKS: dict[str, Benchmark] = _load_builtins()
+"""The built-in benchmarks by name, in the order of the seed's table (the files' name order)."""
+
+
+def benchmark_names() -> list[str]:
+    """The built-in benchmarks' names (cheap: no torch; the CLI's help and defaults use it)."""
+    return list(BENCHMARKS)
+
+
+def get_benchmark(spec: str) -> Benchmark:
+    """A built-in benchmark by name (case-insensitive, "-qa" allowed) or a user-defined one from a .json/.toml file."""
+    key = spec.lower().removesuffix("-qa").replace("-", "")
+    if key in BENCHMARKS:
+        return BENCHMARKS[key]
+    path = Path(spec).expanduser()
+    if path.suffix.lower() in DEFINITION_SUFFIXES:
+        return benchmark_from_file(path)
+    raise FasterVLMError(
+        f"unknown benchmark {spec!r}: use one of {', '.join(BENCHMARKS)} or a .json/.toml file that defines one "
+        "(see docs/evaluation.md)."
+    )
 
 
 def benchmark_record(benchmark: Benchmark) -> dict[str, Any]:
@@ -170,6 +203,9 @@ def load_items(benchmark: Benchmark, data_root: Path, limit: int | None = None) 
         raise FasterVLMError(f"--limit must be at least 1, got {limit}.")
     q_path, a_path = benchmark.files(data_root)
     questions = _read_list(q_path, ("question_id", "question", "video_name"))
+    if not questions:
+        raise FasterVLMError(f"no questions in {q_path}: it holds an empty list. Point --data-root at the benchmark's "
+                             "real question file (a JSON list of {video_name, question, question_id}).")
     answers = _by_id(_read_list(a_path, ("question_id", "answer")), a_path)
     q_ids = _by_id(questions, q_path)
     unanswered = [qid for qid in q_ids if qid not in answers]

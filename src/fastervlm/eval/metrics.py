@@ -1,11 +1,15 @@
 """What a judge reply means, and Accuracy / Score with confidence intervals and paired tests.
 
-Two modes:
-- "strict": a reply counts when it is a dict with pred exactly yes/no and a numeric score in [0, 5] (4.8 stays
-  4.8). Anything else is unjudged: reported as missing, never scored as wrong.
-- "compat": the original eval_video_qa.py loop, quirks included: every dict reply enters the score denominator;
-  score = int(reply['score']) (4.8 -> 4; a string or missing score adds 0 and skips the yes/no test);
-  yes if "yes" in pred.lower(), elif no if "no" in pred.lower() (substring tests: "not sure" is a no).
+Two modes, read from the replies a judgment stored (one per attempt, in order):
+- "strict": the final reply counts when it is a dict with pred exactly yes/no and a numeric score in [0, 5]
+  (4.8 stays 4.8). Anything else is unjudged: reported as missing, never scored as wrong.
+- "compat": the original eval_video_qa.py, arithmetic and quirks included (spec 6.2). The original kept the
+  first reply that `ast.literal_eval` could read (and `json.dump` could store); we use the first such reply of
+  the attempts, not the last. Aggregation: every kept reply enters the score denominator; score =
+  int(reply['score']) (4.8 -> 4); yes if "yes" in pred.lower(), elif no if "no" in pred.lower() (substring tests:
+  "not sure" is a no). An exception on the way (no score, a score "4.5", a reply that is not a dict) leaves the
+  item in the denominator with 0 added and no yes/no; one after the score was added (no pred) keeps the score.
+  A reply no attempt made readable is unjudged (the original retried such items forever).
 Accuracy = yes / (yes + no); Score = mean score. In both modes a reply wrapped in a Markdown code fence is read as
 its content (the original could not parse it and retried such an item forever).
 """
@@ -13,6 +17,7 @@ its content (the original could not parse it and retried such an item forever).
 from __future__ import annotations
 
 import ast
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -68,29 +73,69 @@ def strict_verdict(value: Any) -> tuple[Verdict | None, str | None]:
 
 @dataclass(frozen=True)
 class ItemResult:
-    """One judged item as the chosen mode reads it: correct is None when it has no yes/no."""
+    """One judged item as the chosen mode reads it: correct is None when it has no yes/no; score is an int in
+    compat (the original's int()), so the mean is exactly its score_sum / count."""
 
     correct: bool | None
     score: float
 
 
 def read_item(value: Any, mode: Mode) -> ItemResult | None:
-    """One reply (a parsed literal) read in `mode`; None when the item is unjudged in that mode."""
+    """One parsed reply read in `mode`; None when the item is unjudged in that mode. In compat, `value` is a reply
+    the original accepted (see `original_reply`), except None, which stands for "no readable reply"."""
     if mode == "strict":
         verdict, _ = strict_verdict(value)
         return None if verdict is None else ItemResult(verdict.pred == "yes", verdict.score)
-    if not isinstance(value, dict):
-        return None  # the original retried such replies forever; they never entered its counts
+    return None if value is None else _original_counting(value)
+
+
+def _original_counting(value: Any) -> ItemResult:
+    """The original's per-entry aggregation of a stored reply: counted, then score and yes/no until an error."""
     try:
-        score = int(value["score"])
+        score = int(value["score"])  # a non-dict reply raises here too (list, str and None cannot be indexed by 'score')
     except Exception:  # noqa: BLE001  (the original's bare except: counted, 0 added, no yes/no)
-        return ItemResult(None, 0.0)
+        return ItemResult(None, 0)
     try:
         pred = value["pred"].lower()
     except Exception:  # noqa: BLE001
-        return ItemResult(None, float(score))
+        return ItemResult(None, score)
     correct = True if "yes" in pred else False if "no" in pred else None
-    return ItemResult(correct, float(score))
+    return ItemResult(correct, score)
+
+
+_NOT_STORED = object()
+
+
+def _as_stored(text: str | None) -> Any:
+    """The reply as the original stored and re-read it (ast.literal_eval, then a JSON round trip), or _NOT_STORED
+    when literal_eval fails or the value cannot be JSON (a set, bytes: the original's file was left broken)."""
+    if text is None:
+        return _NOT_STORED
+    text = text.strip()
+    fenced = _FENCE.match(text)
+    try:
+        value = ast.literal_eval(fenced.group(1).strip() if fenced else text)
+        return json.loads(json.dumps(value))
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return _NOT_STORED
+
+
+def original_reply(replies: list[str | None]) -> tuple[bool, Any]:
+    """(True, value) for the first reply the original would have kept, as it aggregated it; (False, None) when no
+    attempt gave one."""
+    for text in replies:
+        value = _as_stored(text)
+        if value is not _NOT_STORED:
+            return True, value
+    return False, None
+
+
+def read_judgment(replies: list[str | None], mode: Mode) -> ItemResult | None:
+    """One judgment's replies (every attempt's, in order) read in `mode`; None when unjudged in that mode."""
+    if mode == "strict":
+        return read_item(parse_reply(replies[-1]) if replies else None, "strict")
+    kept, value = original_reply(replies)
+    return _original_counting(value) if kept else None
 
 
 def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float] | None:
@@ -135,10 +180,22 @@ class Metrics:
 
 
 def compute(replies: dict[str, Any], mode: Mode) -> Metrics:
-    """Metrics from {item id: parsed reply}; replies that are unusable in `mode` are left out (see module doc)."""
+    """Metrics from {item id: parsed reply} (None: unreadable); replies unusable in `mode` are left out."""
     if mode not in MODES:
         raise ValueError(f"unknown metrics mode {mode!r}")
-    items = {i: r for i, v in replies.items() if (r := read_item(v, mode)) is not None}
+    return compute_items({i: r for i, v in replies.items() if (r := read_item(v, mode)) is not None}, mode)
+
+
+def compute_judgments(replies: dict[str, list[str | None]], mode: Mode) -> Metrics:
+    """Metrics from {item id: the replies of its attempts, in order} (what judgments.jsonl stores)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown metrics mode {mode!r}")
+    return compute_items({i: r for i, texts in replies.items() if (r := read_judgment(texts, mode)) is not None}, mode)
+
+
+def compute_items(items: dict[str, ItemResult], mode: Mode) -> Metrics:
+    """Accuracy and Score over the items read in `mode`; the score is the mean of their scores (compat: of the
+    int scores, as the original's score_sum / count)."""
     yes = sum(r.correct is True for r in items.values())
     no = sum(r.correct is False for r in items.values())
     scores = [r.score for r in items.values()]

@@ -22,7 +22,8 @@ from typing import Any
 
 from fastervlm.errors import FasterVLMError
 from fastervlm.eval.benchmarks import Item, LoadedBenchmark, benchmark_record, video_path
-from fastervlm.eval.rundir import PROVENANCE, JsonlAppender, RunDir, is_error, run_name
+from fastervlm.eval.rundir import PROVENANCE, RunDir, is_error, run_name
+from fastervlm.eval.storage import JsonlAppender
 
 DISTRIBUTED_TIMEOUT = timedelta(days=7)
 """Ranks that finish their shard early wait at the final barrier; the default 30 minutes is too short."""
@@ -187,14 +188,35 @@ def predict_items(
     A missing or undecodable video (any FasterVLMError for the item) becomes an error record; other
     exceptions are bugs and stop the run (everything written so far stays).
     """
-    from tqdm import tqdm
-
     rank = rank or Rank()
     generation = generation or _default_generation()
     started = time.perf_counter()
     shard = rank.shard(loaded.items)
     finished = run.finished_ids()
     todo = [item for item in shard if item.id not in finished]
+
+    done = errors = 0
+    if todo:  # a finished run is resumed without writing anything (its folder may be read-only)
+        fix = f"make {run.path} writable (or free some space) to resume it, or copy it to a writable folder."
+        with JsonlAppender(run.prediction_file(rank.rank), fix) as out:
+            done, errors = _answer_items(pipeline, loaded, data_root, todo, out, pruner, generation, flip=flip,
+                                         rank=rank, prefetch=prefetch, progress=progress, run=run)
+    summary = PredictSummary(run.path, len(shard), len(shard) - len(todo), done, errors, time.perf_counter() - started)
+    rank.barrier()
+    if rank.rank == 0:
+        merged = run.predictions()
+        summary.merged_errors = sum(is_error(r) for r in merged.values())
+        summary.merged_predictions = len(merged) - summary.merged_errors
+        summary.expected = len(loaded.items)
+    return summary
+
+
+def _answer_items(
+    pipeline: Any, loaded: LoadedBenchmark, data_root: Path, todo: list[Item], out: JsonlAppender, pruner: Any,
+    generation: Any, *, flip: bool, rank: Rank, prefetch: int, progress: bool, run: RunDir,
+) -> tuple[int, int]:
+    """Answer `todo` in order, one record per item written before the next starts; (answered, errors)."""
+    from tqdm import tqdm
 
     def load(item: Item) -> Any:
         path = video_path(loaded.benchmark, data_root, item)
@@ -206,7 +228,7 @@ def predict_items(
     done = errors = 0
     bar = tqdm(total=len(todo), desc=f"{loaded.benchmark.name} {run.path.name}", unit="item",
                disable=not progress or rank.rank != 0, dynamic_ncols=True)
-    with JsonlAppender(run.prediction_file(rank.rank)) as out, bar:
+    with bar:
         for item, future in _prefetched(todo, load, prefetch):
             base = {"id": item.id, "video": item.video_name, "question": item.question, "answer": item.answer}
             try:
@@ -231,14 +253,7 @@ def predict_items(
                 done += 1
             bar.update(1)
             bar.set_postfix(errors=errors, refresh=False)
-    summary = PredictSummary(run.path, len(shard), len(shard) - len(todo), done, errors, time.perf_counter() - started)
-    rank.barrier()
-    if rank.rank == 0:
-        merged = run.predictions()
-        summary.merged_errors = sum(is_error(r) for r in merged.values())
-        summary.merged_predictions = len(merged) - summary.merged_errors
-        summary.expected = len(loaded.items)
-    return summary
+    return done, errors
 
 
 def _default_generation() -> Any:

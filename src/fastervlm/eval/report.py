@@ -2,7 +2,7 @@
 baseline, paired tests against it, as Markdown, CSV, JSON and a PNG plot of relative accuracy vs visual tokens.
 
 "Average" is the mean over benchmarks of (row / baseline row of the same model), the baseline being the run
-with method none or reduction 0. Nothing is hidden: prediction errors (e.g. missing videos), missing
+that keeps every visual token (the registry's baseline method, or reduction 0). Nothing is hidden: prediction errors (e.g. missing videos), missing
 predictions and unjudged items are counted per run, flagged in the table and listed under it.
 """
 
@@ -12,147 +12,24 @@ import csv
 import io
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fastervlm.errors import FasterVLMError
 from fastervlm.eval.benchmarks import BENCHMARKS
-from fastervlm.eval.judge import PROMPT_VERSION, SETTINGS_FILE, prediction_key, read_judgments
-from fastervlm.eval.metrics import Metrics, Mode, PairedTest, compute, paired_test, parse_reply
-from fastervlm.eval.rundir import PROVENANCE, RunDir, find_runs_under, is_error, variant_name
+from fastervlm.eval.compare import compare_runs
+from fastervlm.eval.metrics import Mode, paired_test
+from fastervlm.eval.reading import RunResult, judge_models_of, judged_models, read_run
+from fastervlm.eval.rundir import find_runs_under
+from fastervlm.eval.storage import writing
+
+__all__ = ["Report", "Row", "RunResult", "build_report", "compare_runs", "judged_models", "read_run", "report_runs",
+           "write_report"]
 
 FLAG = "†"
-
-
-@dataclass
-class RunResult:
-    """One run directory read through one judge model in one metrics mode."""
-
-    run: RunDir
-    model: str
-    benchmark: str
-    title: str
-    row: str
-    """The run's folder name (method, budget, tag): one table row per model and row."""
-    variant: str
-    """The method configuration without the budget: one line per model and variant in the plot."""
-    settings: dict[str, Any]
-    items: int
-    predictions: dict[str, dict[str, Any]] = field(repr=False)
-    """Every prediction record by id, error records included (RunDir.predictions)."""
-    replies: dict[str, Any] = field(repr=False)
-    """Parsed judge replies by id, for the predictions now in the run only (current_replies)."""
-    visual_tokens: float | None
-    metrics: Metrics | None
-    """None when the run has no judgments from the chosen judge."""
-    baseline_test: PairedTest | None = None
-
-    @property
-    def errors(self) -> int:
-        return sum(is_error(p) for p in self.predictions.values())
-
-    @property
-    def predicted(self) -> int:
-        """Items with a prediction (error records not counted)."""
-        return len(self.predictions) - self.errors
-
-    @property
-    def missing_predictions(self) -> int:
-        return self.items - self.predicted - self.errors
-
-    @property
-    def unjudged(self) -> int:
-        return self.predicted - (self.metrics.judged if self.metrics else 0)
-
-    @property
-    def complete(self) -> bool:
-        return self.errors == 0 and self.missing_predictions == 0 and self.unjudged == 0
-
-    @property
-    def is_baseline(self) -> bool:
-        return self.settings.get("method") == "none" or (
-            self.settings.get("reduction") == 0 and self.settings.get("keep") is None
-        )
-
-    def problems(self) -> list[str]:
-        out = []
-        if self.errors:
-            out.append(f"{self.errors} prediction errors (e.g. missing or undecodable videos)")
-        if self.missing_predictions:
-            out.append(f"{self.missing_predictions} items not predicted yet")
-        if self.metrics is None:
-            out.append("not judged")
-        elif self.unjudged:
-            out.append(f"{self.unjudged} predictions unjudged (left out, not scored as wrong)")
-        return out
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "run_dir": str(self.run.path),
-            "model": self.model,
-            "benchmark": self.benchmark,
-            "row": self.row,
-            "settings": self.settings,
-            "items": self.items,
-            "predicted": self.predicted,
-            "errors": self.errors,
-            "missing_predictions": self.missing_predictions,
-            "unjudged": self.unjudged,
-            "visual_tokens": self.visual_tokens,
-            "metrics": self.metrics.to_json() if self.metrics else None,
-            "vs_baseline": self.baseline_test.to_json() if self.baseline_test else None,
-        }
-
-
-def judged_models(run: RunDir) -> list[str]:
-    """Judge models with at least one valid judgment in `run`: a judge run that failed on every item (e.g. an
-    unreachable endpoint) leaves a judge/<model>/ folder but judged nothing, so it does not count."""
-    return [m for m in run.judge_models() if any(j.get("valid", True) for j in read_judgments(run, m).values())]
-
-
-def judge_models_of(runs: list[RunDir]) -> list[str]:
-    return sorted({m for run in runs for m in judged_models(run)})
-
-
-def current_replies(run: RunDir, judge_model: str | None, predictions: dict[str, dict]) -> dict[str, object]:
-    """Parsed judge replies by id, only for judgments made for the prediction now in the run (same question,
-    answer and prediction text); empty when the run was not judged with `judge_model`."""
-    if judge_model is None or not (run.judge_dir(judge_model) / SETTINGS_FILE).is_file():
-        return {}
-    version = json.loads((run.judge_dir(judge_model) / SETTINGS_FILE).read_text()).get("prompt_version", PROMPT_VERSION)
-    judgments = read_judgments(run, judge_model)
-    return {
-        i: parse_reply(judgments[i]["reply"])
-        for i, p in predictions.items()
-        if i in judgments and judgments[i]["key"] == prediction_key(judge_model, p, version)
-    }
-
-
-def read_run(run: RunDir, judge_model: str | None, mode: Mode) -> RunResult:
-    """Predictions, errors and (when judge_model is given) metrics of one run; a judgment counts only when it
-    was made for the prediction now in the run (same question, answer and prediction text)."""
-    config = run.config()
-    predictions = run.predictions()
-    good = {i: p for i, p in predictions.items() if not is_error(p)}
-    tokens = [p["visual_tokens"] for p in good.values() if p.get("visual_tokens") is not None]
-    judged = judge_model is not None and (run.judge_dir(judge_model) / SETTINGS_FILE).is_file()
-    replies = current_replies(run, judge_model, good)
-    bench = config["benchmark"]
-    return RunResult(
-        run=run,
-        model=config["model"]["name"],
-        benchmark=bench["name"],
-        title=bench.get("title") or bench["name"],
-        row=run.path.name,
-        variant=variant_name(config["method"], config.get(PROVENANCE, {}).get("tag")),
-        settings=config["method"],
-        items=bench["items"],
-        predictions=predictions,
-        replies=replies,
-        visual_tokens=sum(tokens) / len(tokens) if tokens else None,
-        metrics=compute(replies, mode) if judged else None,
-    )
+"""Marks an incomplete run, or an average over fewer benchmarks than the table has."""
 
 
 @dataclass
@@ -238,7 +115,7 @@ class Report:
         judge = f"judge {self.judge_model}" if self.judge_model else "not judged yet (run `fastervlm eval judge`)"
         return (
             f"Acc = yes/(yes+no) in %, Score = mean judge score (0-5); {judge}, metrics mode {self.mode}. "
-            "Avg = mean over benchmarks of the ratio to the baseline row (method none / reduction 0) of the same "
+            "Avg = mean over benchmarks of the ratio to the baseline row (no pruning) of the same "
             f"model; {FLAG} = incomplete run, or an average over fewer benchmarks than the table has."
         )
 
@@ -393,54 +270,32 @@ def _relate_to_baselines(rows: list[Row], mode: Mode) -> None:
                     row.results[name].baseline_test = paired_test(theirs, mine)
 
 
-def write_report(report: Report, out_dir: str | os.PathLike, *, plot: bool = True) -> dict[str, Path]:
-    """report.md, report.csv, report.json (and report.png) in `out_dir`."""
+def write_report(report: Report, out_dir: str | os.PathLike, *, plot: bool = True,
+                 fix: str = "choose a writable folder for report.md, .csv, .json and .png.") -> dict[str, Path]:
+    """report.md, report.csv, report.json (and report.png) in `out_dir`; a folder that refuses them is a
+    NotWritableError that names it and says `fix`."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     files = {"markdown": out / "report.md", "csv": out / "report.csv", "json": out / "report.json"}
-    files["markdown"].write_text(report.markdown())
-    files["csv"].write_text(report.csv())
-    files["json"].write_text(json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n")
-    if plot:
-        files["png"] = report.plot(out / "report.png")
+    with writing(out, fix):
+        out.mkdir(parents=True, exist_ok=True)
+        files["markdown"].write_text(report.markdown())
+        files["csv"].write_text(report.csv())
+        files["json"].write_text(json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n")
+        if plot:
+            files["png"] = report.plot(out / "report.png")
     return files
 
 
-def _run_to_compare(path: str | os.PathLike) -> RunDir:
-    """The run at `path`, or an error naming what is wrong with it (missing folder, not a run)."""
-    run = RunDir(path)
-    if not run.path.is_dir():
-        raise FasterVLMError(f"{path}: no such run folder; give a folder made by `fastervlm eval predict`.")
-    run.config()  # raises when the folder is not a run directory
-    return run
+def report_runs(paths: list[str | os.PathLike], out: str | os.PathLike, *, judge_model: str | None = None,
+                mode: Mode = "strict", plot: bool = True, show: Callable[[str], None] = print,
+                say: Callable[[str], None] = print) -> tuple[Report, dict[str, Path]]:
+    """Build the report of every run under `paths`, `show` its Markdown table, then write its files into `out`
+    (`say` names them). The table comes first: a folder that refuses the files still gets it shown."""
+    report = build_report(paths, judge_model=judge_model, mode=mode)
+    show(report.markdown())
+    fix = "the table above is complete; pass --out a writable folder to also save report.md, .csv, .json and .png."
+    files = write_report(report, out, plot=plot, fix=fix)
+    say("wrote " + ", ".join(str(p) for p in files.values()))
+    return report, files
 
 
-def _compare_judge_model(run_a: RunDir, run_b: RunDir) -> str:
-    """The only judge model both runs have valid judgments from, or an error naming the real problem."""
-    models_a, models_b = judged_models(run_a), judged_models(run_b)
-    for run, models in ((run_a, models_a), (run_b, models_b)):
-        if not models:
-            raise FasterVLMError(f"{run.path} is not judged yet: run `fastervlm eval judge {run.path}` first.")
-    common = sorted(set(models_a) & set(models_b))
-    if not common:
-        raise FasterVLMError(
-            f"the two runs have no judge model in common ({run_a.path}: {', '.join(models_a)}; {run_b.path}: "
-            f"{', '.join(models_b)}): judge both with the same model (`fastervlm eval judge --judge-model ...`)."
-        )
-    if len(common) > 1:
-        raise FasterVLMError(f"both runs were judged by several models ({', '.join(common)}): choose one with --judge-model.")
-    return common[0]
-
-
-def compare_runs(a: str | os.PathLike, b: str | os.PathLike, *, judge_model: str | None = None, mode: Mode = "strict") -> PairedTest:
-    """Paired tests of run B against run A on the items both have judged."""
-    run_a, run_b = _run_to_compare(a), _run_to_compare(b)
-    bench_a, bench_b = run_a.config()["benchmark"]["name"], run_b.config()["benchmark"]["name"]
-    if bench_a != bench_b:
-        raise FasterVLMError(f"{a} is {bench_a} and {b} is {bench_b}: paired tests need the same items.")
-    if judge_model is None:
-        judge_model = _compare_judge_model(run_a, run_b)
-    ra, rb = read_run(run_a, judge_model, mode), read_run(run_b, judge_model, mode)
-    if ra.metrics is None or rb.metrics is None:
-        raise FasterVLMError(f"both runs need judgments from {judge_model}: run `fastervlm eval judge` on them first.")
-    return paired_test(ra.metrics, rb.metrics)

@@ -15,15 +15,16 @@ later line wins among equals, so re-running an errored item replaces its error.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from fastervlm.errors import FasterVLMError
+from fastervlm.eval.storage import JsonlAppender, create_json_once, read_jsonl, write_json_atomic, writing
+
+__all__ = ["JsonlAppender", "RunDir", "find_runs", "find_runs_under", "is_error", "read_jsonl", "run_name",
+           "variant_name", "write_json_atomic"]
 
 CONFIG_FILE = "config.json"
 ITEMS_FILE = "items.json"
@@ -56,34 +57,6 @@ def run_name(settings: dict[str, Any], tag: str | None = None) -> str:
     return "_".join([untagged, *budget] + ([tag] if tag else []))
 
 
-def _temp_json(path: Path, data: Any) -> str:
-    """`data` as JSON in a fsynced temporary file beside `path`; its name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        json.dump(data, tmp, indent=2, ensure_ascii=False)
-        tmp.write("\n")
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    return tmp.name
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON via a temporary file and rename, so readers never see half a file."""
-    os.replace(_temp_json(path, data), path)
-
-
-def _create_json_once(path: Path, data: Any) -> bool:
-    """Create `path` with `data` unless it exists (atomically, across processes and ranks); True if created."""
-    tmp = _temp_json(path, data)
-    try:
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        os.unlink(tmp)
-
-
 def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two configs, ignoring the provenance section."""
     diffs = []
@@ -98,68 +71,14 @@ def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "
     return diffs
 
 
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """The complete records of a JSONL file; a torn last line (a killed writer) is skipped."""
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.endswith("\n"):
-                return  # torn final line: the writer was killed mid-write
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as err:
-                raise FasterVLMError(
-                    f"{path} line {number} is not JSON ({err}): the file was edited or damaged. Repair or delete that "
-                    "line and run the command again (a deleted prediction is made again, a deleted judgment is "
-                    "judged again, from the judge cache when it holds it)."
-                ) from err
+def _without_items(config: dict[str, Any]) -> dict[str, Any]:
+    """A config without the item count and digest: the items themselves are compared (and may grow) apart."""
+    benchmark = {k: v for k, v in config.get("benchmark", {}).items() if k not in ("items", "items_sha256")}
+    return {**config, "benchmark": benchmark}
 
 
-class JsonlAppender:
-    """Append records to a JSONL file, one line each, flushed and fsynced before `write` returns.
-
-    Holds an exclusive lock so that two processes never write the same file, and cuts a torn last line
-    (left by a killed writer) before appending.
-    """
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._file = open(path, "a+b")
-        try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._file.close()
-            raise FasterVLMError(
-                f"{path} is being written by another process: wait for it to finish, or stop it, before resuming."
-            ) from None
-        self._cut_torn_line()
-
-    def _cut_torn_line(self) -> None:
-        size = self._file.seek(0, os.SEEK_END)
-        if size == 0:
-            return
-        self._file.seek(0)
-        data = self._file.read()
-        if data.endswith(b"\n"):
-            return
-        self._file.truncate(data.rfind(b"\n") + 1)
-        self._file.seek(0, os.SEEK_END)
-
-    def write(self, record: dict[str, Any]) -> None:
-        self._file.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
-        self._file.flush()
-        os.fsync(self._file.fileno())
-
-    def close(self) -> None:
-        self._file.close()  # closing releases the lock
-
-    def __enter__(self) -> JsonlAppender:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+def _item_text(items: list[dict[str, Any]], n: int) -> str:
+    return f"id {items[n].get('id')!r}" if n < len(items) else "absent"
 
 
 def is_error(record: dict[str, Any]) -> bool:
@@ -202,17 +121,50 @@ class RunDir:
             ) from err
 
     def create_or_check(self, config: dict[str, Any], items: list[dict[str, Any]]) -> bool:
-        """Record the configuration (True) or check it equals the recorded one; a difference is refused."""
-        _create_json_once(self.path / ITEMS_FILE, items)
-        created = _create_json_once(self.config_file, config)
-        if not created:
-            diffs = config_differences(self.config(), config)
-            if diffs:
-                raise FasterVLMError(
-                    f"{self.path} holds a run with another configuration:\n  " + "\n  ".join(diffs)
-                    + "\nResuming would mix the two. Use another --out, --tag or --run-dir, or delete the directory."
-                )
-        return created
+        """Record the configuration (True), or check it against the recorded one (False): a different
+        configuration is refused, more items than recorded grow the run (`grow`), fewer or other items are refused.
+        Nothing is written when the run folder already holds exactly this (a read-only folder can be resumed)."""
+        if not self.exists():
+            existing = next(p for p in (self.path, *self.path.parents) if p.exists())
+            fix = f"choose a writable --out (or --run-dir), or make {existing} writable."
+            with writing(self.path, fix):
+                create_json_once(self.path / ITEMS_FILE, items)
+                if create_json_once(self.config_file, config):
+                    if self.items() != items:  # left by a run that died before writing its config
+                        write_json_atomic(self.path / ITEMS_FILE, items)
+                    return True
+        recorded = self.config()
+        diffs = config_differences(_without_items(recorded), _without_items(config))
+        if diffs:
+            raise FasterVLMError(
+                f"{self.path} holds a run with another configuration:\n  " + "\n  ".join(diffs)
+                + "\nResuming would mix the two. Use another --out, --tag or --run-dir, or delete the directory."
+            )
+        if self.items() != items:
+            with writing(self.path, f"make {self.path} writable to add the new items, or use another --out or --tag."):
+                self.grow(recorded, config, items)
+        return False
+
+    def grow(self, recorded: dict[str, Any], config: dict[str, Any], items: list[dict[str, Any]]) -> None:
+        """Extend the run to `items` when its recorded items are their first ones (--limit 100, then 1000);
+        predictions made so far stay and count. Fewer items, or other ones, are refused."""
+        old = self.items()
+        if len(items) > len(old) and items[: len(old)] == old:
+            write_json_atomic(self.path / ITEMS_FILE, items)  # items first: a crash in between leaves a readable run
+            write_json_atomic(self.config_file, {**config, PROVENANCE: recorded.get(PROVENANCE, {})})
+            return
+        if len(items) < len(old) and old[: len(items)] == items:
+            raise FasterVLMError(
+                f"{self.path} holds a run of {len(old)} items and this command asks for its first {len(items)}: a run "
+                f"is never shrunk. Resume it with --limit {len(old)} (or more), or use another --out, --tag or "
+                "--run-dir for the smaller run."
+            )
+        first = next((n for n, (a, b) in enumerate(zip(old, items)) if a != b), min(len(old), len(items)))
+        raise FasterVLMError(
+            f"{self.path} holds other benchmark items: item {first + 1} is {_item_text(old, first)} in the run "
+            f"directory, {_item_text(items, first)} now. Use the question files the run was made from, or another "
+            "--out, --tag or --run-dir."
+        )
 
     def prediction_file(self, rank: int) -> Path:
         return self.path / PREDICTIONS_DIR / f"rank-{rank:05d}.jsonl"

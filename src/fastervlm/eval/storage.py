@@ -1,0 +1,146 @@
+"""How the evaluation writes its files: JSON replaced atomically or created once, JSONL appended line by line, and
+one clear error when the file system refuses a write.
+
+Every write of paid work (a prediction, a judgment) is flushed and fsynced before the next one starts. A folder
+that cannot be written (read-only mount, `chmod a-w`, `chattr +i`, a full disk) is reported in one line that names
+the folder and what to do, instead of a traceback from deep inside the standard library.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from fastervlm.errors import FasterVLMError
+
+_REASONS = {
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted: is it immutable? see lsattr",
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+}
+"""The OS errors that mean "this place cannot be written", in words."""
+
+
+class NotWritableError(FasterVLMError):
+    """A folder the evaluation must write into refuses writes."""
+
+
+@contextmanager
+def writing(folder: Path, fix: str) -> Iterator[None]:
+    """Writes under `folder`: a refusal by the file system becomes one line naming the folder, why, and `fix`."""
+    try:
+        yield
+    except OSError as err:
+        reason = _REASONS.get(err.errno or 0)
+        if reason is None:
+            raise
+        raise NotWritableError(f"cannot write in {folder} ({reason}): {fix}") from None
+
+
+def _temp_json(path: Path, data: Any) -> str:
+    """`data` as JSON in a fsynced temporary file beside `path`; its name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        json.dump(data, tmp, indent=2, ensure_ascii=False)
+        tmp.write("\n")
+        tmp.flush()
+        os.fsync(tmp.fileno())
+    return tmp.name
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON via a temporary file and rename, so readers never see half a file."""
+    os.replace(_temp_json(path, data), path)
+
+
+def create_json_once(path: Path, data: Any) -> bool:
+    """Create `path` with `data` unless it exists (atomically, across processes and ranks); True if created.
+    Nothing is written when the file is already there (a read-only run folder stays untouched)."""
+    if path.exists():
+        return False
+    tmp = _temp_json(path, data)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """The complete records of a JSONL file; a torn last line (a killed writer) is skipped."""
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.endswith("\n"):
+                return  # torn final line: the writer was killed mid-write
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as err:
+                raise FasterVLMError(
+                    f"{path} line {number} is not JSON ({err}): the file was edited or damaged. Repair or delete that "
+                    "line and run the command again (a deleted prediction is made again, a deleted judgment is "
+                    "judged again, from the judge cache when it holds it)."
+                ) from err
+
+
+class JsonlAppender:
+    """Append records to a JSONL file, one line each, flushed and fsynced before `write` returns.
+
+    Holds an exclusive lock so that two processes never write the same file, and cuts a torn last line
+    (left by a killed writer) before appending. A folder that refuses the writes (read-only, full) is a
+    NotWritableError that names it and says `fix`.
+    """
+
+    def __init__(self, path: Path, fix: str = "make it writable (or free some space) and run the command again.") -> None:
+        self.path = path
+        self._fix = fix
+        with writing(path.parent, fix):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(path, "a+b")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.close()
+            raise FasterVLMError(
+                f"{path} is being written by another process: wait for it to finish, or stop it, before resuming."
+            ) from None
+        with writing(path.parent, fix):
+            self._cut_torn_line()
+
+    def _cut_torn_line(self) -> None:
+        size = self._file.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        self._file.seek(0)
+        data = self._file.read()
+        if data.endswith(b"\n"):
+            return
+        self._file.truncate(data.rfind(b"\n") + 1)
+        self._file.seek(0, os.SEEK_END)
+
+    def write(self, record: dict[str, Any]) -> None:
+        with writing(self.path.parent, self._fix):
+            self._file.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()  # closing releases the lock
+
+    def __enter__(self) -> JsonlAppender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
