@@ -41,7 +41,7 @@ def _sweep_args(tmp_path: Path, *extra: str) -> list[str]:
     (["--methods", "fastervlm", "nope"], "eval sweep: unknown method 'nope'"),
     (["--method-option", "fastv:layer=3"], "eval sweep: --method-option fastv:layer=3 is for fastv, which is not in --methods (fastervlm)"),
     (["--methods", "fastv,fastervlm", "--method-option", "layer=3"], "eval sweep: method 'fastervlm' has no setting layer"),
-    (["--method-option", "layer"], "eval sweep: --method-option 'layer' is not [METHOD:]KEY=VALUE"),
+    (["--method-option", "layer"], "eval sweep: --method-option 'layer' is not KEY=VALUE (or METHOD:KEY=VALUE)"),
     (["--benchmarks", "msvd", "nope"], "eval sweep: unknown benchmark 'nope'"),
 ])
 def test_sweep_errors_name_the_subcommand_before_the_model_loads(tmp_path: Path, capsys, extra: list[str], message: str) -> None:
