@@ -73,6 +73,10 @@ class Generated:
     prompt_tokens: int
     visual_tokens: int
     kept_indices: list[list[int]] | None
+    tokens_per_frame: list[int]
+    """Visual tokens of each frame in the prompt (a global budget spends them unevenly; a fed [CLS] counts)."""
+    llm_prefill_flops: int
+    """The analytic LLM prefill FLOPs this answer reached (fastervlm.flops, the method's own schedule)."""
     cls_scores: torch.Tensor | None = None
 
 
@@ -298,16 +302,23 @@ def answer(
         visuals = project(adapter.stream, encoded, select(encoded, pruner, timer), timer)
         prompts = build_prompts(adapter, questions, visuals)
         outputs, llm_kept = generate(adapter, prompts, pruner, settings, timer)
-    return [_generated(adapter, ids, prompts.lengths[i], visuals[i], None if llm_kept is None else llm_kept[i])
+    return [generated(adapter, pruner, ids, prompts.lengths[i], visuals[i], None if llm_kept is None else llm_kept[i])
             for i, ids in enumerate(outputs)]
 
 
-def _generated(adapter: ModelAdapter, ids: list[int], length: int, visual: Visual, llm_kept: torch.Tensor | None) -> Generated:
+def generated(adapter: ModelAdapter, pruner: Pruner, ids: list[int], length: int, visual: Visual,
+              llm_kept: torch.Tensor | None) -> Generated:
     """One sample's result; an LLM-stage method reports what it kept from its pruning layer on."""
+    from fastervlm.flops import LLMGeometry
+
     visual_tokens, kept = visual.tokens, visual.kept_indices
     if llm_kept is not None:
         visual_tokens = len(llm_kept)
         if not adapter.keep_cls:  # with [CLS] tokens among the visual ones, ranks are not patch indices
             kept = split_by_frame(llm_kept, adapter.num_frames, adapter.num_patches)
+    flops = pruner.llm_prefill_flops(LLMGeometry.from_config(adapter.llm_config), text_tokens=length - visual.tokens,
+                                     frames=adapter.num_frames, num_patches=adapter.num_patches,
+                                     visual_tokens=visual.tokens)
     scores = None if visual.cls_scores is None else visual.cls_scores.float().cpu()
-    return Generated(adapter.decode(ids), ids, length, visual_tokens, kept, scores)
+    return Generated(adapter.decode(ids), ids, length, visual_tokens, kept, [len(f) for f in visual.frames], flops,
+                     scores)

@@ -39,6 +39,10 @@ class Answer:
     timings: dict[str, float]
     method: dict[str, Any]
     frame_indices: list[int] | None = None
+    tokens_per_frame: list[int] | None = None
+    """Visual tokens of each frame in the prompt (they differ between frames under a global budget)."""
+    llm_prefill_flops: int | None = None
+    """The analytic LLM prefill FLOPs this answer reached (docs/flops.md)."""
     cls_scores: torch.Tensor | None = field(default=None, repr=False)
     """(T, N) [CLS] attention per frame when the method computed it (for pictures); not in JSON."""
 
@@ -200,6 +204,8 @@ class Pipeline:
                 timings={"decode_video": f.decode_seconds, **per_sample},
                 method=pruner.settings(),
                 frame_indices=f.frame_indices,
+                tokens_per_frame=g.tokens_per_frame,
+                llm_prefill_flops=g.llm_prefill_flops,
                 cls_scores=g.cls_scores,
             )
             for f, g in zip(frames, generated)

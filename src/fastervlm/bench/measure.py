@@ -59,20 +59,6 @@ def _kv_probe(pipeline: Pipeline) -> Iterator[list[int | None]]:
         handle.remove()
 
 
-def _llm_flops(pipeline: Pipeline, pruner: Any, prompt_tokens: int, visual_tokens: int) -> int:
-    """The analytic prefill FLOPs of this method on this model (the LLM's geometry from the adapter's llm_config)."""
-    from fastervlm.flops import LLMGeometry
-
-    adapter = pipeline.adapter
-    frames, patches = pipeline.num_frames, pipeline.num_patches
-    if pruner.stage == "vision":
-        in_prompt = visual_tokens
-    else:  # every visual token reaches an LLM-stage method's prompt, each frame's [CLS] too where it is fed
-        in_prompt = frames * (patches + int(adapter.keep_cls and adapter.stream.feeds_cls))
-    return pruner.llm_prefill_flops(LLMGeometry.from_config(adapter.llm_config), text_tokens=prompt_tokens - in_prompt,
-                                    frames=frames, num_patches=patches)
-
-
 def make_measurer(pipeline: Pipeline, task: Task) -> _ConfigMeasurer | _ExtractionMeasurer:
     return _ConfigMeasurer(pipeline, task) if task.kind == "config" else _ExtractionMeasurer(pipeline, task)
 
@@ -113,7 +99,7 @@ class _ConfigMeasurer:
             generated_tokens=len(answer.output_ids),
             timings={stage: Stat.of([run[stage] for run in self.timings if stage in run]) for stage in stages},
             memory=self.meter.memory(), kv_cache_bytes=self.kv,
-            llm_prefill_flops=_llm_flops(self.pipeline, self.pruner, answer.prompt_tokens, answer.visual_tokens),
+            llm_prefill_flops=answer.llm_prefill_flops,
             baseline=is_baseline(self.pruner.settings()),
         )
 

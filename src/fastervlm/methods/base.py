@@ -184,12 +184,15 @@ class Pruner:
         Every method keeps frames x L in total, whether per frame or over the whole video (conventions.md)."""
         return frames * self.per_frame_budget(num_patches)
 
-    def llm_prefill_flops(self, geometry: LLMGeometry, *, text_tokens: int, frames: int, num_patches: int) -> int:
+    def llm_prefill_flops(self, geometry: LLMGeometry, *, text_tokens: int, frames: int, num_patches: int,
+                          visual_tokens: int | None = None) -> int:
         """Analytic LLM prefill FLOPs with this method (fastervlm.flops; docs/flops.md): every layer sees the
-        text tokens plus the kept visual tokens. LLM-stage methods override this with their own schedule."""
+        text tokens plus the visual tokens that reached the prompt (`visual_tokens`, as an answer reports them;
+        default: the nominal frames x L). LLM-stage methods override this with their own schedule."""
         from fastervlm.flops import prefill_flops
 
-        return prefill_flops(geometry, text_tokens + self.kept_visual_tokens(frames, num_patches))
+        visual = self.kept_visual_tokens(frames, num_patches) if visual_tokens is None else visual_tokens
+        return prefill_flops(geometry, text_tokens + visual)
 
 
 @dataclass

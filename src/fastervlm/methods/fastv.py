@@ -87,9 +87,11 @@ class FastV(LLMPruner):
             raise BudgetError(f"fastv cannot keep {kept} visual tokens: the prompt has {available}.")
         return kept
 
-    def llm_prefill_flops(self, geometry: LLMGeometry, *, text_tokens: int, frames: int, num_patches: int) -> int:
-        """Layers below K see every visual token, the rest the kept ones; plus the one attention row read at K-1."""
-        full = text_tokens + frames * num_patches
+    def llm_prefill_flops(self, geometry: LLMGeometry, *, text_tokens: int, frames: int, num_patches: int,
+                          visual_tokens: int | None = None) -> int:
+        """Layers below K see every visual token of the prompt (`visual_tokens`, default frames x N), the rest the
+        kept ones; plus the one attention row read at K-1."""
+        full = text_tokens + (frames * num_patches if visual_tokens is None else visual_tokens)
         kept = text_tokens + self.kept_visual_tokens(frames, num_patches)
         return (prefill_flops(geometry, full, pruned_from=self.layer, pruned_tokens=kept)
                 + attention_row_flops(geometry, full))
