@@ -4,6 +4,16 @@ Frames are sampled as the original (spec 1.2): `floor(linspace(0, n-1, F))` over
 as decord numbers them, and converted to rgb24 exactly as decord does. Decoding keeps only the sampled frames, so
 a long video never sits in memory. Every unusable file raises `MediaError` naming the file and the fix.
 
+Seeking (the default pyav backend): one demux pass, no decoding, reads every packet's pts; frame i is the decoder's
+i-th output, i.e. the frame with the i-th smallest pts. For each sampled frame we seek to the last keyframe before
+it that starts a closed group of pictures, decode forward and check that every frame the decoder gives has the pts
+the index expects. Anything unexpected (no pts, open GOPs only, a keyframe flag the decoder disagrees with, a file
+that ends early, a container or codec not on the lists below) makes it scan instead, the reference: decode every
+frame up to the last sampled one. Both give the same bytes; `SampledFrames.method` says which ran and
+`SampledFrames.fallback` why it scanned.
+
+Frames are turned upright by the display matrix the container declares (phones: a quarter turn), in every backend.
+
 torch is imported inside `languagebind_transform` only, so `find_video` and the readers stay cheap to import.
 """
 
@@ -16,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import av
 import numpy as np
@@ -26,9 +36,22 @@ from fastervlm.errors import FasterVLMError, MediaError
 if TYPE_CHECKING:
     import torch
 
+    from fastervlm.frame_cache import FrameCache
+
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".gif")
+VIDEO_BACKENDS = ("pyav", "pyav-scan", "decord")
+
+DECODER_VERSION = 2
+"""Bump whenever the frames a backend returns change (2: seeking, display matrices applied). It is part of the frame
+cache's key, so frames cached by an older decoder are never reused."""
+
+SEEK_FORMATS = ("mov", "matroska")
+"""Demuxers whose packets carry real presentation timestamps and whose seeks land on keyframes (MP4/MOV, MKV/WebM).
+AVI, for one, makes pts up from the decode order; MPEG-TS seeks by byte guesses. Those scan."""
+SEEK_CODECS = frozenset({"h264", "hevc", "mpeg4", "mpeg2video", "vp8", "vp9", "av1", "libdav1d", "libaom-av1", "mjpeg"})
+"""Codecs whose keyframe flag means "decodable from here". GIF, APNG and the like draw on the previous frame."""
 
 _REENCODE = "re-download it, or re-encode it: ffmpeg -i '{path}' -c:v libx264 -pix_fmt yuv420p fixed.mp4"
 
@@ -38,10 +61,25 @@ class SampledFrames:
     """The frames a model sees, plus where they came from (for reports and pictures)."""
 
     frames: np.ndarray
-    """(T, H, W, 3) uint8 RGB."""
+    """(T, H, W, 3) uint8 RGB, upright (the container's display matrix applied)."""
     indices: list[int]
     """Source frame number of each row of `frames` (decode order, 0-based)."""
     total_frames: int
+    method: str = "scan"
+    """How the frames were read: "seek", "scan", "decord", or "cache" (a `frame_cache.FrameCache` hit)."""
+    fallback: str | None = None
+    """Why the pyav backend scanned instead of seeking; None when it seeked (or was told to scan)."""
+
+
+class Orientation(NamedTuple):
+    """A right-angle display transform (the 8 EXIF-like orientations): transpose first, then the flips."""
+
+    transpose: bool = False
+    flip_rows: bool = False
+    flip_cols: bool = False
+
+
+UPRIGHT = Orientation()
 
 
 def sample_indices(total: int, num: int) -> list[int]:
@@ -60,21 +98,40 @@ def _existing_file(path: str | os.PathLike, kind: str) -> Path:
     return path
 
 
-def read_video_frames(path: str | os.PathLike, num_frames: int = 8, backend: str = "pyav") -> SampledFrames:
-    """`num_frames` uniformly sampled RGB frames, decoded by PyAV or decord (`pip install "fastervlm[decord]"`)."""
+def read_video_frames(
+    path: str | os.PathLike, num_frames: int = 8, backend: str = "pyav", cache: FrameCache | None = None
+) -> SampledFrames:
+    """`num_frames` uniformly sampled RGB frames, upright, the same bytes from every backend.
+
+    "pyav" seeks to the keyframe before each sampled frame and checks every decoded frame's timestamp, scanning
+    instead where seeking cannot be trusted; "pyav-scan" always decodes every frame up to the last sampled one;
+    "decord" needs `pip install "fastervlm[decord]"`. `cache` keeps the sampled frames on disk between runs.
+    """
     if num_frames < 1:
         raise FasterVLMError(f"num_frames must be at least 1, got {num_frames}.")
+    if backend not in VIDEO_BACKENDS:
+        raise FasterVLMError(f"unknown video backend {backend!r}: use 'pyav' (default), 'pyav-scan' or 'decord'.")
     path = _existing_file(path, "video")
-    if backend == "pyav":
-        return _read_pyav(path, num_frames)
+    if cache is not None and (hit := cache.get(path, num_frames, backend)) is not None:
+        return hit
     if backend == "decord":
-        return _read_decord(path, num_frames)
-    raise FasterVLMError(f"unknown video backend {backend!r}: use 'pyav' (default) or 'decord'.")
+        sampled = _read_decord(path, num_frames)
+    else:
+        sampled = _read_pyav(path, num_frames, seek=backend == "pyav")
+    if cache is not None:
+        cache.put(path, num_frames, backend, sampled)
+    return sampled
 
 
 def _reason(error: av.FFmpegError) -> str:
     """FFmpeg's own words ("Invalid data found when processing input"), without its errno and the path again."""
     return getattr(error, "strerror", None) or str(error)
+
+
+def _is_still_image(container: av.container.InputContainer) -> bool:
+    """FFmpeg's picture demuxers (png_pipe, jpeg_pipe, image2, ...) read a single picture as a one-frame video."""
+    name = container.format.name
+    return name.startswith("image2") or name.endswith("_pipe")
 
 
 @contextmanager
@@ -85,9 +142,183 @@ def _open_video(path: Path) -> Iterator[av.container.InputContainer]:
             if not container.streams.video:
                 raise MediaError(f"{path} has no video stream (audio only, or damaged): pass a video file, "
                                  "or re-download it.")
+            if _is_still_image(container):
+                codec = container.streams.video[0].codec_context.name.upper()
+                raise MediaError(f"{path} holds a still image ({codec}), not a video: pass it with --image to an "
+                                 "image model (LLaVA-1.5), or pass a real video file.")
             yield container
     except av.FFmpegError as error:
         raise MediaError(f"{path} is not a video PyAV can read ({_reason(error)}): {_REENCODE.format(path=path)}") from error
+
+
+# --- orientation ------------------------------------------------------------------------------------------------
+
+
+def _orientation(frame: av.VideoFrame, path: Path) -> Orientation:
+    """The display matrix FFmpeg attaches to each frame (a phone's quarter turn), as a right-angle transform.
+
+    FFmpeg's matrix maps a source pixel (x, y) to (a*x + c*y, b*x + d*y) on screen (libavutil/display.h); a matrix
+    that is not a right-angle turn or flip (rare: a free rotation, a scaling) is reported and ignored.
+    """
+    side = frame.side_data.get("DISPLAYMATRIX")
+    if side is None:
+        return UPRIGHT
+    abcd = np.frombuffer(bytes(side), dtype=np.int32)[[0, 1, 3, 4]] / 65536.0
+    a, b, c, d = (int(v) for v in np.round(abcd))
+    exact = np.allclose(abcd, (a, b, c, d), atol=1e-3)
+    if exact and a == d == 0 and abs(b) == abs(c) == 1:
+        return Orientation(transpose=True, flip_rows=b < 0, flip_cols=c < 0)
+    if exact and b == c == 0 and abs(a) == abs(d) == 1:
+        return Orientation(transpose=False, flip_rows=d < 0, flip_cols=a < 0)
+    warnings.warn(f"{path}: its display matrix {np.round(abcd, 3).tolist()} is not a right-angle rotation or flip; "
+                  "the frames are used as stored.", stacklevel=2)
+    return UPRIGHT
+
+
+def _upright(image: np.ndarray, orientation: Orientation) -> np.ndarray:
+    """`image` (H, W, 3) as a viewer shows it."""
+    if orientation.transpose:
+        image = image.transpose(1, 0, 2)
+    if orientation.flip_rows:
+        image = image[::-1]
+    if orientation.flip_cols:
+        image = image[:, ::-1]
+    return np.ascontiguousarray(image)
+
+
+def _rgb24(frame: av.VideoFrame, path: Path) -> np.ndarray:
+    """The frame as (H, W, 3) uint8 RGB (converted as decord converts), upright."""
+    return _upright(frame.to_ndarray(format="rgb24"), _orientation(frame, path))
+
+
+def _stack(kept: dict[int, np.ndarray], indices: list[int], path: Path) -> np.ndarray:
+    sizes = sorted({kept[i].shape[:2] for i in indices})
+    if len(sizes) > 1:
+        raise MediaError(f"{path} changes its frame size mid-stream ({', '.join(f'{w}x{h}' for h, w in sizes)}): "
+                         f"{_REENCODE.format(path=path)}")
+    return np.stack([kept[i] for i in indices])
+
+
+# --- pyav: seek, or scan --------------------------------------------------------------------------------------
+
+
+class _Untrusted(Exception):
+    """Seeking cannot be trusted for this file; the message says why (kept in `SampledFrames.fallback`)."""
+
+
+@dataclass(frozen=True)
+class _SeekIndex:
+    """Frame i is the decoder's i-th output, so its pts is the i-th smallest packet pts (decord numbers frames so)."""
+
+    pts: np.ndarray
+    """pts of every frame, ascending: frame number -> pts."""
+    keys: np.ndarray
+    """Frame numbers of the keyframes a seek may start from, ascending (see `_clean_keyframes`)."""
+
+    def key_before(self, index: int) -> int:
+        return int(self.keys[np.searchsorted(self.keys, index, side="right") - 1])
+
+
+def _packet_table(container: av.container.InputContainer, stream: av.VideoStream) -> tuple[np.ndarray, np.ndarray]:
+    """pts and keyframe flag of every packet in decode order, demuxed without decoding."""
+    pts, keyframe = [], []
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue  # PyAV ends with an empty flush packet
+            if packet.pts is None:
+                raise _Untrusted("packets without timestamps (pts)")
+            if packet.is_corrupt or packet.is_discard:
+                raise _Untrusted(f"packet {len(pts)} is flagged corrupt or to be discarded")
+            pts.append(packet.pts)
+            keyframe.append(packet.is_keyframe)
+    except av.FFmpegError as error:
+        raise _Untrusted(f"the file does not demux to its end ({_reason(error)})") from error
+    if not pts:
+        raise _Untrusted("no video packets")
+    return np.array(pts, dtype=np.int64), np.array(keyframe, dtype=bool)
+
+
+def _clean_keyframes(decode_order: np.ndarray, keyframe: np.ndarray) -> np.ndarray:
+    """Keyframe packets that split the stream cleanly: every packet before has a smaller pts, none after does.
+
+    Decoding from such a packet gives exactly the frames from its own on, so its decode position is also its frame
+    number. An open-GOP keyframe (leading B-frames after it in decode order that show before it) is no seek point.
+    """
+    before = np.maximum.accumulate(np.concatenate([[np.iinfo(np.int64).min], decode_order[:-1]]))
+    after = np.minimum.accumulate(decode_order[::-1])[::-1]
+    return np.flatnonzero(keyframe & (before < decode_order) & (after == decode_order))
+
+
+def _seek_index(container: av.container.InputContainer, stream: av.VideoStream) -> _SeekIndex:
+    """The frame number -> pts map, or `_Untrusted` where frames cannot be found by pts."""
+    demuxer, codec = container.format.name.split(",")[0], stream.codec_context.name
+    if codec not in SEEK_CODECS:
+        raise _Untrusted(f"{codec} keyframes are not trusted for seeking")
+    decode_order, keyframe = _packet_table(container, stream)
+    if demuxer not in SEEK_FORMATS:
+        raise _Untrusted(f"seeking is trusted in MP4/MOV and MKV/WebM files, not in {demuxer}")
+    if demuxer == "mov" and stream.frames not in (0, len(decode_order)):
+        raise _Untrusted(f"the index lists {stream.frames} frames but {len(decode_order)} packets demux")
+    presentation = np.sort(decode_order)
+    if (np.diff(presentation) == 0).any():
+        raise _Untrusted("two packets share a timestamp")
+    keys = _clean_keyframes(decode_order, keyframe)
+    if keys.size == 0 or keys[0] != 0:
+        raise _Untrusted("the stream does not start on a keyframe")
+    return _SeekIndex(presentation, keys)
+
+
+def _landing(frame: av.VideoFrame, index: _SeekIndex, target: int) -> int:
+    """The frame number a seek landed on: a keyframe of the index, at or before the target, else `_Untrusted`."""
+    position = -1 if frame.pts is None else int(np.searchsorted(index.pts, frame.pts))
+    if not (frame.key_frame and 0 <= position <= target and index.pts[position] == frame.pts and position in index.keys):
+        raise _Untrusted(f"a seek for frame {target} landed on pts {frame.pts}, not on a keyframe before it")
+    return position
+
+
+def _decode_until(frames: Iterator[av.VideoFrame], index: _SeekIndex, position: int, target: int
+                  ) -> tuple[av.VideoFrame, int]:
+    """Decode on to frame `target`, checking each frame's pts; `position` is the next frame's number, -1 after a
+    seek. Returns the target frame and the number of the frame after it."""
+    for frame in frames:
+        if position < 0:
+            position = _landing(frame, index, target)
+        elif frame.pts != index.pts[position]:
+            raise _Untrusted(f"the decoder gave pts {frame.pts} where frame {position} has pts {index.pts[position]}")
+        if position == target:
+            return frame, position + 1
+        position += 1
+    raise _Untrusted(f"the stream ended before frame {target}")
+
+
+def _decode_seeking(container: av.container.InputContainer, stream: av.VideoStream, index: _SeekIndex,
+                    wanted: list[int], path: Path) -> dict[int, np.ndarray]:
+    """The wanted frames (ascending), seeking to the keyframe before one when that skips frames."""
+    kept: dict[int, np.ndarray] = {}
+    frames: Iterator[av.VideoFrame] | None = None
+    position = -1
+    for target in wanted:
+        key = index.key_before(target)
+        if frames is None or key > position:
+            container.seek(int(index.pts[key]), backward=True, any_frame=False, stream=stream)
+            frames, position = iter(container.decode(stream)), -1
+        frame, position = _decode_until(frames, index, position, target)
+        kept[target] = _rgb24(frame, path)
+    return kept
+
+
+def _read_seeking(path: Path, num_frames: int) -> SampledFrames:
+    with _open_video(path) as container:
+        stream = container.streams.video[0]
+        index = _seek_index(container, stream)
+        indices = sample_indices(len(index.pts), num_frames)
+        stream.thread_type = "AUTO"
+        try:
+            kept = _decode_seeking(container, stream, index, sorted(set(indices)), path)
+        except av.FFmpegError as error:
+            raise _Untrusted(f"decoding after a seek failed ({_reason(error)})") from error
+    return SampledFrames(_stack(kept, indices, path), indices, len(index.pts), method="seek")
 
 
 def _frame_count_hint(path: Path) -> int:
@@ -108,10 +339,6 @@ def _frame_count_hint(path: Path) -> int:
         return count
 
 
-def _rgb24(frame: av.VideoFrame) -> np.ndarray:
-    return frame.to_ndarray(format="rgb24")
-
-
 def _decode(path: Path, wanted: set[int]) -> tuple[dict[int, np.ndarray], int]:
     """Decode up to the last wanted frame, converting only the wanted ones; also return how many frames decoded
     (the whole stream's count when it ends, or breaks, before the last wanted frame)."""
@@ -123,7 +350,7 @@ def _decode(path: Path, wanted: set[int]) -> tuple[dict[int, np.ndarray], int]:
         try:
             for frame in container.decode(stream):
                 if count in wanted:
-                    kept[count] = _rgb24(frame)
+                    kept[count] = _rgb24(frame, path)
                 count += 1
                 if count > last:
                     break
@@ -134,7 +361,7 @@ def _decode(path: Path, wanted: set[int]) -> tuple[dict[int, np.ndarray], int]:
     return kept, count
 
 
-def _read_pyav(path: Path, num_frames: int) -> SampledFrames:
+def _read_scanning(path: Path, num_frames: int) -> SampledFrames:
     total = _frame_count_hint(path)
     kept: dict[int, np.ndarray] = {}
     if total > 0:
@@ -142,12 +369,64 @@ def _read_pyav(path: Path, num_frames: int) -> SampledFrames:
         kept, decoded = _decode(path, set(indices))
         if kept and len(kept) < len(set(indices)):
             warnings.warn(f"{path}: only {decoded} of its {total} frames decode (truncated or damaged file); "
-                          f"sampling from those. To fix it, {_REENCODE.format(path=path)}", stacklevel=3)
+                          f"sampling from those. To fix it, {_REENCODE.format(path=path)}", stacklevel=4)
             total, indices = decoded, sample_indices(decoded, num_frames)
             kept, _ = _decode(path, set(indices))
     if not kept:
         raise MediaError(f"{path} has a video stream but no decodable frames: {_REENCODE.format(path=path)}")
-    return SampledFrames(np.stack([kept[i] for i in indices]), indices, total)
+    return SampledFrames(_stack(kept, indices, path), indices, total, method="scan")
+
+
+def _read_pyav(path: Path, num_frames: int, seek: bool) -> SampledFrames:
+    """Seek when asked and trusted, else scan; both give the same frames, numbered in decode order."""
+    fallback = None
+    if seek:
+        try:
+            return _read_seeking(path, num_frames)
+        except _Untrusted as why:
+            fallback = str(why)
+    sampled = _read_scanning(path, num_frames)
+    sampled.fallback = fallback
+    return sampled
+
+
+# --- decord -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _FirstFrame:
+    """Frame 0 as PyAV decodes it, and how it should be turned: what decord's output is checked against."""
+
+    upright: np.ndarray
+    orientation: Orientation
+    turn: int
+    """Quarter turns (counter-clockwise) that a decord build which applies display matrices gives the frames."""
+
+
+def _first_frame(path: Path) -> _FirstFrame | None:
+    with _open_video(path) as container:
+        for frame in container.decode(container.streams.video[0]):
+            turn = round(frame.rotation / 90) % 4
+            orientation = _orientation(frame, path)
+            return _FirstFrame(_upright(frame.to_ndarray(format="rgb24"), orientation), orientation, turn)
+    return None
+
+
+def _decord_upright(path: Path, frames: np.ndarray, num_frames: int, first: _FirstFrame) -> np.ndarray:
+    """decord's frames upright. Builds differ: eva-decord turns MP4 frames by the display matrix (not MKV ones),
+    the original's decord 0.6.0 never does. Which one ran shows in frame 0 (the same pixels as PyAV's)."""
+    candidates = {
+        turned: np.stack([_upright(np.rot90(f, -first.turn) if turned else f, first.orientation) for f in frames])
+        for turned in ((False, True) if first.turn else (False,))
+    }
+    same = [turned for turned, c in candidates.items() if np.array_equal(c[0], first.upright)]
+    if len(same) == 2:  # frame 0 looks the same either way (a black frame): compare every sampled frame
+        reference = _read_pyav(path, num_frames, seek=True).frames
+        same = [turned for turned, c in candidates.items() if np.array_equal(c, reference)] or [False]
+    if not same:
+        raise MediaError(f"decord's frames of {path} match neither orientation PyAV decodes (the file declares a "
+                         "display rotation): use the default backend, pyav.")
+    return candidates[same[0]]
 
 
 def _read_decord(path: Path, num_frames: int) -> SampledFrames:
@@ -156,6 +435,7 @@ def _read_decord(path: Path, num_frames: int) -> SampledFrames:
     except ImportError as error:
         raise FasterVLMError('the decord backend needs decord: pip install "fastervlm[decord]" '
                              "(or use the default backend, pyav).") from error
+    first = _first_frame(path)
     try:
         reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
         total = len(reader)
@@ -165,7 +445,9 @@ def _read_decord(path: Path, num_frames: int) -> SampledFrames:
         frames = reader.get_batch(indices).asnumpy()
     except (decord.DECORDError, RuntimeError) as error:  # decord raises both
         raise MediaError(f"decord cannot read {path} ({error}): {_REENCODE.format(path=path)}") from error
-    return SampledFrames(frames, indices, total)
+    if first is not None and (first.orientation != UPRIGHT or first.turn):
+        frames = _decord_upright(path, frames, num_frames, first)
+    return SampledFrames(frames, indices, total, method="decord")
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
