@@ -125,7 +125,7 @@ def test_writes_leave_no_temporary_files_and_stale_ones_are_swept(tmp_path, vide
     cache = FrameCache(tmp_path / "cache")
     media.read_video_frames(video, 8, cache=cache)
     assert [p.name for p in cache.root.iterdir()] == [entries(cache)[0].name]
-    stale, fresh = cache.root / ".tmp-crashed.npz", cache.root / ".tmp-writing.npz"
+    stale, fresh = cache.root / ".tmp-crashed.partial", cache.root / ".tmp-writing.partial"
     stale.write_bytes(b"half an entry")
     fresh.write_bytes(b"being written right now")
     os.utime(stale, (0, 0))
@@ -169,26 +169,34 @@ def test_default_locations_and_the_off_switch(tmp_path, monkeypatch):
         assert default_frame_cache() is None
 
 
-def _hammer(root: str, videos: list[str], rounds: int, max_bytes: int) -> list[tuple[str, str, bytes]]:
-    """One process's reads through a shared, too small cache: (video, method, frames bytes) of each read."""
-    cache = FrameCache(root, max_bytes=max_bytes)
-    return [(path, sampled.method, sampled.frames.tobytes())
-            for _ in range(rounds) for path in videos
-            for sampled in [media.read_video_frames(path, 8, cache=cache)]]
+HAMMER = """
+import hashlib, json, sys
+from fastervlm import media
+from fastervlm.frame_cache import FrameCache
+root, bound, rounds, videos = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+cache = FrameCache(root, max_bytes=bound)
+reads = [media.read_video_frames(path, 8, cache=cache) for _ in range(rounds) for path in videos for _ in range(2)]
+print(json.dumps([[s.method, hashlib.sha256(s.frames.tobytes()).hexdigest()] for s in reads]))
+"""
 
 
 def test_concurrent_processes_share_a_cache_safely(tmp_path):
-    """Two processes read, write and evict in the same folder at once: every read gives the right frames."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    """Two processes read, write and evict in one folder at once (the bound holds 2 of 3 videos; each video is read
+    twice in a row, so the second read can hit): every read gives the right frames, no temporary file is left."""
+    import hashlib
+    import json
+    import subprocess
+    import sys
 
     videos = [str(media.write_synthetic_video(tmp_path / f"v{i}.mp4", num_frames=12, seed=i)) for i in range(3)]
-    expected = {path: media.read_video_frames(path, 8).frames.tobytes() for path in videos}
-    root, bound = str(tmp_path / "cache"), int(2.5 * 8 * 96 * 128 * 3)
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as pool:
-        results = [r for future in [pool.submit(_hammer, root, videos, 6, bound) for _ in range(2)]
-                   for r in future.result()]
-    assert len(results) == 36 and all(frames == expected[path] for path, _, frames in results)
-    assert {method for _, method, _ in results} == {"seek", "cache"}
+    expected = [hashlib.sha256(media.read_video_frames(path, 8).frames.tobytes()).hexdigest() for path in videos]
+    root, bound, rounds = str(tmp_path / "cache"), int(2.5 * 8 * 96 * 128 * 3), 6
+    command = [sys.executable, "-c", HAMMER, root, str(bound), str(rounds), *videos]
+    workers = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [json.loads(worker.communicate(timeout=120)[0]) for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0]
+    for reads in results:
+        assert [digest for _, digest in reads] == [digest for digest in expected for _ in range(2)] * rounds
+        assert {method for method, _ in reads} == {"seek", "cache"}
     cache = FrameCache(root, max_bytes=bound)
     assert cache.total_bytes() <= bound and not list(cache.root.glob(".tmp-*"))

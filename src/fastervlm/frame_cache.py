@@ -163,7 +163,7 @@ def _scan(root: Path) -> list[tuple[os.DirEntry, os.stat_result]]:
 
 
 def _write_atomically(root: Path, target: Path, key: str, sampled: media.SampledFrames) -> Path:
-    handle, temp = tempfile.mkstemp(dir=root, prefix=_TEMP_PREFIX, suffix=ENTRY_SUFFIX)
+    handle, temp = tempfile.mkstemp(dir=root, prefix=_TEMP_PREFIX, suffix=".partial")
     try:
         with os.fdopen(handle, "wb") as file:
             np.savez(file, key=np.array(key), frames=sampled.frames, total_frames=np.array(sampled.total_frames),
