@@ -306,7 +306,8 @@ def assert_upright(path: Path, rotation: int, hflip: bool, vflip: bool, backends
 @pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
 @pytest.mark.parametrize(("rotation", "hflip", "vflip"), ORIENTATIONS)
 def test_display_matrix_is_applied_to_decord_frames(tmp_path, suffix, rotation, hflip, vflip):
-    """Some decord builds turn MP4 frames themselves (eva-decord), others never do: both come out upright."""
+    """decord turns MP4 frames itself (by the rotation only: a mirror becomes a half turn), not MKV ones: both
+    come out as a player shows them."""
     path = encode(tmp_path / f"phone{suffix}", 40, rotation=rotation, hflip=hflip, vflip=vflip)
     assert_upright(path, rotation, hflip, vflip, backends=("decord",))
 
@@ -359,3 +360,26 @@ def test_a_still_image_is_refused_by_the_decord_backend_too(tmp_path):
     Image.fromarray(picture(0)).save(path, format="PNG")
     with pytest.raises(MediaError, match="holiday.mp4 holds a still image"):
         media.read_video_frames(path, 8, "decord")
+
+
+def test_non_reference_frames_long_before_a_wanted_one_are_not_decoded(videos, monkeypatch):
+    """H.264 with B-frames, GOP 250: skipping non-reference frames decodes far fewer frames, same bytes."""
+    given = []
+    real = media._Seeker._decoded
+
+    def counting(self):
+        for frame in real(self):
+            given.append(frame.pts)
+            yield frame
+
+    monkeypatch.setattr(media._Seeker, "_decoded", counting)
+    skipping = media.read_video_frames(videos["mkv", 250], 8)
+    skipped_count = len(given)
+    given.clear()
+    monkeypatch.setattr(media, "SKIP_CODECS", frozenset())
+    decoding_all = media.read_video_frames(videos["mkv", 250], 8)
+    assert (skipping.method, decoding_all.method) == ("seek", "seek")
+    np.testing.assert_array_equal(skipping.frames, decoding_all.frames)
+    assert len(given) == 214 + 50  # 0..213 from the start, a seek to keyframe 250, then 250..299
+    # 2 B-frames, one of them a reference (x264's b-pyramid): a third of the frames before each margin are skipped
+    assert len(given) - skipped_count >= 40, skipped_count

@@ -52,6 +52,11 @@ SEEK_FORMATS = ("mov", "matroska")
 AVI, for one, makes pts up from the decode order; MPEG-TS seeks by byte guesses. Those scan."""
 SEEK_CODECS = frozenset({"h264", "hevc", "mpeg4", "mpeg2video", "vp8", "vp9", "av1", "libdav1d", "libaom-av1", "mjpeg"})
 """Codecs whose keyframe flag means "decodable from here". GIF, APNG and the like draw on the previous frame."""
+SKIP_CODECS = frozenset({"h264", "mpeg2video", "mpeg4"})
+"""Codecs whose non-reference frames no frame reads (H.264 nal_ref_idc 0, MPEG-2/4 B-frames), so seeking need not
+decode those before a wanted frame. Not HEVC: its "sub-layer non-reference" pictures may serve higher layers."""
+SKIP_MARGIN = 16
+"""The last frames before a wanted one are all decoded and checked one by one, as a scan would see them."""
 
 _REENCODE = "re-download it, or re-encode it: ffmpeg -i '{path}' -c:v libx264 -pix_fmt yuv420p fixed.mp4"
 
@@ -277,35 +282,54 @@ def _landing(frame: av.VideoFrame, index: _SeekIndex, target: int) -> int:
     return position
 
 
-def _decode_until(frames: Iterator[av.VideoFrame], index: _SeekIndex, position: int, target: int
-                  ) -> tuple[av.VideoFrame, int]:
-    """Decode on to frame `target`, checking each frame's pts; `position` is the next frame's number, -1 after a
-    seek. Returns the target frame and the number of the frame after it."""
-    for frame in frames:
-        if position < 0:
-            position = _landing(frame, index, target)
-        elif frame.pts != index.pts[position]:
-            raise _Untrusted(f"the decoder gave pts {frame.pts} where frame {position} has pts {index.pts[position]}")
-        if position == target:
-            return frame, position + 1
-        position += 1
-    raise _Untrusted(f"the stream ended before frame {target}")
+class _Seeker:
+    """Decodes wanted frames in ascending order: seeks to the clean keyframe before one when that skips frames,
+    decodes forward, and checks the number (pts rank) of every frame the decoder gives.
 
+    In codecs where no frame reads a non-reference frame (`SKIP_CODECS`), the non-reference frames more than
+    `SKIP_MARGIN` frames before the wanted one are not decoded at all (a third less decoding with 2 B-frames). From
+    there on every frame is decoded and must come out with the next number, as in a scan.
+    """
 
-def _decode_seeking(container: av.container.InputContainer, stream: av.VideoStream, index: _SeekIndex,
-                    wanted: list[int], path: Path) -> dict[int, np.ndarray]:
-    """The wanted frames (ascending), seeking to the keyframe before one when that skips frames."""
-    kept: dict[int, np.ndarray] = {}
-    frames: Iterator[av.VideoFrame] | None = None
-    position = -1
-    for target in wanted:
-        key = index.key_before(target)
-        if frames is None or key > position:
-            container.seek(int(index.pts[key]), backward=True, any_frame=False, stream=stream)
-            frames, position = iter(container.decode(stream)), -1
-        frame, position = _decode_until(frames, index, position, target)
-        kept[target] = _rgb24(frame, path)
-    return kept
+    def __init__(self, container: av.container.InputContainer, stream: av.VideoStream, index: _SeekIndex) -> None:
+        self.container, self.stream, self.index = container, stream, index
+        self.skipping = stream.codec_context.name in SKIP_CODECS
+        self.frames: Iterator[av.VideoFrame] | None = None
+        self.position = -1
+        """Number of the next frame the decoder should give; -1 right after a seek."""
+        self.skip_below = 0
+        """Non-reference frames numbered below this are not decoded."""
+
+    def frame(self, target: int) -> av.VideoFrame:
+        key = self.index.key_before(target)
+        self.skip_below = target - SKIP_MARGIN if self.skipping else 0
+        if self.frames is None or key > self.position:
+            self.container.seek(int(self.index.pts[key]), backward=True, any_frame=False, stream=self.stream)
+            self.frames, self.position = self._decoded(), -1
+        for frame in self.frames:
+            number = _landing(frame, self.index, target) if self.position < 0 else self._number(frame, target)
+            self.position = number + 1
+            if number == target:
+                return frame
+        raise _Untrusted(f"the stream ended before frame {target}")
+
+    def _number(self, frame: av.VideoFrame, target: int) -> int:
+        """The frame's number: the next one, or a later one if every frame in between was left undecoded."""
+        pts, expected = self.index.pts, self.position
+        number = -1 if frame.pts is None else int(np.searchsorted(pts, frame.pts))
+        known = 0 <= number < len(pts) and pts[number] == frame.pts
+        if known and number <= target and (number == expected or expected < number <= self.skip_below):
+            return number
+        wanted = f"pts {pts[expected]}" if expected < len(pts) else "no frame"
+        raise _Untrusted(f"the decoder gave pts {frame.pts} where frame {expected} has {wanted}")
+
+    def _decoded(self) -> Iterator[av.VideoFrame]:
+        """`container.decode(stream)`, except that the decoder skips the non-reference frames below `skip_below`."""
+        codec = self.stream.codec_context
+        for packet in self.container.demux(self.stream):
+            below = packet.pts is not None and int(np.searchsorted(self.index.pts, packet.pts)) < self.skip_below
+            codec.skip_frame = "NONREF" if below else "DEFAULT"
+            yield from packet.decode()
 
 
 def _read_seeking(path: Path, num_frames: int) -> SampledFrames:
@@ -314,8 +338,9 @@ def _read_seeking(path: Path, num_frames: int) -> SampledFrames:
         index = _seek_index(container, stream)
         indices = sample_indices(len(index.pts), num_frames)
         stream.thread_type = "AUTO"
+        seeker = _Seeker(container, stream, index)
         try:
-            kept = _decode_seeking(container, stream, index, sorted(set(indices)), path)
+            kept = {target: _rgb24(seeker.frame(target), path) for target in sorted(set(indices))}
         except av.FFmpegError as error:
             raise _Untrusted(f"decoding after a seek failed ({_reason(error)})") from error
     return SampledFrames(_stack(kept, indices, path), indices, len(index.pts), method="seek")
@@ -400,7 +425,7 @@ class _FirstFrame:
     upright: np.ndarray
     orientation: Orientation
     turn: int
-    """Quarter turns (counter-clockwise) that a decord build which applies display matrices gives the frames."""
+    """Quarter turns (counter-clockwise) decord gives the frames where it applies the container's rotation."""
 
 
 def _first_frame(path: Path) -> _FirstFrame | None:
@@ -413,8 +438,9 @@ def _first_frame(path: Path) -> _FirstFrame | None:
 
 
 def _decord_upright(path: Path, frames: np.ndarray, num_frames: int, first: _FirstFrame) -> np.ndarray:
-    """decord's frames upright. Builds differ: eva-decord turns MP4 frames by the display matrix (not MKV ones),
-    the original's decord 0.6.0 never does. Which one ran shows in frame 0 (the same pixels as PyAV's)."""
+    """decord's frames upright. decord (0.6.0 on) turns frames by the rotation it finds in the container, but only
+    where its bundled FFmpeg exposes one (MP4/MOV, not MKV for eva-decord) and ignoring mirrors. Whether it turned
+    them shows in frame 0, which PyAV decodes to the same pixels."""
     candidates = {
         turned: np.stack([_upright(np.rot90(f, -first.turn) if turned else f, first.orientation) for f in frames])
         for turned in ((False, True) if first.turn else (False,))
