@@ -159,16 +159,19 @@ def _open_video(path: Path) -> Iterator[av.container.InputContainer]:
 # --- orientation ------------------------------------------------------------------------------------------------
 
 
-def _orientation(frame: av.VideoFrame, path: Path) -> Orientation:
-    """The display matrix FFmpeg attaches to each frame (a phone's quarter turn), as a right-angle transform.
-
-    FFmpeg's matrix maps a source pixel (x, y) to (a*x + c*y, b*x + d*y) on screen (libavutil/display.h); a matrix
-    that is not a right-angle turn or flip (rare: a free rotation, a scaling) is reported and ignored.
-    """
+def _display_matrix(frame: av.VideoFrame) -> np.ndarray | None:
+    """(a, b, c, d) of the display matrix FFmpeg attaches to the frame: a source pixel (x, y) shows at
+    (a*x + c*y, b*x + d*y) (libavutil/display.h; the translation only moves the picture back into view)."""
     side = frame.side_data.get("DISPLAYMATRIX")
-    if side is None:
+    return None if side is None else np.frombuffer(bytes(side), dtype=np.int32)[[0, 1, 3, 4]] / 65536.0
+
+
+def _orientation(frame: av.VideoFrame, path: Path) -> Orientation:
+    """The frame's display matrix (a phone's quarter turn) as a right-angle transform; a matrix that is none (rare:
+    a free rotation, a scaling) is reported and ignored."""
+    abcd = _display_matrix(frame)
+    if abcd is None:
         return UPRIGHT
-    abcd = np.frombuffer(bytes(side), dtype=np.int32)[[0, 1, 3, 4]] / 65536.0
     a, b, c, d = (int(v) for v in np.round(abcd))
     exact = np.allclose(abcd, (a, b, c, d), atol=1e-3)
     if exact and a == d == 0 and abs(b) == abs(c) == 1:
@@ -178,6 +181,15 @@ def _orientation(frame: av.VideoFrame, path: Path) -> Orientation:
     warnings.warn(f"{path}: its display matrix {np.round(abcd, 3).tolist()} is not a right-angle rotation or flip; "
                   "the frames are used as stored.", stacklevel=2)
     return UPRIGHT
+
+
+def _quarter_turns(frame: av.VideoFrame) -> int:
+    """The counter-clockwise quarter turns in the frame's display matrix, mirrors ignored, as FFmpeg's
+    `av_display_rotation_get` (and decord, which turns by it) reads them."""
+    abcd = _display_matrix(frame)
+    if abcd is None:
+        return 0
+    return round(-np.degrees(np.arctan2(abcd[1], abcd[0])) / 90) % 4
 
 
 def _upright(image: np.ndarray, orientation: Orientation) -> np.ndarray:
@@ -431,9 +443,9 @@ class _FirstFrame:
 def _first_frame(path: Path) -> _FirstFrame | None:
     with _open_video(path) as container:
         for frame in container.decode(container.streams.video[0]):
-            turn = round(frame.rotation / 90) % 4
             orientation = _orientation(frame, path)
-            return _FirstFrame(_upright(frame.to_ndarray(format="rgb24"), orientation), orientation, turn)
+            upright = _upright(frame.to_ndarray(format="rgb24"), orientation)
+            return _FirstFrame(upright, orientation, _quarter_turns(frame))
     return None
 
 
