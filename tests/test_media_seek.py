@@ -241,6 +241,17 @@ def test_fallback_on_a_truncated_file(tmp_path, fraction):
     assert sampled.total_frames < 120
 
 
+@pytest.mark.parametrize("fraction", [0.5, 0.9])
+def test_a_truncated_mkv_gives_the_scans_frames(tmp_path, videos, fraction):
+    """MKV has its index (cues) at the end: cut, the file still demuxes to a clean end, so seeking may stay; either
+    way the frames are the scan's, counted from the packets that are left."""
+    data = videos["mkv", 12].read_bytes()
+    path = tmp_path / "cut.mkv"
+    path.write_bytes(data[: int(len(data) * fraction)])
+    sampled = assert_same(path, 8, read_quietly(path, 8, "pyav").method)
+    assert sampled.total_frames < 300
+
+
 def test_fallback_in_containers_with_made_up_timestamps(tmp_path):
     """AVI has no presentation timestamps (FFmpeg numbers packets in decode order): scan."""
     path = encode(tmp_path / "clip.avi", 60)

@@ -8,6 +8,7 @@ does; the backends take turns in every round so a change in the machine's load t
 
 from __future__ import annotations
 
+import importlib.util
 import statistics
 import tempfile
 import time
@@ -104,11 +105,7 @@ def _videos(folder: Path, seconds: float, width: int, height: int, fps: int, gop
 
 
 def _available_backends() -> list[str]:
-    try:
-        import decord  # noqa: F401
-    except ImportError:
-        return ["pyav", "pyav-scan"]
-    return ["pyav", "pyav-scan", "decord"]
+    return ["pyav", "pyav-scan"] + (["decord"] if importlib.util.find_spec("decord") is not None else [])
 
 
 def _time_backends(path: Path, backends: Sequence[str], num_frames: int, repeats: int
