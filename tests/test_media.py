@@ -108,7 +108,7 @@ def test_only_sampled_frames_are_converted(video, monkeypatch):
     """Memory stays at num_frames frames: only the sampled frames are turned into arrays."""
     converted = []
     real = media._rgb24
-    monkeypatch.setattr(media, "_rgb24", lambda frame: converted.append(frame) or real(frame))
+    monkeypatch.setattr(media, "_rgb24", lambda frame, path: converted.append(frame) or real(frame, path))
     media.read_video_frames(video, 8)
     assert len(converted) == 8
     converted.clear()
