@@ -244,3 +244,15 @@ def test_cli_answers_with_the_received_score_and_refuses_the_cls_score(capsys, p
     result = json.loads(capsys.readouterr().out)
     assert result["visual_tokens"] == SPEC.frames * 2 and result["method"]["score"] == "received"
     assert [len(frame) for frame in result["kept_indices"]] == [2] * SPEC.frames
+
+
+def test_show_draws_the_received_attention(capsys, pipeline, path: Path, synthetic_video: Path, tmp_path: Path) -> None:
+    from fastervlm.show import heatmap_scores
+
+    frames = pipeline.frames(pixels=video_pixels(12))
+    (encoded,) = engine.encode(pipeline.adapter.stream, frames.pixels[None], frozenset({RECEIVED_SCORES}))
+    torch.testing.assert_close(heatmap_scores(pipeline, frames), encoded.video.received_scores, atol=0, rtol=0)
+    out = tmp_path / "kept.png"
+    assert main(["show", "--model", str(path), "--video", str(synthetic_video), "--method", "divprune", "--keep", "2",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    assert out.stat().st_size > 0 and "16 visual tokens kept (divprune)" in capsys.readouterr().err

@@ -316,12 +316,20 @@ def write_answer_animation(
 
 
 def heatmap_scores(pipeline: Pipeline, frames: Frames) -> torch.Tensor:
-    """[CLS] scores (T, N) for a method that did not compute them (random, none): one vision pass with fastervlm
-    at L = 0, so the LLM prefill holds only the text."""
-    from fastervlm.models.base import GenerationSettings
+    """Per-candidate scores (T, N) for a method that computed none (random, none, divprune; a ranking by received
+    attention): the [CLS] attention, or on an encoder without [CLS] (LLaVA-OneVision's SigLIP) the attention each
+    patch receives. One pass of the vision encoder, no LLM."""
+    import torch
 
-    pruner = pipeline.pruner("fastervlm", keep=0)
-    return pipeline.answer_frames([frames], ["Describe the video."], pruner, GenerationSettings(max_new_tokens=1))[0].cls_scores
+    from fastervlm import engine
+    from fastervlm.methods.base import CLS_SCORES, RECEIVED_SCORES
+
+    adapter = pipeline.adapter
+    score = CLS_SCORES if adapter.stream.has_cls else RECEIVED_SCORES
+    with torch.inference_mode():
+        pixels = frames.pixels[None].to(device=adapter.device, dtype=adapter.dtype)
+        (encoded,) = engine.encode(adapter.stream, pixels, frozenset({score}))
+    return getattr(encoded.video, score).float().cpu()
 
 
 def _prepare(pipeline: Pipeline, frames: Frames, answer: Answer) -> tuple[int, np.ndarray]:

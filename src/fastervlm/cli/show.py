@@ -15,7 +15,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     show = subparsers.add_parser(
         "show", help="draw the sampled frames with the [CLS] heatmap and the pruned patches dimmed",
         description="Runs the model once on a video and draws the frames it saw in a grid: the [CLS] attention of "
-        "each frame as a heatmap (normalised per frame) and the patches the method pruned dimmed. Works for every "
+        "each frame as a heatmap (normalised per frame; on encoders without [CLS], such as LLaVA-OneVision's "
+        "SigLIP, the attention each patch receives) and the patches the method pruned dimmed. Works for every "
         "method that selects patches before the LLM. Without --model: the demo's tiny random model.")
     add_model_arguments(show, required=False)
     show.add_argument("--video", required=True, help="video file to sample the frames from")
