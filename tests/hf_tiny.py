@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -54,14 +55,24 @@ def pixels(family: str, batch: int = 1, seed: int = 0) -> dict[str, torch.Tensor
     return {"pixel_values_videos": torch.randn(batch, SPEC.frames, 3, size, size, generator=generator)}
 
 
-MARKER = {"llava": "<image>", "video_llava": "<video>", "llava_next_video": "<video>"}
+MARKER = {"llava": "<image>", "video_llava": "<video>", "llava_next_video": "<video>", "llava_onevision": "<video>"}
+TRAILING = {"llava_onevision": 1}
+"""Tokens a family's stock model appends after each video's visual tokens (OneVision's newline)."""
+RANKING = {"llava_onevision": {"score": "received"}}
+"""Settings that let the [CLS]-ranking methods run on a family (encoders without [CLS]: the received score)."""
 
 
-def stock_placeholders(family: str) -> int:
+def ranking(family: str) -> dict[str, str]:
+    return RANKING.get(family, {})
+
+
+def stock_placeholders(family: str, spec: TinyHFSpec = SPEC) -> int:
     """Placeholders per video/image as the families' processors expand them (processing_*.py formulas)."""
-    patches = (SPEC.image_size // SPEC.patch_size) ** 2
-    return {"llava": patches, "video_llava": SPEC.frames * (patches + 1),
-            "llava_next_video": patches // 4 * SPEC.frames}[family]
+    side = spec.image_size // spec.patch_size
+    patches = side**2
+    return {"llava": patches, "video_llava": spec.frames * (patches + 1),
+            "llava_next_video": patches // 4 * spec.frames,
+            "llava_onevision": spec.frames * math.ceil(side / 2) ** 2 + 1}[family]
 
 
 def processor_inputs(family: str, questions: list[str], seed: int = 0) -> dict[str, torch.Tensor]:
@@ -85,4 +96,5 @@ def processor_inputs(family: str, questions: list[str], seed: int = 0) -> dict[s
     return {"input_ids": out.input_ids, "attention_mask": out.attention_mask, **pixels(family, len(texts), seed)}
 
 
-__all__ = ["FAMILIES", "SPEC", "checkpoint", "one_thread", "pixels", "processor_inputs", "stock_model", "stock_placeholders", "tokenizer"]
+__all__ = ["FAMILIES", "SPEC", "TRAILING", "checkpoint", "one_thread", "pixels", "processor_inputs", "ranking", "stock_model",
+           "stock_placeholders", "tokenizer"]

@@ -15,7 +15,7 @@ import fastervlm
 from fastervlm.cli import main
 from fastervlm.errors import FasterVLMError, UnsupportedModelError
 from fastervlm.models.base import GenerationSettings, adapter_for
-from fastervlm.hf import compact, placeholder_keep_mask
+from fastervlm.hf import compact, placeholder_keep_mask, run_tails
 from fastervlm.tiny.hf import tiny_hf_config, tiny_hf_model
 
 P = 9  # placeholder id in the hand-made prompts below
@@ -27,6 +27,13 @@ def test_placeholder_runs_shrink_item_by_item_in_reading_order() -> None:
     assert keep.tolist() == [[True, True, True, False, False, True, True], [True, True, True, True, False, False, True]]
     assert compact(ids, keep, 0).tolist() == [[1, P, P, 5, 6], [0, 1, P, P, 7]]
     assert placeholder_keep_mask(ids[:, :5], P, stock=[8], kept=[7]) is None  # already the kept count
+
+
+def test_each_items_trailing_tokens_are_the_end_of_its_run() -> None:
+    ids = torch.tensor([[1, P, P, P, 5, 0], [P, P, 6, P, P, P]])  # runs of 3, 2 and 3 placeholders, in reading order
+    assert run_tails(ids, P, [3, 2, 3], 1).tolist() == [[False, False, False, True, False, False],
+                                                        [False, True, False, False, False, True]]
+    assert run_tails(ids, P, [3, 2, 3], 2)[1].tolist() == [True, True, False, False, True, True]
 
 
 def test_unequal_rows_are_left_padded() -> None:
@@ -111,7 +118,7 @@ def test_apply_checks_its_arguments(tmp_path_factory) -> None:
         fastervlm.apply(model.model, "fastervlm")  # the inner LlavaModel cannot generate
 
 
-@pytest.mark.parametrize("family, encoder", [("llava_onevision", "SigLIP"), ("qwen2_vl", "Qwen2-VL")])
+@pytest.mark.parametrize("family, encoder", [("qwen2_vl", "Qwen2-VL")])  # LLaVA-OneVision runs: test_hf_onevision
 def test_encoders_without_cls_get_a_clear_error(family: str, encoder: str, tmp_path: Path) -> None:
     model = tiny_hf_model(family, tokenizer(), SPEC)
     with pytest.raises(UnsupportedModelError) as error:

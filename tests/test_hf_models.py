@@ -1,13 +1,14 @@
-"""transformers-format families (Video-LLaVA-hf, LLaVA-1.5-hf, LLaVA-NeXT-Video-hf) on tiny random checkpoints
-saved to disk: keep-all equals the stock model, counts agree, the cheap [CLS] row equals eager attention,
-undo restores the stock model, and a batch equals its samples one at a time."""
+"""transformers-format families (Video-LLaVA-hf, LLaVA-1.5-hf, LLaVA-NeXT-Video-hf, LLaVA-OneVision-hf) on tiny
+random checkpoints saved to disk: keep-all equals the stock model, counts agree, the cheap [CLS] row equals eager
+attention, undo restores the stock model, and a batch equals its samples one at a time. FasterVLM ranks by the
+received attention on OneVision (SigLIP has no [CLS]: `ranking`)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from hf_tiny import (  # noqa: F401  (one_thread: an autouse fixture)
-    FAMILIES, SPEC, checkpoint, one_thread, pixels, processor_inputs, stock_model, stock_placeholders,
+    FAMILIES, SPEC, TRAILING, checkpoint, one_thread, pixels, processor_inputs, ranking, stock_model, stock_placeholders,
 )
 
 import fastervlm
@@ -19,9 +20,11 @@ from fastervlm.scoring import cls_patch_scores
 
 NEW_TOKENS = 5
 PATCHES = (SPEC.image_size // SPEC.patch_size) ** 2
-CANDIDATES = {"video_llava": PATCHES, "llava": PATCHES, "llava_next_video": PATCHES // 4}  # tokens per frame
-FRAMES = {"video_llava": SPEC.frames, "llava": 1, "llava_next_video": SPEC.frames}
-ADAPTERS = {"video_llava": "video-llava-hf", "llava": "llava-hf", "llava_next_video": "llava-next-video-hf"}
+CANDIDATES = {"video_llava": PATCHES, "llava": PATCHES, "llava_next_video": PATCHES // 4,  # tokens per frame
+              "llava_onevision": PATCHES // 4}
+FRAMES = {"video_llava": SPEC.frames, "llava": 1, "llava_next_video": SPEC.frames, "llava_onevision": SPEC.frames}
+ADAPTERS = {"video_llava": "video-llava-hf", "llava": "llava-hf", "llava_next_video": "llava-next-video-hf",
+            "llava_onevision": "llava-onevision-hf"}
 
 
 def greedy(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -62,28 +65,28 @@ def test_config_picks_the_family(family: str) -> None:
 def test_keeping_everything_reproduces_the_stock_model(family: str, model: torch.nn.Module) -> None:
     inputs = processor_inputs(family, ["What is it?", "What is the man doing in the video?"])
     stock_logits, stock_tokens = logits(model, inputs), greedy(model, inputs)
-    for method, settings in (("none", {}), ("fastervlm", {"keep": CANDIDATES[family]})):
+    for method, settings in (("none", {}), ("fastervlm", {"keep": CANDIDATES[family], **ranking(family)})):
         with fastervlm.apply(model, method, keep_cls=True, **settings) as pruning:
             assert isinstance(pruning, HFPruning)
             torch.testing.assert_close(logits(model, inputs), stock_logits, atol=1e-5, rtol=1e-5)
             assert torch.equal(greedy(model, inputs), stock_tokens)
-            visual = sum(record.visual_tokens for record in pruning.records)
+            visual = sum(record.visual_tokens + TRAILING.get(family, 0) for record in pruning.records)
             assert visual == int((inputs["input_ids"] == placeholder_id(model, family)).sum())
 
 
 def test_kept_count_and_placeholder_count_agree(family: str, model: torch.nn.Module) -> None:
     inputs = processor_inputs(family, ["What is it?", "Why?"])
-    keep = 3
-    with fastervlm.apply(model, "fastervlm", keep=keep) as pruning:
+    keep, trailing = 3, TRAILING.get(family, 0)
+    with fastervlm.apply(model, "fastervlm", keep=keep, **ranking(family)) as pruning:
         out = greedy(model, inputs)
     placeholders = (pruning.input_ids == placeholder_id(model, family)).sum(1)
-    assert placeholders.tolist() == [FRAMES[family] * keep] * 2  # [CLS] dropped by default
+    assert placeholders.tolist() == [FRAMES[family] * keep + trailing] * 2  # [CLS] dropped by default
     assert [r.visual_tokens for r in pruning.records] == [FRAMES[family] * keep] * 2
     assert all(len(frame) == keep for r in pruning.records for frame in r.kept_indices)
     stock_length = inputs["input_ids"].shape[1]
     assert torch.equal(out[:, :stock_length], inputs["input_ids"])  # the caller's own ids come back first
     assert out.shape[1] == stock_length + NEW_TOKENS
-    assert pruning.input_ids.shape[1] == stock_length - stock_placeholders(family) + FRAMES[family] * keep
+    assert pruning.input_ids.shape[1] == stock_length - stock_placeholders(family) + FRAMES[family] * keep + trailing
 
 
 def test_video_llava_keeps_each_frame_cls_on_request(tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -96,7 +99,9 @@ def test_video_llava_keeps_each_frame_cls_on_request(tmp_path_factory: pytest.Te
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("family", [f for f in FAMILIES if not ranking(f)], indirect=True)  # OneVision: no [CLS]
 def test_cls_row_from_q_k_equals_eager_attention(family: str, model: torch.nn.Module) -> None:
+    """(test_hf_onevision checks the received score of a [CLS]-less encoder against its eager map.)"""
     stream = adapter_for(checkpoint(family, None)).streams(model)[0]
     flat = next(iter(pixels(family, batch=2).values()))
     flat = flat.flatten(0, 1) if flat.ndim == 5 else flat
@@ -128,7 +133,7 @@ def test_undo_restores_the_stock_model(family: str, model: torch.nn.Module) -> N
     inputs = processor_inputs(family, ["What is it?"])
     stock_logits = logits(model, inputs)
     hooks = _hooks(model)  # transformers' own output-capturing hooks, once the stock model has run
-    pruning = fastervlm.apply(model, "fastervlm", reduction=0.5)
+    pruning = fastervlm.apply(model, "fastervlm", reduction=0.5, **ranking(family))
     assert "generate" in vars(model) and "forward" in vars(model)
     pruned = greedy(model, inputs)
     assert pruned.shape[1] == inputs["input_ids"].shape[1] + NEW_TOKENS
@@ -139,7 +144,7 @@ def test_undo_restores_the_stock_model(family: str, model: torch.nn.Module) -> N
     torch.testing.assert_close(logits(model, inputs), stock_logits, atol=0, rtol=0)
     assert fastervlm.remove(model) is False  # nothing left to undo
 
-    fastervlm.apply(model, "fastervlm", keep=2)
+    fastervlm.apply(model, "fastervlm", keep=2, **ranking(family))
     fastervlm.apply(model, "none", keep_cls=True)  # a second apply replaces the first
     torch.testing.assert_close(logits(model, inputs), stock_logits, atol=1e-5, rtol=1e-5)
     assert fastervlm.remove(model) is True
@@ -149,7 +154,7 @@ def test_undo_restores_the_stock_model(family: str, model: torch.nn.Module) -> N
 def test_batch_equals_one_at_a_time_through_apply(family: str, model: torch.nn.Module) -> None:
     questions = ["What is it?", "What is the man doing in the video right now?", "Why?"]
     batch = processor_inputs(family, questions, seed=3)
-    with fastervlm.apply(model, "fastervlm", keep=2):
+    with fastervlm.apply(model, "fastervlm", keep=2, **ranking(family)):
         together = greedy(model, batch)[:, -NEW_TOKENS:]
         for i in range(len(questions)):
             single = {k: v[i : i + 1] for k, v in batch.items()}
@@ -165,7 +170,7 @@ def test_pipeline_batch_equals_one_at_a_time(family: str, method: str) -> None:
     frames = [pipeline.frames(pixels=torch.randn(pipeline.num_frames, 3, SPEC.image_size, SPEC.image_size,
                                                  generator=generator)) for _ in range(3)]
     questions = ["What is it?", "What is the man doing in the video right now?", "Why?"]
-    pruner = pipeline.pruner(method, reduction=0.5)
+    pruner = pipeline.pruner(method, reduction=0.5, **(ranking(family) if method == "fastervlm" else {}))
     settings = GenerationSettings(max_new_tokens=NEW_TOKENS)
     together = pipeline.answer_frames(frames, questions, pruner, settings)
     alone = [pipeline.answer_frames([f], [q], pruner, settings)[0] for f, q in zip(frames, questions)]
@@ -174,7 +179,7 @@ def test_pipeline_batch_equals_one_at_a_time(family: str, method: str) -> None:
         assert a.output_ids == b.output_ids and a.kept_indices == b.kept_indices and a.text == b.text
         assert a.visual_tokens == b.visual_tokens == FRAMES[family] * keep
         assert a.prompt_tokens == b.prompt_tokens
-        if method == "fastervlm":
+        if method == "fastervlm" and not ranking(family):
             torch.testing.assert_close(a.cls_scores, b.cls_scores)
     stages = {"vision_encoder", "selection", "projector", "llm_prefill", "llm_decode"}
     assert stages | ({"cls_scoring"} if method == "fastervlm" else set()) <= set(together[0].timings)
@@ -199,7 +204,7 @@ def test_pipeline_keep_all_equals_stock_generate(family: str, model: torch.nn.Mo
     eos = adapter.tokenizer.eos_token_id
     assert answer.output_ids == (expected[: expected.index(eos) + 1] if eos in expected else expected)
     assert answer.prompt_tokens == ids.shape[1]
-    assert answer.visual_tokens == stock_placeholders(family)
+    assert answer.visual_tokens == stock_placeholders(family) - TRAILING.get(family, 0)
 
 
 def test_llm_stage_method_sees_every_visual_token(family: str, model: torch.nn.Module) -> None:
@@ -212,17 +217,18 @@ def test_llm_stage_method_sees_every_visual_token(family: str, model: torch.nn.M
         pruned = greedy(model, inputs)
     assert pruned.shape == stock.shape
     visual = (pruning.input_ids == placeholder_id(model, family)).sum(1)  # every patch reaches the LLM
-    assert visual.tolist() == [FRAMES[family] * CANDIDATES[family]] * 2
+    assert visual.tolist() == [FRAMES[family] * CANDIDATES[family] + TRAILING.get(family, 0)] * 2
     for record in pruning.records:  # what FastV kept from layer K on: L per frame on average, FRAMES * L in all
         assert record.visual_tokens == FRAMES[family] * 1 == sum(len(frame) for frame in record.kept_indices)
         assert all(frame == sorted(frame) and set(frame) <= set(range(CANDIDATES[family])) for frame in record.kept_indices)
 
 
-def test_next_video_refuses_images_while_pruning(tmp_path_factory: pytest.TempPathFactory) -> None:
+@pytest.mark.parametrize("video_family", ["llava_next_video", "llava_onevision"])
+def test_anyres_families_refuse_images_while_pruning(video_family: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     from fastervlm.errors import UnsupportedModelError
 
-    model = stock_model("llava_next_video", tmp_path_factory)
-    inputs = processor_inputs("llava_next_video", ["What is it?"])
-    with fastervlm.apply(model, "fastervlm", keep=2):
+    model = stock_model(video_family, tmp_path_factory)
+    inputs = processor_inputs(video_family, ["What is it?"])
+    with fastervlm.apply(model, "fastervlm", keep=2, **ranking(video_family)):
         with pytest.raises(UnsupportedModelError, match="remove"):
             model(**inputs, pixel_values=torch.zeros(1, 1, 3, SPEC.image_size, SPEC.image_size))

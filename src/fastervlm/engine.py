@@ -48,10 +48,17 @@ class Visual:
     """Projected tokens per frame, (K_t, D) each, the frame's [CLS] token first when it is fed."""
     kept_indices: list[list[int]] | None
     cls_scores: torch.Tensor | None = None
+    trailing: torch.Tensor | None = None
+    """(E, D) tokens the stock model appends after the sample's visual tokens (`VisualStream.trailing_tokens`)."""
 
     @property
     def tokens(self) -> int:
+        """Visual tokens: those of the frames (trailing tokens are not among them)."""
         return sum(len(frame) for frame in self.frames)
+
+    def item(self) -> torch.Tensor:
+        """(tokens + E, D) everything the sample puts at its placeholders: the frames, then the trailing tokens."""
+        return torch.cat(self.frames if self.trailing is None else [*self.frames, self.trailing])
 
 
 @dataclass
@@ -94,7 +101,7 @@ def check_inputs(stream: VisualStream, inputs: frozenset[str], model: str, metho
     """Refuse, before any work, a method whose inputs this stream cannot give."""
     if CLS_SCORES in inputs and not stream.has_cls:
         raise no_cls_error(model, type(stream.feature_attention()).__name__, method)
-    if PATCH_KEYS in inputs and stream.pooled:
+    if PATCH_KEYS in inputs and not stream.has_candidate_keys:
         raise UnsupportedModelError(f"method {method!r} merges by the feature layer's patch keys, which do not line "
                                     f"up with {model}'s pooled video tokens.")
 
@@ -135,7 +142,8 @@ def encode(
     if attention is not None:
         with _timed(timer, "cls_scoring"), torch.no_grad():  # a ranking only: never part of a gradient
             found = _scores(stream, attention, capture, inputs)
-    features = stream.candidates(hidden)
+    with _timed(timer, "projector" if stream.candidates_projected else "vision_encoder"):
+        features = stream.candidates(hidden)
     if PROJECTED in inputs:  # every candidate in the LLM's space, for methods that compare there (DivPrune)
         with _timed(timer, "projector"):
             found[PROJECTED] = stream.project(features.flatten(0, 1))
@@ -169,7 +177,7 @@ def _scores(stream: VisualStream, attention: torch.nn.Module, capture: QKCapture
         scores = received_patch_scores(queries, keys, attention.scale, has_cls=stream.has_cls)
         found[RECEIVED_SCORES] = stream.candidate_scores(scores)
     if PATCH_KEYS in inputs:
-        found[PATCH_KEYS] = keys[:, :, first:]
+        found[PATCH_KEYS] = stream.candidate_keys(keys[:, :, first:])
     return found
 
 
@@ -195,11 +203,14 @@ def project(
         pieces.extend(frames)
     with _timed(timer, "projector"):
         projected = _project_pieces(stream, pieces, [s.projected for s in selections for _ in s.tokens_per_frame])
+    trailing = stream.trailing_tokens()
+    if trailing is not None and projected:
+        trailing = trailing.to(device=projected[0].device, dtype=projected[0].dtype)
     visuals, start = [], 0
     for sample, selection in zip(encoded, selections):
         count = len(selection.tokens_per_frame)
         kept = None if selection.kept_indices is None else [idx.tolist() for idx in selection.kept_indices]
-        visuals.append(Visual(list(projected[start : start + count]), kept, sample.video.cls_scores))
+        visuals.append(Visual(list(projected[start : start + count]), kept, sample.video.cls_scores, trailing))
         start += count
     return visuals
 
@@ -223,6 +234,9 @@ def build_prompts(adapter: ModelAdapter, questions: list[str], visuals: list[Vis
                 tokens = visual.frames[piece.first : piece.first + piece.count]
                 pieces.extend(tokens)
                 masks.extend(torch.ones(len(t), dtype=torch.bool) for t in tokens)
+                if visual.trailing is not None and piece.first + piece.count == len(visual.frames):
+                    pieces.append(visual.trailing)  # after the item's last frame; text to LLM-stage methods
+                    masks.append(torch.zeros(len(visual.trailing), dtype=torch.bool))
             elif piece:
                 pieces.append(adapter.embed(torch.tensor(piece, device=adapter.device)))
                 masks.append(torch.zeros(len(piece), dtype=torch.bool))

@@ -188,10 +188,12 @@ class HFPruning:
         ids = call.get("input_ids")
         encoded: dict[str, BaseModelOutputWithPooling] = {}
         keep: torch.Tensor | None = None
+        runs: dict[int, list[int]] = {}  # placeholder id -> each item's run after shrinking
         for stream in present:
             items, frames = self._encode(stream, call.pop(stream.pixel_key))
             encoded[stream.modality] = BaseModelOutputWithPooling(pooler_output=stream.package(items))
             kept, stock = [len(item) for item in items], [stream.stock_tokens(frames)] * len(items)
+            runs[stream.token_id] = kept
             self._geometry = (frames, stream.tokens_per_frame)
             if ids is None:
                 if kept != stock:
@@ -207,8 +209,18 @@ class HFPruning:
         if keep is not None:
             _shorten(call, ids, keep, self.pad_token_id)
         self.input_ids, self.attention_mask = call["input_ids"], call.get("attention_mask")
-        token_ids = torch.tensor([s.token_id for s in present], device=ids.device)
-        return call, torch.isin(call["input_ids"], token_ids)
+        return call, self._visual_mask(call["input_ids"], present, runs)
+
+    @staticmethod
+    def _visual_mask(ids: torch.Tensor, present: list[HFStream], runs: dict[int, list[int]]) -> torch.Tensor:
+        """(B, S) True at the visual tokens of the prompt: the placeholders, less each item's trailing tokens (which
+        LLM-stage methods treat as text)."""
+        visual = torch.isin(ids, torch.tensor([s.token_id for s in present], device=ids.device))
+        for stream in present:
+            trailing = stream.trailing_tokens()
+            if trailing is not None:
+                visual &= ~run_tails(ids, stream.token_id, runs[stream.token_id], len(trailing))
+        return visual
 
     def _refuse_unpruned(self, call: dict[str, Any]) -> None:
         if not self.pruner.prunes:
@@ -229,7 +241,7 @@ class HFPruning:
         for visual in visuals:
             self.records.append(ItemRecord(stream.modality, visual.tokens, visual.kept_indices,
                                            None if visual.cls_scores is None else visual.cls_scores.float().cpu()))
-        return [torch.cat(visual.frames) for visual in visuals], pixels.shape[1]
+        return [visual.item() for visual in visuals], pixels.shape[1]
 
     def _note_llm_kept(self, run: Any) -> None:
         """After an LLM-stage method ran: record the visual tokens it kept from its pruning layer on, per frame."""
@@ -271,6 +283,18 @@ def placeholder_keep_mask(
         keep[positions[start + kept_here : start + run]] = False
         start += run
     return keep.view_as(input_ids)
+
+
+def run_tails(input_ids: torch.Tensor, token_id: int, runs: list[int], tail: int) -> torch.Tensor:
+    """(B, S) True at the last `tail` positions of each item's run of `token_id` placeholders (items in reading
+    order, run lengths `runs`): where an item's trailing tokens land."""
+    positions = (input_ids == token_id).flatten().nonzero().squeeze(1)
+    marked = torch.zeros(input_ids.numel(), dtype=torch.bool, device=input_ids.device)
+    end = 0
+    for run in runs:
+        end += run
+        marked[positions[end - tail : end]] = True
+    return marked.view_as(input_ids)
 
 
 def compact(tensor: torch.Tensor, keep: torch.Tensor, fill: int) -> torch.Tensor:

@@ -105,9 +105,26 @@ class VisualStream(ABC):
         return scores
 
     @property
-    def pooled(self) -> bool:
-        """Whether candidates merge patches (then per-patch inputs such as keys do not line up with them)."""
-        return False
+    def has_candidate_keys(self) -> bool:
+        """Whether `candidate_keys` gives every candidate a key. False for a family that merges patches into its
+        candidates without defining the merged token's key: methods that read keys are then refused."""
+        return True
+
+    def candidate_keys(self, keys: torch.Tensor) -> torch.Tensor:
+        """(B*T, H, patches, D) per-patch keys of the feature layer ([CLS] dropped) -> (B*T, H, N, D) per
+        candidate, matching `candidates` (pooling families pool them as they pool the tokens)."""
+        return keys
+
+    candidates_projected: bool = False
+    """`candidates` are already in the LLM's space (the family projects before it pools, LLaVA-OneVision): then
+    `project` is the identity and the engine times `candidates` as the projector."""
+
+    def trailing_tokens(self) -> torch.Tensor | None:
+        """(E, D) tokens in the LLM's space that the stock model appends after each item's visual tokens (LLaVA-
+        OneVision's `image_newline` after a video), or None. They are no candidates: every method keeps them,
+        right after the item's kept tokens; they are not counted as visual tokens, and LLM-stage methods see
+        them as text, so never drop them."""
+        return None
 
     @abstractmethod
     def project(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -104,7 +104,8 @@ class HFStream(VisualStream):
 
     def stock_tokens(self, frames: int) -> int:
         """Placeholders per item in a stock prompt (what the model's processor expands one placeholder to)."""
-        return frames * (self.tokens_per_frame + int(self.feeds_cls))
+        trailing = self.trailing_tokens()
+        return frames * (self.tokens_per_frame + int(self.feeds_cls)) + (0 if trailing is None else len(trailing))
 
     def package(self, items: list[torch.Tensor]) -> Any:
         """Projected tokens per item -> the `pooler_output` the model's forward reads."""
@@ -267,6 +268,16 @@ class HFAdapter(ModelAdapter):
         return ids.to(self.device), mask.to(self.device)
 
 
+def require_select_strategy(config: Any, strategy: str, model: str) -> None:
+    """Refuse a vision_feature_select_strategy other than `strategy`: the families that pool need the whole square
+    patch grid, which only that strategy hands over."""
+    if config.vision_feature_select_strategy != strategy:
+        raise UnsupportedModelError(
+            f"{model} with vision_feature_select_strategy {config.vision_feature_select_strategy!r} is not supported: "
+            f"its pooling needs the square patch grid of {strategy!r}, which every released checkpoint uses."
+        )
+
+
 def hf_families() -> list[type[HFAdapter]]:
     """The registered transformers-format families, in registration order (apply() has a model, not a path)."""
     return [cls for cls in base.registered_adapters() if issubclass(cls, HFAdapter)]
@@ -283,6 +294,25 @@ def _pixel_values(output: Any) -> torch.Tensor:
         if key in output:
             return output[key]
     raise CheckpointError(f"the image processor returned {sorted(output)} and no pixel_values.")
+
+
+FRAME_SETTINGS = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
+                  "do_normalize", "image_mean", "image_std", "do_convert_rgb")
+"""Settings of a video frame's preprocessing (resize, centre crop, rescale, normalise)."""
+
+
+def saved_frame_settings(path: Path, files: tuple[str, ...]) -> dict[str, Any]:
+    """The per-frame preprocessing settings (`FRAME_SETTINGS`) of the first of `files` the checkpoint holds: for
+    families whose saved video processor needs torchvision, or whose image processor is an anyres one."""
+    for name in files:
+        file = path / name
+        if file.is_file():
+            try:
+                settings = json.loads(file.read_text())
+            except json.JSONDecodeError as err:
+                raise CheckpointError(f"{file} is not valid JSON ({err}); re-download the checkpoint.") from err
+            return {key: value for key, value in settings.items() if key in FRAME_SETTINGS}
+    raise CheckpointError(f"{path} has none of {', '.join(files)}: copy the checkpoint's preprocessor files.")
 
 
 def write_json(path: Path, content: dict[str, Any]) -> None:

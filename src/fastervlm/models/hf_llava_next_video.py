@@ -11,7 +11,6 @@ input is refused with a clear error.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,15 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPImageProcessorPil
 
-from fastervlm.errors import CheckpointError, UnsupportedModelError
 from fastervlm.models.base import register_adapter
 from typing import Any
 
-from fastervlm.models.hf_base import FrameProcessor, HFAdapter, HFStream, TinyParts, write_json
-
-# Settings of a video frame's preprocessing (resize short side, centre crop, rescale, normalise).
-_FRAME_SETTINGS = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
-                   "do_normalize", "image_mean", "image_std", "do_convert_rgb")
+from fastervlm.models.hf_base import (FrameProcessor, HFAdapter, HFStream, TinyParts, require_select_strategy,
+                                      saved_frame_settings, write_json)
 
 
 @dataclass
@@ -47,8 +42,8 @@ class PooledVideoStream(HFStream):
         return (self.side // self.stride) ** 2
 
     @property
-    def pooled(self) -> bool:
-        return True
+    def has_candidate_keys(self) -> bool:  # the pooled token's key is not defined here
+        return False
 
     def candidates(self, hidden: torch.Tensor) -> torch.Tensor:
         patches = super().candidates(hidden)
@@ -72,11 +67,7 @@ class LlavaNextVideoHF(HFAdapter):
     @classmethod
     def streams(cls, model: nn.Module) -> list[HFStream]:
         config, base = model.config, model.model
-        if config.vision_feature_select_strategy != "default":
-            raise UnsupportedModelError(
-                f"LLaVA-NeXT-Video with vision_feature_select_strategy {config.vision_feature_select_strategy!r} "
-                "is not supported (its pooling needs the square patch grid of 'default')."
-            )
+        require_select_strategy(config, "default", "LLaVA-NeXT-Video")
         return [
             PooledVideoStream("video", "pixel_values_videos", config.video_token_id,
                               base.vision_tower, base.multi_modal_projector, config.vision_feature_layer,
@@ -88,9 +79,8 @@ class LlavaNextVideoHF(HFAdapter):
     def frame_processor(cls, path: Path) -> FrameProcessor:
         """The video processor's settings (video_preprocessor_config.json, else preprocessor_config.json) applied
         per frame with CLIP's PIL processor: the saved image processor is LLaVA-NeXT's anyres one, for images."""
-        source = path / "video_preprocessor_config.json"
-        settings = _read_json(source if source.is_file() else path / "preprocessor_config.json")
-        processor = CLIPImageProcessorPil(**{k: v for k, v in settings.items() if k in _FRAME_SETTINGS})
+        settings = saved_frame_settings(path, ("video_preprocessor_config.json", "preprocessor_config.json"))
+        processor = CLIPImageProcessorPil(**settings)
         return lambda frames: processor(images=frames, return_tensors="pt")["pixel_values"]
 
     @classmethod
@@ -113,9 +103,3 @@ class LlavaNextVideoHF(HFAdapter):
                    {"image_processor_type": "LlavaNextImageProcessor", "processor_class": "LlavaNextVideoProcessor",
                     "image_grid_pinpoints": [[side, side], [side, 2 * side]], "do_pad": True, **frame})
         (folder / "chat_template.jinja").write_text(CHAT_TEMPLATE)
-
-
-def _read_json(file: Path) -> dict:
-    if not file.is_file():
-        raise CheckpointError(f"{file.parent} has no {file.name}: copy the checkpoint's preprocessor files.")
-    return json.loads(file.read_text())

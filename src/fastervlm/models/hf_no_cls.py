@@ -1,8 +1,10 @@
-"""Transformers VLMs whose vision encoder has no [CLS] token (LLaVA-OneVision's SigLIP, Qwen2-VL's ViT).
+"""Transformers VLMs whose vision encoder has no [CLS] token (SigLIP, the Qwen-VL ViTs), and the refusal of those
+fastervlm has no adapter for (Qwen2-VL and its successors).
 
 Not a family fastervlm runs: it is registered last (builtin.py) so that loading such a checkpoint says why
 [CLS]-attention pruning cannot work on it and which methods would, instead of a bare "unsupported model".
-`fastervlm.apply` asks `encoder_without_cls` for the same reason.
+`fastervlm.apply` asks `encoder_without_cls` for the same reason, on families that do run (LLaVA-OneVision)
+as well. A family that runs is claimed by its own adapter first; this one only catches the rest.
 """
 
 from __future__ import annotations
@@ -29,24 +31,12 @@ _NO_CLS_VISION = {
     "qwen3_vl_moe": "Qwen3-VL's ViT",
 }
 _NO_CLS_MODELS = {
-    "llava_onevision": "SigLIP",
     "qwen2_vl": "Qwen2-VL's ViT",
     "qwen2_5_vl": "Qwen2.5-VL's ViT",
     "qwen3_vl": "Qwen3-VL's ViT",
     "qwen3_vl_moe": "Qwen3-VL's ViT",
 }
 _CLS_VISION = ("clip_vision_model", "clip")
-
-
-def _tiny_onevision(parts: Any) -> Any:
-    from transformers import LlavaOnevisionConfig
-
-    siglip = dict(model_type="siglip_vision_model", hidden_size=parts.clip["hidden_size"], num_hidden_layers=2,
-                  intermediate_size=parts.clip["intermediate_size"], num_attention_heads=parts.clip["num_attention_heads"],
-                  image_size=parts.image_size, patch_size=parts.clip["patch_size"])
-    return LlavaOnevisionConfig(text_config=parts.text, vision_config=siglip, image_token_index=parts.ids["image"],
-                                video_token_index=parts.ids["video"], vision_feature_layer=-2,
-                                vision_feature_select_strategy="full")  # SigLIP has no [CLS] to drop
 
 
 def _tiny_qwen2_vl(parts: Any) -> Any:
@@ -60,7 +50,6 @@ def _tiny_qwen2_vl(parts: Any) -> Any:
 
 
 TINY_CONFIGS = {
-    "llava_onevision": ("LlavaOnevisionForConditionalGeneration", _tiny_onevision),
     "qwen2_vl": ("Qwen2VLForConditionalGeneration", _tiny_qwen2_vl),
 }
 """Tiny specs (transformers class, config from fastervlm.tiny.hf's TinyParts) of the refused families, for the tests

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fastervlm.errors import FasterVLMError, UnsupportedModelError
+from fastervlm.errors import FasterVLMError
 from fastervlm.show.layout import Header, Layout
 from fastervlm.show.render import header_for, render_kept_tokens, write_kept_tokens_animation
 
@@ -127,31 +127,21 @@ def write_answer_animation(
                                        labels=_labels(frames, answer), notes=_notes(pipeline, answer, scores))
 
 
-def heatmap_scores(pipeline: Pipeline, frames: Frames) -> torch.Tensor | None:
-    """[CLS] scores (T, N) for a method that did not compute them (random, none): one pass of a method that reads
-    them, at L = 0 (so the LLM prefill holds only the text); None when the encoder has no [CLS] token."""
-    from fastervlm.models.base import GenerationSettings
+def heatmap_scores(pipeline: Pipeline, frames: Frames) -> torch.Tensor:
+    """Per-candidate scores (T, N) for a method that computed none (random, none, divprune; a ranking by received
+    attention): the [CLS] attention, or on an encoder without [CLS] (LLaVA-OneVision's SigLIP) the attention each
+    patch receives. One pass of the vision encoder through the engine, no LLM."""
+    import torch
 
-    scoring = _cls_scoring_method()
-    if scoring is None:
-        return None
-    try:
-        answer = pipeline.answer_frames([frames], ["Describe the video."], pipeline.pruner(scoring, keep=0),
-                                        GenerationSettings(max_new_tokens=1))[0]
-    except UnsupportedModelError:
-        return None
-    return answer.cls_scores
+    from fastervlm import engine
+    from fastervlm.methods.base import CLS_SCORES, RECEIVED_SCORES
 
-
-def _cls_scoring_method() -> str | None:
-    """A registered vision-stage method with a per-frame budget that reads [CLS] scores (the default one first)."""
-    from fastervlm.methods import default_method, list_methods
-    from fastervlm.methods.base import CLS_SCORES
-
-    methods = list_methods()
-    candidates = [default_method(True), *methods]
-    return next((name for name in candidates if methods[name].stage == "vision" and methods[name].budget == "per_frame"
-                 and CLS_SCORES in methods[name].inputs), None)
+    adapter = pipeline.adapter
+    score = CLS_SCORES if adapter.stream.has_cls else RECEIVED_SCORES
+    with torch.inference_mode():
+        pixels = frames.pixels[None].to(device=adapter.device, dtype=adapter.dtype)
+        (encoded,) = engine.encode(adapter.stream, pixels, frozenset({score}))
+    return getattr(encoded.video, score).float().cpu()
 
 
 def _notes(pipeline: Pipeline, answer: Answer, scores: torch.Tensor | None) -> list[str]:

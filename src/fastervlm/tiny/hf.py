@@ -9,8 +9,8 @@ model card's prompt is used). Loading goes through `fastervlm.load`, like a real
 spec gives the same weights.
 
 Each family's config comes from its own tiny spec beside its adapter (`tiny_config`, `write_tiny_processor`);
-this file holds what they share. `tiny_hf_config(family)` also covers the families whose vision encoder has no
-[CLS] token (LLaVA-OneVision, Qwen2-VL; their specs sit in models/hf_no_cls.py), for the error they get.
+this file holds what they share. `tiny_hf_config(family)` also covers the families fastervlm refuses for their
+vision encoder without [CLS] token (Qwen2-VL; its spec sits in models/hf_no_cls.py), for the error they get.
 """
 
 from __future__ import annotations
