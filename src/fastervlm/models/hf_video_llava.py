@@ -26,6 +26,7 @@ class VideoLlavaHF(HFAdapter):
     model_class = "VideoLlavaForConditionalGeneration"
     model_types = ("video_llava",)
     prompt_format = "USER: <video>\n{question} ASSISTANT:"
+    processor_options = {"return_legacy_image_output": False}  # `pixel_values`, not the deprecated legacy key
 
     @classmethod
     def streams(cls, model: nn.Module) -> list[HFStream]:
