@@ -131,13 +131,22 @@ class HFAdapter(ModelAdapter):
     model_class: ClassVar[str]
     """transformers class that loads it, e.g. "VideoLlavaForConditionalGeneration"."""
     model_types: ClassVar[tuple[str, ...]]
-    prompt_format: ClassVar[str]
-    """The model card's prompt, used when the checkpoint has no chat template; {question} is filled in."""
+    """transformers model_type values it claims; the first names the family (llava_next_video: llava-next-video-hf)."""
     default_frames: ClassVar[int] = 8
     unpruned_inputs: ClassVar[tuple[str, ...]] = ()
     """Pixel arguments of the model that pruning does not handle (refused while a method prunes)."""
     processor_options: ClassVar[dict[str, Any]] = {}
     """Keyword arguments for the image processor call (the current form of deprecated defaults)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "model_types" in vars(cls):
+            cls.family = cls.model_types[0].replace("_", "-") + "-hf"
+
+    @property
+    def prompt_format(self) -> str:
+        """The llava-hf model cards' prompt, used when the checkpoint has no chat template; {question} is filled in."""
+        return f"USER: <{self.media}>\n{{question}} ASSISTANT:"
 
     def __init__(self, model: nn.Module, tokenizer: Any, frame_processor: FrameProcessor, generation: Any, *,
                  chat_template: str | None, keep_cls: bool, num_frames: int) -> None:

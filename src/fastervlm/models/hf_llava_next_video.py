@@ -57,11 +57,9 @@ class PooledVideoStream(HFStream):
 
 @register_adapter
 class LlavaNextVideoHF(HFAdapter):
-    family = "llava-next-video-hf"
     media = "video"
     model_class = "LlavaNextVideoForConditionalGeneration"
     model_types = ("llava_next_video",)
-    prompt_format = "USER: <video>\n{question} ASSISTANT:"
     unpruned_inputs = ("pixel_values",)
 
     @classmethod
