@@ -27,7 +27,7 @@ COMMON = ["--limit", str(LIMIT), "--device", "cpu", "--max-new-tokens", "4", "--
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Generated question/answer files plus synthetic videos for their first items."""
-    from fastervlm.media import write_synthetic_video
+    from fastervlm.tiny.video import write_synthetic_video
 
     root = tmp_path_factory.mktemp("data")
     questions_by_benchmark = write_sample_benchmarks(root)

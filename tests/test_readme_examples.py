@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import fastervlm
-from fastervlm.media import write_synthetic_video
+from fastervlm.tiny.video import write_synthetic_video
 from fastervlm.tiny.hf import write_tiny_hf_checkpoint
 
 README = Path(__file__).resolve().parents[1] / "README.md"

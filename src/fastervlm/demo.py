@@ -103,7 +103,7 @@ def run_demo(
     """Answer `question` about a synthetic video on the tiny model, unpruned and with the default method at
     `reduction`: one full answer each (also the warm-up), then `repeats` interleaved timed runs of one token."""
     from fastervlm.errors import FasterVLMError
-    from fastervlm.media import write_synthetic_video
+    from fastervlm.tiny.video import write_synthetic_video
     from fastervlm.methods import baseline_method, create_pruner, default_method
     from fastervlm.models.base import GenerationSettings
     from fastervlm.tiny import default_cache_dir

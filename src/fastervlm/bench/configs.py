@@ -20,7 +20,7 @@ DEFAULT_REDUCTIONS = (0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 1.0)
 """Video-LLaVA: 2048 / 1536 / 1024 / 512 / 208 / 104 / 0 visual tokens, the seed table's "# Token" column."""
 PIPELINE_STAGES = ("decode_video", *TTFT_STAGES, "llm_decode")
 QUESTION = "What is happening in the video?"
-SYNTHETIC_VIDEO = "synthetic 320x240 H.264 clip, 48 frames (media.write_synthetic_video)"
+SYNTHETIC_VIDEO = "synthetic 320x240 H.264 clip, 48 frames (tiny.video.write_synthetic_video)"
 
 
 @dataclass

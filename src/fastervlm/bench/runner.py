@@ -57,7 +57,7 @@ def run_benchmark(
     video_name = str(video) if video is not None else SYNTHETIC_VIDEO
     with tempfile.TemporaryDirectory(prefix="fastervlm-bench-") as scratch:
         if video is None:
-            from fastervlm.media import write_synthetic_video
+            from fastervlm.tiny.video import write_synthetic_video
 
             video = write_synthetic_video(Path(scratch) / "bench.mp4", num_frames=48, height=240, width=320)
         tasks = [Task("config", c, str(video), question, max_new_tokens, isolate) for c in configs]
