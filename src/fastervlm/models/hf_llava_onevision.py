@@ -77,6 +77,8 @@ class ProjectedPooledStream(HFStream):
 
 @register_adapter
 class LlavaOnevisionHF(HFAdapter):
+    """LLaVA-OneVision (llava-hf/llava-onevision-qwen2-*-ov-hf): SigLIP without [CLS], pooled after the projector."""
+
     media = "video"
     model_class = "LlavaOnevisionForConditionalGeneration"
     model_types = ("llava_onevision",)
