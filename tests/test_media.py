@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from media_helpers import decode_all
 from fastervlm import media
 from fastervlm.tiny.video import write_synthetic_video
 from fastervlm.errors import FasterVLMError, MediaError
@@ -22,18 +23,6 @@ try:
     import decord
 except ImportError:
     decord = None
-
-
-def decode_all(path: Path) -> list[np.ndarray]:
-    """The naive reference: every frame PyAV decodes (until an error), in order, as rgb24."""
-    frames = []
-    with av.open(str(path)) as container:
-        try:
-            for frame in container.decode(video=0):
-                frames.append(frame.to_ndarray(format="rgb24"))
-        except av.FFmpegError:
-            pass
-    return frames
 
 
 @pytest.fixture(scope="module")
