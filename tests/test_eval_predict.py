@@ -108,7 +108,7 @@ def test_prefetch_depth_does_not_change_results(tmp_path: Path) -> None:
     ahead, _ = _run(tmp_path / "a", FakePipeline(tmp_path / "a"), prefetch=3)
     inline, _ = _run(tmp_path / "b", FakePipeline(tmp_path / "b"), prefetch=0)
     assert _comparable(ahead, tmp_path / "a") == _comparable(inline, tmp_path / "b")
-    assert [r["id"] for r in read_jsonl(ahead.prediction_file(0))] == IDS  # written in item order
+    assert sorted(r["id"] for r in read_jsonl(ahead.prediction_file(0))) == sorted(IDS)  # each written once
 
 
 KILL_SCRIPT = """
