@@ -31,6 +31,7 @@ def make_run(
     method: dict[str, Any] | None = None,
     tokens: int = 2048,
     rank: int = 0,
+    flops: list[int] | None = None,
 ) -> RunDir:
     """A run directory whose items are {id: (gt answer, prediction or None for an error record)}."""
     run = RunDir(path)
@@ -44,9 +45,9 @@ def make_run(
     }
     run.create_or_check(config, items)
     with JsonlAppender(run.prediction_file(rank)) as out:
-        for item, (_, pred) in zip(items, answers.values()):
+        for n, (item, (_, pred)) in enumerate(zip(items, answers.values())):
             record = {"id": item["id"], "question": item["question"], "answer": item["answer"], "pred": pred,
-                      "visual_tokens": tokens}
+                      "visual_tokens": tokens, **({"llm_prefill_flops": flops[n]} if flops else {})}
             out.write(record if pred is not None else {**record, "error": "no video"})
     return run
 
