@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from eval_helpers import FakeGeneration, FakePipeline
+from test_eval_predict import KILL_SCRIPT
 
 from fastervlm.eval.benchmarks import BENCHMARKS, load_items
 from fastervlm.eval.grouped import default_batch_size, group_by_video, shard_by_video
@@ -121,25 +122,9 @@ def test_the_default_batch_size_depends_on_the_device() -> None:
     assert default_batch_size("cuda:1") == default_batch_size("cuda") == 8
 
 
-KILL_SCRIPT = """
-import sys
-sys.path.insert(0, {tests!r})
-from pathlib import Path
-from eval_helpers import FakeGeneration, FakePipeline
-from fastervlm.eval.benchmarks import BENCHMARKS, load_items
-from fastervlm.eval.predict import predict_items, prepare_run
-root = Path({root!r})
-pipe = FakePipeline(root, delay=0.2)
-loaded = load_items(BENCHMARKS["msvd"], root / "data")
-pruner = pipe.pruner("none")
-run = prepare_run(pipe, loaded, root / "data", pruner, FakeGeneration(), out=root / "runs")
-predict_items(pipe, run, loaded, root / "data", pruner, FakeGeneration(), batch_size=4, progress=False)
-"""
-
-
 def test_a_killed_batched_run_loses_at_most_the_batch_in_flight(tmp_path: Path) -> None:
     ids = write_grouped_benchmark(tmp_path / "data", [9, 7, 8, 6])
-    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT.format(tests=str(TESTS), root=str(tmp_path))],
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT.format(tests=str(TESTS), root=str(tmp_path), delay=0.2, batch=4)],
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     out = tmp_path / "runs" / "fake-model" / "msvd" / "none" / "predictions" / "rank-00000.jsonl"
     deadline = time.monotonic() + 60

@@ -119,18 +119,18 @@ from eval_helpers import FakeGeneration, FakePipeline
 from fastervlm.eval.benchmarks import BENCHMARKS, load_items
 from fastervlm.eval.predict import predict_items, prepare_run
 root = Path({root!r})
-pipe = FakePipeline(root, delay=0.15)
+pipe = FakePipeline(root, delay={delay})
 loaded = load_items(BENCHMARKS["msvd"], root / "data")
 pruner = pipe.pruner("none")
 run = prepare_run(pipe, loaded, root / "data", pruner, FakeGeneration(), out=root / "runs")
-predict_items(pipe, run, loaded, root / "data", pruner, FakeGeneration(), progress=False)
+predict_items(pipe, run, loaded, root / "data", pruner, FakeGeneration(), batch_size={batch}, progress=False)
 """
 
 
 def test_a_killed_run_resumes_without_losing_or_duplicating_items(tmp_path: Path) -> None:
     ids = [f"q{i}" for i in range(30)]
     write_benchmark(tmp_path / "data", ids)
-    script = KILL_SCRIPT.format(tests=str(TESTS), root=str(tmp_path))
+    script = KILL_SCRIPT.format(tests=str(TESTS), root=str(tmp_path), delay=0.15, batch=1)
     proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONUNBUFFERED": "1"})
     out = tmp_path / "runs" / "fake-model" / "msvd" / "none" / "predictions" / "rank-00000.jsonl"
     deadline = time.monotonic() + 60
