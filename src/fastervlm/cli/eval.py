@@ -119,10 +119,13 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_scale_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("speed (predictions are the same whatever these are)")
+    from fastervlm.eval.grouped import CPU_BATCH_SIZE, CUDA_BATCH_SIZE  # constants only: no torch
+
+    group = parser.add_argument_group("speed (greedy predictions are the same whatever these are)")
     group.add_argument("--batch-size", type=int, metavar="N",
-                       help="questions per generate call, from one video or several (default: 4 on the CPU, 8 on a GPU; "
-                       "greedy answers do not depend on it; a kill loses at most the batch in flight)")
+                       help=f"questions per generate call, from one video or several (default: {CPU_BATCH_SIZE} on the "
+                       f"CPU, {CUDA_BATCH_SIZE} on a GPU; greedy answers do not depend on it, sampled ones do; a kill "
+                       "loses at most the batch in flight)")
     group.add_argument("--frame-cache", choices=["on", "off"], default="on",
                        help="keep each video's sampled frames on disk, so a later run or sweep skips decoding (default "
                        "%(default)s; folder: $FASTERVLM_FRAME_CACHE, else $FASTERVLM_CACHE/frames or "
