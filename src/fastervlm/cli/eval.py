@@ -66,8 +66,7 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
                                  description="Per benchmark Acc/Score, averages relative to the unpruned baseline, "
                                  "paired tests, and a plot of relative accuracy vs visual tokens.")
     report.add_argument("paths", nargs="+", help="run folders, or folders that contain run folders")
-    _add_report_arguments(report)
-    report.add_argument("--judge-model", help="which judge's results to use (default: the only one present)")
+    _add_report_arguments(report, judges="the only one present")
     report.add_argument("--out", help="folder for report.md/.csv/.json/.png (default: the first path)")
     report.set_defaults(handler=run_report)
 
@@ -78,8 +77,7 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
                                   "really different from run A, or is it noise?")
     compare.add_argument("run_a", metavar="RUN_A", help="a run folder (e.g. the unpruned baseline): the reference")
     compare.add_argument("run_b", metavar="RUN_B", help="a run folder of the same benchmark; differences are B - A")
-    _add_report_arguments(compare, plot=False)
-    compare.add_argument("--judge-model", help="which judge's results to use (default: the only one both have)")
+    _add_report_arguments(compare, judges="the only one both have", plot=False)
     compare.set_defaults(handler=run_compare)
 
 
@@ -174,9 +172,12 @@ def _add_judge_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cache-dir", type=Path, help="judgment cache (default $FASTERVLM_CACHE/judge or ~/.cache/fastervlm/judge)")
 
 
-def _add_report_arguments(parser: argparse.ArgumentParser, *, plot: bool = True) -> None:
+def _add_report_arguments(parser: argparse.ArgumentParser, *, judges: str | None = None, plot: bool = True) -> None:
+    """judges: the default of --judge-model when the command reads existing judgments (None: it judges itself)."""
     parser.add_argument("--metrics", choices=["strict", "compat"], default="strict",
                         help="strict: exact parsing (default); compat: the original's counting, quirks included")
+    if judges is not None:
+        parser.add_argument("--judge-model", help=f"which judge's results to use (default: {judges})")
     if plot:
         parser.add_argument("--no-plot", action="store_true", help="skip report.png")
 

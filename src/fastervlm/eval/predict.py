@@ -187,18 +187,9 @@ def predict_items(
 
 
 def predict_configurations(
-    pipeline: Any,
-    loaded: LoadedBenchmark,
-    data_root: Path,
-    configurations: Sequence[tuple[RunDir, Any]],
-    generation: Any = None,
-    *,
-    flip: bool = False,
-    rank: Rank | None = None,
-    prefetch: int = 2,
-    progress: bool = True,
-    batch_size: int | None = None,
-    frame_cache: Any = None,
+    pipeline: Any, loaded: LoadedBenchmark, data_root: Path, configurations: Sequence[tuple[RunDir, Any]],
+    generation: Any = None, *, flip: bool = False, rank: Rank | None = None, prefetch: int = 2, progress: bool = True,
+    batch_size: int | None = None, frame_cache: Any = None,
 ) -> list[PredictSummary]:
     """Predict several (run, pruner) configurations of one benchmark in one pass: each video is decoded and encoded
     once for all of them. Each run's records equal those of predicting it alone. One summary per configuration."""
@@ -268,16 +259,8 @@ def _default_generation() -> Any:
 
 
 def prepare_run(
-    pipeline: Any,
-    loaded: LoadedBenchmark,
-    data_root: Path,
-    pruner: Any,
-    generation: Any = None,
-    *,
-    flip: bool = False,
-    out: Path | None = None,
-    run_dir: Path | None = None,
-    tag: str | None = None,
+    pipeline: Any, loaded: LoadedBenchmark, data_root: Path, pruner: Any, generation: Any = None, *, flip: bool = False,
+    out: Path | None = None, run_dir: Path | None = None, tag: str | None = None,
 ) -> RunDir:
     """The run directory for this configuration, created or checked against what it already holds."""
     method = pruner.settings()
