@@ -16,8 +16,12 @@ if TYPE_CHECKING:
     from fastervlm.pipeline import Pipeline
     from fastervlm.tiny import TinySpec
 
-DEFAULT_REDUCTIONS = (0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 1.0)
+SEED_REDUCTIONS = (0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 1.0)
 """Video-LLaVA: 2048 / 1536 / 1024 / 512 / 208 / 104 / 0 visual tokens, the seed table's "# Token" column."""
+DEFAULT_REDUCTIONS = (0.5, 0.9)
+"""What `fastervlm bench` measures when no budget is given: a quick check (1024 and 208 tokens on Video-LLaVA,
+the latter the targets' budget); pass SEED_REDUCTIONS (`--reductions 0 0.25 0.5 0.75 0.9 0.95 1`) for the
+seed's whole column."""
 PIPELINE_STAGES = ("decode_video", *TTFT_STAGES, "llm_decode")
 QUESTION = "What is happening in the video?"
 SYNTHETIC_VIDEO = "synthetic 320x240 H.264 clip, 48 frames (media.write_synthetic_video)"
@@ -41,16 +45,18 @@ def default_configs(
     *,
     keeps: Sequence[int] | None = None,
     method_settings: dict[str, dict[str, Any]] | None = None,
+    baseline: bool = True,
 ) -> list[BenchConfig]:
-    """The unpruned row (the registry's baseline) first, then every method (default: the featured ones) at every
-    budget (reductions, or per-frame keeps when given). Budgets out of range are refused here, before any model is
-    built (keeps are checked against the model's patch count by check_budgets once it is known)."""
+    """The unpruned row (the registry's baseline; unless `baseline` is False) first, then every method (default:
+    the featured ones) at every budget (reductions, or per-frame keeps when given). Budgets out of range are
+    refused here, before any model is built (keeps are checked against the model's patch count by check_budgets
+    once it is known)."""
     from fastervlm.methods import baseline_method, featured_methods
 
     methods = featured_methods() if methods is None else methods
     budgets = [{"keep": k} for k in keeps] if keeps is not None else [{"reduction": r} for r in reductions]
     extra = method_settings or {}
-    configs = [BenchConfig(baseline_method())] + [
+    configs = [BenchConfig(baseline_method())] * baseline + [
         BenchConfig(method, {**budget, **extra.get(method, {})}) for method in methods for budget in budgets
     ]
     check_budgets(configs)
@@ -85,10 +91,10 @@ class ModelSource:
 
     @staticmethod
     def tiny(device: str | None = "cpu") -> ModelSource:
-        """The demo's tiny checkpoint (written into the cache on first use)."""
-        from fastervlm.tiny import ensure_tiny_checkpoint
+        """The demo's tiny checkpoint (the one fallback of every command run without --model)."""
+        from fastervlm.demo import tiny_checkpoint
 
-        return ModelSource(checkpoint=str(ensure_tiny_checkpoint()), device=device)
+        return ModelSource(checkpoint=str(tiny_checkpoint()), device=device)
 
     @staticmethod
     def video_llava_7b(llm_layers: int, vision_layers: int, device: str | None = "cpu") -> ModelSource:

@@ -44,8 +44,6 @@ def run_benchmark(
     the weights) and stay up for the whole benchmark; each keeps the memory its configuration needed.
     False: everything in this process (on the CPU the memory figures then say they are not isolated).
     """
-    from tqdm import tqdm
-
     from fastervlm.pipeline import resolve_device
 
     check_run_settings(warmup, repeats, max_new_tokens)
@@ -53,39 +51,53 @@ def run_benchmark(
         raise FasterVLMError("nothing to measure: give at least one method.")
     device = resolve_device(source.device)
     isolate = device.type == "cpu" if isolate is None else isolate
-    load_before = _load_average()
-    video_name = str(video) if video is not None else SYNTHETIC_VIDEO
-    with tempfile.TemporaryDirectory(prefix="fastervlm-bench-") as scratch:
-        if video is None:
-            from fastervlm.media import write_synthetic_video
-
-            video = write_synthetic_video(Path(scratch) / "bench.mp4", num_frames=48, height=240, width=320)
-        tasks = [Task("config", c, str(video), question, max_new_tokens, isolate) for c in configs]
-        if reference:
-            tasks += [Task(kind, None, str(video), question, max_new_tokens, isolate) for kind in ("ours", "reference")]
+    load_before = load_average()
+    with _bench_video(video) as path:
         pipeline = source.build()
         check_budgets(configs, pipeline.num_patches)  # before any worker starts or the progress bar shows
-        with _workers(pipeline, tasks, isolate) as workers:
-            schedule = ["warmup"] * warmup + ["timed"] * repeats
-            bar = tqdm(total=len(schedule) * len(workers), desc="bench", unit="run", disable=not progress, file=sys.stderr)
-            for number, command in enumerate(schedule):
-                for task, worker in workers:
-                    bar.set_postfix_str(f"{task.label} ({command} {number + 1 - (warmup if command == 'timed' else 0)})")
-                    worker(command)
-                    bar.update()
-            bar.close()
-            results = [worker("result") for _, worker in workers]
-    notes = _notes(pipeline, reference)
+        tasks = [Task("config", c, str(path), question, max_new_tokens, isolate) for c in configs]
+        if reference and _has_reference(pipeline):
+            tasks += [Task(kind, None, str(path), question, max_new_tokens, isolate) for kind in ("ours", "reference")]
+        results = _measure(pipeline, tasks, isolate, ["warmup"] * warmup + ["timed"] * repeats, progress)
     rows = [r for r in results if isinstance(r, BenchRow)]
-    extraction = [r for r in results if isinstance(r, ExtractionRow)]
     add_speedups(rows)
     return BenchResult(
         model=source.describe(), device=str(device), dtype=source.dtype_name(device),
-        threads=torch.get_num_threads(), torch_version=torch.__version__, video=video_name, warmup=warmup,
-        repeats=repeats, max_new_tokens=max_new_tokens, rows=rows, extraction=extraction, notes=notes,
-        load_average=None if load_before is None else (load_before, _load_average()),
+        threads=torch.get_num_threads(), torch_version=torch.__version__,
+        video=str(video) if video is not None else SYNTHETIC_VIDEO, warmup=warmup, repeats=repeats,
+        max_new_tokens=max_new_tokens, rows=rows, extraction=[r for r in results if isinstance(r, ExtractionRow)],
+        notes=_notes(pipeline, reference), load_average=None if load_before is None else (load_before, load_average()),
         llm_width=_llm_width(pipeline),
     )
+
+
+@contextmanager
+def _bench_video(video: str | os.PathLike | None) -> Iterator[Path]:
+    """The video to answer about: the given one, or a synthetic clip written into a temporary folder."""
+    if video is not None:
+        yield Path(video)
+        return
+    from fastervlm.media import write_synthetic_video
+
+    with tempfile.TemporaryDirectory(prefix="fastervlm-bench-") as scratch:
+        yield write_synthetic_video(Path(scratch) / "bench.mp4", num_frames=48, height=240, width=320)
+
+
+def _measure(pipeline: Pipeline, tasks: list[Task], isolate: bool, schedule: list[str], progress: bool) -> list[Any]:
+    """Run the schedule (every task per round) and collect each task's result. The progress bar starts once every
+    worker is ready (starting them is a one-off cost, not the rate of the runs) and counts exactly the runs made."""
+    from tqdm import tqdm
+
+    with _workers(pipeline, tasks, isolate, progress) as workers:
+        bar = tqdm(total=len(schedule) * len(workers), desc="bench", unit="run", disable=not progress, file=sys.stderr)
+        warmup = schedule.count("warmup")
+        for number, command in enumerate(schedule):
+            for task, worker in workers:
+                bar.set_postfix_str(f"{task.label} ({command} {number + 1 - (warmup if command == 'timed' else 0)})")
+                worker(command)
+                bar.update()
+        bar.close()
+        return [worker("result") for _, worker in workers]
 
 
 def _llm_width(pipeline: Pipeline) -> int | None:
@@ -93,7 +105,8 @@ def _llm_width(pipeline: Pipeline) -> int | None:
     return getattr(pipeline.adapter.llm_config, "hidden_size", None)
 
 
-def _load_average() -> float | None:
+def load_average() -> float | None:
+    """The machine's 1-minute load average (None where the system has none): other work skews timings."""
     try:
         return round(os.getloadavg()[0], 2)
     except OSError:
@@ -112,9 +125,10 @@ def _notes(pipeline: Pipeline, reference: bool) -> list[str]:
 
 
 @contextmanager
-def _workers(pipeline: Pipeline, tasks: list[Task], isolate: bool) -> Iterator[list[tuple[Task, Any]]]:
-    """One callable per task: command ("warmup", "timed", "result") -> reply, in this process or in its own."""
-    tasks = [t for t in tasks if t.kind == "config" or _has_reference(pipeline)]
+def _workers(pipeline: Pipeline, tasks: list[Task], isolate: bool, progress: bool = False
+             ) -> Iterator[list[tuple[Task, Any]]]:
+    """One callable per task: command ("warmup", "timed", "result") -> reply, in this process or in its own (all
+    started at once, and ready when yielded)."""
     if not isolate:
         measurers = [make_measurer(pipeline, task) for task in tasks]
         yield [(task, measurer.command) for task, measurer in zip(tasks, measurers)]
@@ -124,10 +138,23 @@ def _workers(pipeline: Pipeline, tasks: list[Task], isolate: bool) -> Iterator[l
     context = mp.get_context("spawn")
     remotes = [_Remote(context, pipeline, task) for task in tasks]  # all start at once, then each is awaited
     try:
+        _wait_ready(remotes, progress)
         yield [(task, remote) for task, remote in zip(tasks, remotes)]
     finally:
         for remote in remotes:
             remote.close()
+
+
+def _wait_ready(remotes: list[_Remote], progress: bool) -> None:
+    """Wait until every worker has imported torch and touched the shared weights (a bar of its own: this takes
+    seconds per process on a small machine, and says nothing about the runs that follow)."""
+    from tqdm import tqdm
+
+    with tqdm(total=len(remotes), desc="bench: starting workers", unit="process", disable=not progress,
+              file=sys.stderr) as bar:
+        for remote in remotes:
+            remote.wait_ready()
+            bar.update()
 
 
 class _Remote:
@@ -141,10 +168,13 @@ class _Remote:
         child.close()
         self.ready = False
 
-    def __call__(self, command: str) -> Any:
+    def wait_ready(self) -> None:
         if not self.ready:
             self._receive()
             self.ready = True
+
+    def __call__(self, command: str) -> Any:
+        self.wait_ready()
         self.connection.send(command)
         return self._receive()
 
