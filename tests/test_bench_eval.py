@@ -153,3 +153,16 @@ def test_decode_mode_prints_the_decode_table(tmp_path, capsys) -> None:
     assert "| mp4 | 5 | 20 |" in out
     (row,) = json.loads((tmp_path / "bench-decode.json").read_text())
     assert row["identical"] is True and row["frames"] == 20
+
+
+def test_a_bad_benchmark_size_is_refused_before_the_model_is_built(tmp_path, capsys, monkeypatch) -> None:
+    from fastervlm.bench import ModelSource
+
+    def no_build(self):  # noqa: ANN001, ANN202
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(ModelSource, "build", no_build)
+    assert main(["bench", "--eval", "--videos", "0", "--out-dir", str(tmp_path)]) == 2
+    assert "--videos and --questions must be at least 1 (got 0 and 8)" in capsys.readouterr().err
+    assert main(["bench", "--eval", "--duration", "0.1", "--out-dir", str(tmp_path)]) == 2
+    assert "gives 3 frames" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -129,7 +130,8 @@ class ModelSource:
         from fastervlm.tiny import build_adapter
 
         dtype = torch.float32 if device.type == "cpu" else torch.float16
-        return Pipeline(build_adapter(self.geometry, device, dtype), Path(self.geometry_name or "geometry"))
+        name = re.sub(r"[^A-Za-z0-9.]+", "-", self.geometry_name).strip("-") or "geometry"  # a folder name
+        return Pipeline(build_adapter(self.geometry, device, dtype), Path(name))
 
 
 

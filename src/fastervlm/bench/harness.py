@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from fastervlm.bench.configs import PIPELINE_STAGES, BenchConfig, ModelSource, check_budgets
-from fastervlm.bench.synthetic import SyntheticBenchmark, VideoShape, write_synthetic_benchmark
+from fastervlm.bench.synthetic import SyntheticBenchmark, VideoShape, check_size, write_synthetic_benchmark
 from fastervlm.errors import FasterVLMError
 
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ def run_eval_benchmark(
         raise FasterVLMError("nothing to measure: give at least one method.")
     if max_new_tokens < 1:
         raise FasterVLMError("--max-new-tokens must be at least 1.")
-    shape.check()
+    check_size(videos, questions, shape)
     device = resolve_device(source.device)
     before = load_average()
     pipeline = source.build()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,23 +135,35 @@ def _workers(pipeline: Pipeline, tasks: list[Task], isolate: bool, progress: boo
         return
     import torch.multiprocessing as mp  # its pickler sends tensors through shared memory
 
-    context = mp.get_context("spawn")
-    remotes = [_Remote(context, pipeline, task) for task in tasks]  # all start at once, then each is awaited
+    context = _context(mp)
+    remotes: list[_Remote] = []
     try:
-        _wait_ready(remotes, progress)
+        _start(remotes, lambda task: _Remote(context, pipeline, task), tasks, progress)
         yield [(task, remote) for task, remote in zip(tasks, remotes)]
     finally:
         for remote in remotes:
             remote.close()
 
 
-def _wait_ready(remotes: list[_Remote], progress: bool) -> None:
-    """Wait until every worker has imported torch and touched the shared weights (a bar of its own: this takes
-    seconds per process on a small machine, and says nothing about the runs that follow)."""
+def _context(mp: Any) -> Any:
+    """Worker processes forked from a fork server that has imported torch and the benchmark once (where the
+    platform has one), instead of spawned: each spawned process would import them again, seconds per process on a
+    small machine. The server is a fresh process (no OpenMP threads, no model), so forking from it is safe."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    context = mp.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "fastervlm.bench.measure", "fastervlm.pipeline"])
+    return context
+
+
+def _start(remotes: list[_Remote], make: Callable[[Task], _Remote], tasks: list[Task], progress: bool) -> None:
+    """Start a worker per task (all at once, into `remotes`), then wait until each has touched the shared weights:
+    a bar of its own, since this is a one-off cost that says nothing about the rate of the runs that follow."""
     from tqdm import tqdm
 
-    with tqdm(total=len(remotes), desc="bench: starting workers", unit="process", disable=not progress,
+    with tqdm(total=len(tasks), desc="bench: starting workers", unit="process", disable=not progress,
               file=sys.stderr) as bar:
+        remotes.extend(make(task) for task in tasks)
         for remote in remotes:
             remote.wait_ready()
             bar.update()

@@ -87,14 +87,19 @@ def _question(number: int) -> str:
     return text if rounds == 0 else f"{text.rstrip('?')} this time ({rounds + 1})?"
 
 
+def check_size(videos: int, questions: int, shape: VideoShape) -> None:
+    """Refuse a benchmark that cannot be written (callers check before they build a model)."""
+    if videos < 1 or questions < 1:
+        raise FasterVLMError(f"--videos and --questions must be at least 1 (got {videos} and {questions}).")
+    shape.check()
+
+
 def write_synthetic_benchmark(folder: str | Path, *, videos: int, questions: int,
                               shape: VideoShape = VideoShape()) -> SyntheticBenchmark:
     """Write `videos` videos with `questions` questions each under `folder` (the --data-root) and load them."""
     from fastervlm.bench.decode import write_benchmark_video
 
-    if videos < 1 or questions < 1:
-        raise FasterVLMError(f"--videos and --questions must be at least 1 (got {videos} and {questions}).")
-    shape.check()
+    check_size(videos, questions, shape)
     benchmark = get_benchmark(BENCHMARK)
     root = Path(folder)
     video_dir = benchmark.videos(root)
