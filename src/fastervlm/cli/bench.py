@@ -35,8 +35,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     what = bench.add_argument_group("configurations")
     what.add_argument("--methods", nargs="+", metavar="METHOD",
                       help="methods to measure, space- or comma-separated (default: fastervlm and fastv; with --eval "
-                      "fastervlm); the unpruned row is always measured. METHOD:KEY=VALUE is an alias of "
-                      "--method-option METHOD:KEY=VALUE, e.g. fastv:layer=3")
+                      "the registry's default method); the unpruned row is always measured (not with --eval). "
+                      "METHOD:KEY=VALUE is an alias of --method-option METHOD:KEY=VALUE, e.g. fastv:layer=3")
     what.add_argument("--method-option", action="append", default=[], metavar="[METHOD:]KEY=VALUE",
                       help="a setting of a measured method, e.g. fastv:layer=3 (repeatable); without METHOD: every "
                       "measured method that takes the setting")
