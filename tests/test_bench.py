@@ -252,3 +252,24 @@ def test_targets_do_not_apply_to_a_toy_model(tiny_result) -> None:
     assert all("n/a: a toy model" in t.measured for t in targets)
     wide = check_targets(replace(tiny_result, llm_width=4096))  # same numbers on a real-width model: judged
     assert wide[1].met is not None and "n/a" not in wide[1].measured
+
+
+@pytest.mark.parametrize("family", ["video_llava", "llava_next_video"])
+def test_a_transformers_checkpoint_gets_flops_and_kv_columns(tmp_path, tmp_path_factory, synthetic_video, capsys,
+                                                             family) -> None:
+    """Issue 11: FLOPs and the KV cache are read through the adapter contract, so they come out for the
+    transformers families too (a tiny checkpoint written from transformers' own classes, loaded from disk)."""
+    from hf_tiny import checkpoint
+
+    folder = checkpoint(family, tmp_path_factory)
+    code = main(["bench", "--model", str(folder), "--device", "cpu", "--video", str(synthetic_video), "--methods",
+                 "fastervlm", "fastv", "--reductions", "0.5", "--warmup", "0", "--repeats", "1", "--max-new-tokens", "2",
+                 "--in-process", "--no-progress", "--out-dir", str(tmp_path), "--json"])
+    assert code == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [r["label"] for r in rows] == ["none", "fastervlm reduction=0.5", "fastv reduction=0.5"]
+    for row in rows:
+        assert row["llm_prefill_flops"] > 0 and row["kv_cache_bytes"] > 0
+    none, pruned, fastv = rows
+    assert pruned["llm_prefill_flops"] < fastv["llm_prefill_flops"] < none["llm_prefill_flops"]
+    assert pruned["kv_cache_bytes"] < none["kv_cache_bytes"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,8 +17,12 @@ if TYPE_CHECKING:
     from fastervlm.pipeline import Pipeline
     from fastervlm.tiny import TinySpec
 
-DEFAULT_REDUCTIONS = (0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 1.0)
+SEED_REDUCTIONS = (0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 1.0)
 """Video-LLaVA: 2048 / 1536 / 1024 / 512 / 208 / 104 / 0 visual tokens, the seed table's "# Token" column."""
+DEFAULT_REDUCTIONS = (0.5, 0.9)
+"""What `fastervlm bench` measures when no budget is given: a quick check (1024 and 208 tokens on Video-LLaVA,
+the latter the targets' budget); pass SEED_REDUCTIONS (`--reductions 0 0.25 0.5 0.75 0.9 0.95 1`) for the
+seed's whole column."""
 PIPELINE_STAGES = ("decode_video", *TTFT_STAGES, "llm_decode")
 QUESTION = "What is happening in the video?"
 SYNTHETIC_VIDEO = "synthetic 320x240 H.264 clip, 48 frames (tiny.video.write_synthetic_video)"
@@ -41,16 +46,18 @@ def default_configs(
     *,
     keeps: Sequence[int] | None = None,
     method_settings: dict[str, dict[str, Any]] | None = None,
+    baseline: bool = True,
 ) -> list[BenchConfig]:
-    """The unpruned row (the registry's baseline) first, then every method (default: the featured ones) at every
-    budget (reductions, or per-frame keeps when given). Budgets out of range are refused here, before any model is
-    built (keeps are checked against the model's patch count by check_budgets once it is known)."""
+    """The unpruned row (the registry's baseline; unless `baseline` is False) first, then every method (default:
+    the featured ones) at every budget (reductions, or per-frame keeps when given). Budgets out of range are
+    refused here, before any model is built (keeps are checked against the model's patch count by check_budgets
+    once it is known)."""
     from fastervlm.methods import baseline_method, featured_methods
 
     methods = featured_methods() if methods is None else methods
     budgets = [{"keep": k} for k in keeps] if keeps is not None else [{"reduction": r} for r in reductions]
     extra = method_settings or {}
-    configs = [BenchConfig(baseline_method())] + [
+    configs = [BenchConfig(baseline_method())] * baseline + [
         BenchConfig(method, {**budget, **extra.get(method, {})}) for method in methods for budget in budgets
     ]
     check_budgets(configs)
@@ -85,10 +92,10 @@ class ModelSource:
 
     @staticmethod
     def tiny(device: str | None = "cpu") -> ModelSource:
-        """The demo's tiny checkpoint (written into the cache on first use)."""
-        from fastervlm.tiny import ensure_tiny_checkpoint
+        """The demo's tiny checkpoint (the one fallback of every command run without --model)."""
+        from fastervlm.demo import tiny_checkpoint
 
-        return ModelSource(checkpoint=str(ensure_tiny_checkpoint()), device=device)
+        return ModelSource(checkpoint=str(tiny_checkpoint()), device=device)
 
     @staticmethod
     def video_llava_7b(llm_layers: int, vision_layers: int, device: str | None = "cpu") -> ModelSource:
@@ -123,7 +130,8 @@ class ModelSource:
         from fastervlm.tiny import build_adapter
 
         dtype = torch.float32 if device.type == "cpu" else torch.float16
-        return Pipeline(build_adapter(self.geometry, device, dtype), Path(self.geometry_name or "geometry"))
+        name = re.sub(r"[^A-Za-z0-9.]+", "-", self.geometry_name).strip("-") or "geometry"  # a folder name
+        return Pipeline(build_adapter(self.geometry, device, dtype), Path(name))
 
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +44,6 @@ def run_benchmark(
     the weights) and stay up for the whole benchmark; each keeps the memory its configuration needed.
     False: everything in this process (on the CPU the memory figures then say they are not isolated).
     """
-    from tqdm import tqdm
-
     from fastervlm.pipeline import resolve_device
 
     check_run_settings(warmup, repeats, max_new_tokens)
@@ -53,39 +51,53 @@ def run_benchmark(
         raise FasterVLMError("nothing to measure: give at least one method.")
     device = resolve_device(source.device)
     isolate = device.type == "cpu" if isolate is None else isolate
-    load_before = _load_average()
-    video_name = str(video) if video is not None else SYNTHETIC_VIDEO
-    with tempfile.TemporaryDirectory(prefix="fastervlm-bench-") as scratch:
-        if video is None:
-            from fastervlm.tiny.video import write_synthetic_video
-
-            video = write_synthetic_video(Path(scratch) / "bench.mp4", num_frames=48, height=240, width=320)
-        tasks = [Task("config", c, str(video), question, max_new_tokens, isolate) for c in configs]
-        if reference:
-            tasks += [Task(kind, None, str(video), question, max_new_tokens, isolate) for kind in ("ours", "reference")]
+    load_before = load_average()
+    with _bench_video(video) as path:
         pipeline = source.build()
         check_budgets(configs, pipeline.num_patches)  # before any worker starts or the progress bar shows
-        with _workers(pipeline, tasks, isolate) as workers:
-            schedule = ["warmup"] * warmup + ["timed"] * repeats
-            bar = tqdm(total=len(schedule) * len(workers), desc="bench", unit="run", disable=not progress, file=sys.stderr)
-            for number, command in enumerate(schedule):
-                for task, worker in workers:
-                    bar.set_postfix_str(f"{task.label} ({command} {number + 1 - (warmup if command == 'timed' else 0)})")
-                    worker(command)
-                    bar.update()
-            bar.close()
-            results = [worker("result") for _, worker in workers]
-    notes = _notes(pipeline, reference)
+        tasks = [Task("config", c, str(path), question, max_new_tokens, isolate) for c in configs]
+        if reference and _has_reference(pipeline):
+            tasks += [Task(kind, None, str(path), question, max_new_tokens, isolate) for kind in ("ours", "reference")]
+        results = _measure(pipeline, tasks, isolate, ["warmup"] * warmup + ["timed"] * repeats, progress)
     rows = [r for r in results if isinstance(r, BenchRow)]
-    extraction = [r for r in results if isinstance(r, ExtractionRow)]
     add_speedups(rows)
     return BenchResult(
         model=source.describe(), device=str(device), dtype=source.dtype_name(device),
-        threads=torch.get_num_threads(), torch_version=torch.__version__, video=video_name, warmup=warmup,
-        repeats=repeats, max_new_tokens=max_new_tokens, rows=rows, extraction=extraction, notes=notes,
-        load_average=None if load_before is None else (load_before, _load_average()),
+        threads=torch.get_num_threads(), torch_version=torch.__version__,
+        video=str(video) if video is not None else SYNTHETIC_VIDEO, warmup=warmup, repeats=repeats,
+        max_new_tokens=max_new_tokens, rows=rows, extraction=[r for r in results if isinstance(r, ExtractionRow)],
+        notes=_notes(pipeline, reference), load_average=None if load_before is None else (load_before, load_average()),
         llm_width=_llm_width(pipeline),
     )
+
+
+@contextmanager
+def _bench_video(video: str | os.PathLike | None) -> Iterator[Path]:
+    """The video to answer about: the given one, or a synthetic clip written into a temporary folder."""
+    if video is not None:
+        yield Path(video)
+        return
+    from fastervlm.tiny.video import write_synthetic_video
+
+    with tempfile.TemporaryDirectory(prefix="fastervlm-bench-") as scratch:
+        yield write_synthetic_video(Path(scratch) / "bench.mp4", num_frames=48, height=240, width=320)
+
+
+def _measure(pipeline: Pipeline, tasks: list[Task], isolate: bool, schedule: list[str], progress: bool) -> list[Any]:
+    """Run the schedule (every task per round) and collect each task's result. The progress bar starts once every
+    worker is ready (starting them is a one-off cost, not the rate of the runs) and counts exactly the runs made."""
+    from tqdm import tqdm
+
+    with _workers(pipeline, tasks, isolate, progress) as workers:
+        bar = tqdm(total=len(schedule) * len(workers), desc="bench", unit="run", disable=not progress, file=sys.stderr)
+        warmup = schedule.count("warmup")
+        for number, command in enumerate(schedule):
+            for task, worker in workers:
+                bar.set_postfix_str(f"{task.label} ({command} {number + 1 - (warmup if command == 'timed' else 0)})")
+                worker(command)
+                bar.update()
+        bar.close()
+        return [worker("result") for _, worker in workers]
 
 
 def _llm_width(pipeline: Pipeline) -> int | None:
@@ -93,7 +105,8 @@ def _llm_width(pipeline: Pipeline) -> int | None:
     return getattr(pipeline.adapter.llm_config, "hidden_size", None)
 
 
-def _load_average() -> float | None:
+def load_average() -> float | None:
+    """The machine's 1-minute load average (None where the system has none): other work skews timings."""
     try:
         return round(os.getloadavg()[0], 2)
     except OSError:
@@ -112,22 +125,48 @@ def _notes(pipeline: Pipeline, reference: bool) -> list[str]:
 
 
 @contextmanager
-def _workers(pipeline: Pipeline, tasks: list[Task], isolate: bool) -> Iterator[list[tuple[Task, Any]]]:
-    """One callable per task: command ("warmup", "timed", "result") -> reply, in this process or in its own."""
-    tasks = [t for t in tasks if t.kind == "config" or _has_reference(pipeline)]
+def _workers(pipeline: Pipeline, tasks: list[Task], isolate: bool, progress: bool = False
+             ) -> Iterator[list[tuple[Task, Any]]]:
+    """One callable per task: command ("warmup", "timed", "result") -> reply, in this process or in its own (all
+    started at once, and ready when yielded)."""
     if not isolate:
         measurers = [make_measurer(pipeline, task) for task in tasks]
         yield [(task, measurer.command) for task, measurer in zip(tasks, measurers)]
         return
     import torch.multiprocessing as mp  # its pickler sends tensors through shared memory
 
-    context = mp.get_context("spawn")
-    remotes = [_Remote(context, pipeline, task) for task in tasks]  # all start at once, then each is awaited
+    context = _context(mp)
+    remotes: list[_Remote] = []
     try:
+        _start(remotes, lambda task: _Remote(context, pipeline, task), tasks, progress)
         yield [(task, remote) for task, remote in zip(tasks, remotes)]
     finally:
         for remote in remotes:
             remote.close()
+
+
+def _context(mp: Any) -> Any:
+    """Worker processes forked from a fork server that has imported torch and the benchmark once (where the
+    platform has one), instead of spawned: each spawned process would import them again, seconds per process on a
+    small machine. The server is a fresh process (no OpenMP threads, no model), so forking from it is safe."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    context = mp.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "fastervlm.bench.measure", "fastervlm.pipeline"])
+    return context
+
+
+def _start(remotes: list[_Remote], make: Callable[[Task], _Remote], tasks: list[Task], progress: bool) -> None:
+    """Start a worker per task (all at once, into `remotes`), then wait until each has touched the shared weights:
+    a bar of its own, since this is a one-off cost that says nothing about the rate of the runs that follow."""
+    from tqdm import tqdm
+
+    with tqdm(total=len(tasks), desc="bench: starting workers", unit="process", disable=not progress,
+              file=sys.stderr) as bar:
+        remotes.extend(make(task) for task in tasks)
+        for remote in remotes:
+            remote.wait_ready()
+            bar.update()
 
 
 class _Remote:
@@ -141,10 +180,13 @@ class _Remote:
         child.close()
         self.ready = False
 
-    def __call__(self, command: str) -> Any:
+    def wait_ready(self) -> None:
         if not self.ready:
             self._receive()
             self.ready = True
+
+    def __call__(self, command: str) -> Any:
+        self.wait_ready()
         self.connection.send(command)
         return self._receive()
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import textwrap
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +15,60 @@ GEOMETRIES = ("video-llava-7b",)
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     bench = subparsers.add_parser(
-        "bench", help="measure speed, peak memory, KV cache and FLOPs of methods x budgets",
-        description="Times every pipeline stage (video decode, vision encoder, [CLS] scoring, projector, LLM prefill = "
-        "time to first token, decode per token) over repeated runs after a warm-up, interleaved across configurations, "
-        "with peak memory (CUDA max allocated, or on the CPU the peak RSS of a process of its own per configuration, "
-        "the weights shared), the KV cache after the "
-        "prefill and the analytic LLM prefill FLOPs (docs/flops.md), against the unpruned row; plus our [CLS] "
-        "extraction next to the original's (eager, every attention map returned). fp32 on the CPU.")
+        "bench", help="measure speed, peak memory, KV cache and FLOPs of methods x budgets (--eval: the evaluation "
+        "harness against a per-item loop; --decode: video decoding)",
+        description="Times every pipeline stage (video decode, vision encoder, [CLS] scoring, selection, projector, "
+        "LLM prefill = time to first token, decode per token) over repeated runs after a warm-up, interleaved across "
+        "configurations, with peak memory (CUDA max allocated, or on the CPU the peak RSS of a process of its own per "
+        "configuration, the weights shared), the KV cache after the prefill and the analytic LLM prefill FLOPs "
+        "(docs/flops.md), against the unpruned row; plus our [CLS] extraction next to the original's (eager, every "
+        "attention map returned). fp32 on the CPU. With no arguments: a quick check on the demo's tiny model (under a "
+        "minute on 2 cores). --eval and --decode are other measurements (docs/benchmark.md).")
+    mode = bench.add_argument_group("what to measure (default: methods x budgets)").add_mutually_exclusive_group()
+    mode.add_argument("--eval", action="store_true", help="answer a synthetic benchmark (--videos x --questions) "
+                      "with a plain per-item loop and with the evaluation harness; print items/s of both, the time "
+                      "per stage, the tower runs and whether the predictions are identical. Several --reductions: "
+                      "the harness runs them as a sweep")
+    mode.add_argument("--decode", action="store_true", help="time sampling 8 frames from long generated videos: "
+                      "seek vs scan vs decord (--size, --duration, --fps, --gops, --containers, --repeats)")
+    _model_flags(bench)
+    what = bench.add_argument_group("configurations")
+    what.add_argument("--methods", nargs="+", metavar="METHOD",
+                      help="methods to measure, space- or comma-separated (default: fastervlm and fastv; with --eval "
+                      "the registry's default method); the unpruned row is always measured (not with --eval). "
+                      "METHOD:KEY=VALUE is an alias of --method-option METHOD:KEY=VALUE, e.g. fastv:layer=3")
+    what.add_argument("--method-option", action="append", default=[], metavar="[METHOD:]KEY=VALUE",
+                      help="a setting of a measured method, e.g. fastv:layer=3 (repeatable); without METHOD: every "
+                      "measured method that takes the setting")
+    budget = what.add_mutually_exclusive_group()
+    budget.add_argument("--reductions", nargs="+", metavar="R",
+                        help="fractions dropped, space- or comma-separated (default 0.5 0.9: 1024 and 208 tokens on "
+                        "Video-LLaVA; with --eval 0.9; the seed's whole column is 0 0.25 0.5 0.75 0.9 0.95 1)")
+    budget.add_argument("--keep", nargs="+", metavar="L", help="per-frame budgets instead of --reductions")
+    run = bench.add_argument_group("runs")
+    run.add_argument("--video", metavar="FILE", help="video to decode and answer about (default: a synthetic 320x240 clip)")
+    run.add_argument("--question", help="question asked (default: a fixed one)")
+    run.add_argument("--warmup", type=int, metavar="N", help="untimed runs per configuration (default 1)")
+    run.add_argument("--repeats", type=int, metavar="N", help="timed runs per configuration (default 3; with --decode "
+                     "rounds per video, default 5)")
+    run.add_argument("--max-new-tokens", type=int, metavar="N", help="tokens generated per answer (default 8)")
+    run.add_argument("--no-reference", action="store_true", help="skip the [CLS] extraction comparison")
+    run.add_argument("--in-process", action="store_true", help="measure every configuration in this process (faster "
+                     "on the CPU, but the peak RSS is then not per configuration)")
+    _data_flags(bench)
+    out = bench.add_argument_group("output")
+    out.add_argument("--out-dir", default=DEFAULT_OUT_DIR, metavar="DIR", help="where bench.json and bench.png go "
+                     "(--eval: bench-eval.json; --decode: bench-decode.json) (default %(default)s)")
+    out.add_argument("--json", action="store_true", help="print the JSON instead of the tables")
+    out.add_argument("--markdown", action="store_true", help="print the tables as Markdown (for docs)")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bench.set_defaults(handler=run_bench)
+
+
+DEFAULT_OUT_DIR = "bench-out"
+
+
+def _model_flags(bench: argparse.ArgumentParser) -> None:
     model = bench.add_argument_group("model (default: the demo's tiny model)")
     source = model.add_mutually_exclusive_group()
     source.add_argument("--model", metavar="DIR", help="checkpoint folder to measure")
@@ -34,34 +79,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        "penultimate one (default %(default)s)")
     model.add_argument("--video-tower", metavar="DIR", help="with --model: the LanguageBind_Video_merge folder")
     model.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    what = bench.add_argument_group("configurations")
-    what.add_argument("--methods", nargs="+", metavar="METHOD",
-                      help="methods to measure, space- or comma-separated (default: fastervlm and fastv); the "
-                      "unpruned row is always measured. METHOD:KEY=VALUE is an alias of --method-option "
-                      "METHOD:KEY=VALUE, e.g. fastv:layer=3")
-    what.add_argument("--method-option", action="append", default=[], metavar="[METHOD:]KEY=VALUE",
-                      help="a setting of a measured method, e.g. fastv:layer=3 (repeatable); without METHOD: every "
-                      "measured method that takes the setting")
-    budget = what.add_mutually_exclusive_group()
-    budget.add_argument("--reductions", nargs="+", metavar="R",
-                        help="fractions dropped, space- or comma-separated (default 0 0.25 0.5 0.75 0.9 0.95 1: the "
-                        "seed's 2048 / 1536 / 1024 / 512 / 208 / 104 / 0 tokens on Video-LLaVA)")
-    budget.add_argument("--keep", nargs="+", metavar="L", help="per-frame budgets instead of --reductions")
-    run = bench.add_argument_group("runs")
-    run.add_argument("--video", metavar="FILE", help="video to decode and answer about (default: a synthetic 320x240 clip)")
-    run.add_argument("--question", help="question asked (default: a fixed one)")
-    run.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed runs per configuration (default %(default)s)")
-    run.add_argument("--repeats", type=int, default=3, metavar="N", help="timed runs per configuration (default %(default)s)")
-    run.add_argument("--max-new-tokens", type=int, default=8, metavar="N", help="tokens generated per run (default %(default)s)")
-    run.add_argument("--no-reference", action="store_true", help="skip the [CLS] extraction comparison")
-    run.add_argument("--in-process", action="store_true", help="measure every configuration in this process (faster "
-                     "on the CPU, but the peak RSS is then not per configuration)")
-    out = bench.add_argument_group("output")
-    out.add_argument("--out-dir", default="bench-out", metavar="DIR", help="where bench.json and bench.png go (default %(default)s)")
-    out.add_argument("--json", action="store_true", help="print the JSON instead of the tables")
-    out.add_argument("--markdown", action="store_true", help="print the tables as Markdown (for docs)")
-    out.add_argument("--no-progress", action="store_true", help="no progress bar")
-    bench.set_defaults(handler=run_bench)
+
+
+def _data_flags(bench: argparse.ArgumentParser) -> None:
+    data = bench.add_argument_group("--eval and --decode: the generated videos")
+    data.add_argument("--videos", type=int, metavar="V", help="--eval: videos (default 4)")
+    data.add_argument("--questions", type=int, metavar="Q", help="--eval: questions per video (default 8; MSVD-QA's "
+                      "1K subset has ~29)")
+    data.add_argument("--size", metavar="WxH", help="frame size (default --eval 480x360, like MSVD; --decode 640x360)")
+    data.add_argument("--duration", type=float, metavar="S", help="seconds per video (default --eval 10, like MSVD's "
+                      "clips; --decode 180)")
+    data.add_argument("--fps", type=int, help="frame rate (default 30)")
+    data.add_argument("--gops", nargs="+", metavar="N", help="--decode: keyframe intervals (default 12 60 250; --eval "
+                      "uses 60)")
+    data.add_argument("--containers", nargs="+", metavar="EXT", help="--decode: containers (default mp4 mkv)")
+    data.add_argument("--video-dir", metavar="DIR", help="--decode: keep the generated videos here for the next run")
 
 
 def parse_methods(specs: list[str] | None, options: list[str] = ()) -> tuple[list[str], dict[str, dict[str, Any]]]:
@@ -114,29 +146,22 @@ def _targets(scope: str | None, values: dict[str, Any], names: list[str], flag: 
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from fastervlm.bench import (DEFAULT_REDUCTIONS, QUESTION, ModelSource, check_run_settings, check_targets,
-                                 default_configs, plot, result_json, run_benchmark)
-    from fastervlm.methods import create_pruner
+    _check_mode_flags(args)
+    if args.decode:
+        return _run_decode(args)
+    if args.eval:
+        return _run_eval(args)
+    from fastervlm.bench import QUESTION, check_run_settings, check_targets, plot, result_json, run_benchmark
+    from fastervlm.bench.tables import print_tables
 
-    check_run_settings(args.warmup, args.repeats, args.max_new_tokens)
-    names, settings = parse_methods(args.methods, args.method_option)
-    reductions = split_list(args.reductions, float, "--reductions") or DEFAULT_REDUCTIONS
-    keeps = split_list(args.keep, int, "--keep") if args.keep else None
-    configs = default_configs(names, reductions, keeps=keeps, method_settings=settings)
-    for config in configs:
-        create_pruner(config.method, **config.settings)  # bad names and settings fail now, not in a worker
-    check_device(args.device)
-    if args.geometry:
-        source = ModelSource.video_llava_7b(args.llm_layers, args.vision_layers, device=args.device)
-    elif args.model:
-        source = ModelSource(checkpoint=args.model, video_tower=args.video_tower, device=args.device)
-    else:
-        source = ModelSource.tiny(device=args.device)
-    result = run_benchmark(source, configs, video=args.video, question=args.question or QUESTION, warmup=args.warmup,
-                           repeats=args.repeats, max_new_tokens=args.max_new_tokens, reference=not args.no_reference,
+    repeats, warmup = _or(args.repeats, 3), _or(args.warmup, 1)
+    check_run_settings(warmup, repeats, _or(args.max_new_tokens, MAX_NEW_TOKENS))
+    configs = _configs(args)
+    source = _source(args)
+    result = run_benchmark(source, configs, video=args.video, question=args.question or QUESTION, warmup=warmup,
+                           repeats=repeats, max_new_tokens=_or(args.max_new_tokens, MAX_NEW_TOKENS), reference=not args.no_reference,
                            isolate=False if args.in_process else None, progress=not args.no_progress)
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = _out_dir(args)
     data = result_json(result)
     (out_dir / "bench.json").write_text(json.dumps(data, indent=2))
     plot(result, out_dir / "bench.png")
@@ -148,113 +173,131 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-# ----- tables --------------------------------------------------------------------------------------------------
-def _ms(stat: Any) -> str:
-    return "-" if stat is None else f"{1e3 * stat.median:.1f}"
+MODE_NAMES = {"": "the methods x budgets mode (no --eval, no --decode)", "eval": "--eval", "decode": "--decode"}
+FLAG_MODES: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("videos", "questions"), ("eval",)),
+    **dict.fromkeys(("gops", "containers", "video_dir"), ("decode",)),
+    **dict.fromkeys(("size", "duration", "fps"), ("eval", "decode")),
+    **dict.fromkeys(("video", "question", "no_reference", "in_process", "warmup"), ("",)),
+    **dict.fromkeys(("methods", "method_option", "reductions", "keep", "max_new_tokens", "model", "geometry",
+                     "video_tower", "device"), ("", "eval")),
+}
+"""Which modes each flag applies to (flags whose default is None, False or [] when not given)."""
 
 
-def _ms_spread(stat: Any) -> str:
-    return "-" if stat is None else f"{1e3 * stat.median:.1f} ({1e3 * stat.low:.0f}-{1e3 * stat.high:.0f})"
+def _mode(args: argparse.Namespace) -> str:
+    return "eval" if args.eval else "decode" if args.decode else ""
 
 
-def _mib(value: int | None) -> str:
-    return "-" if value is None else f"{value / 2**20:.0f}"
+def _check_mode_flags(args: argparse.Namespace) -> None:
+    """A flag of another mode is refused rather than silently ignored."""
+    from fastervlm.errors import FasterVLMError
+
+    mode = _mode(args)
+    for flag, modes in FLAG_MODES.items():
+        if getattr(args, flag) not in (None, False, []) and mode not in modes:
+            where = " or ".join(MODE_NAMES[m] for m in modes)
+            raise FasterVLMError(f"--{flag.replace('_', '-')} applies to {where} only; leave it out with "
+                                 f"{MODE_NAMES[mode]}.")
 
 
-def _times(value: float | None) -> str:
-    return "-" if value is None else f"x{value:.2f}"
+MAX_NEW_TOKENS = 8
 
 
-Columns = list[tuple[str, Callable[[Any], str]]]
-
-KEY_COLUMNS: Columns = [
-    ("method", lambda r: r.label),
-    ("visual tokens", lambda r: str(r.visual_tokens)),
-]
-TIME_COLUMNS: Columns = [
-    ("prompt", lambda r: str(r.prompt_tokens)),
-    ("decode video", lambda r: _ms(r.timings.get("decode_video"))),
-    ("vision encoder", lambda r: _ms(r.timings.get("vision_encoder"))),
-    ("[CLS] scoring", lambda r: _ms(r.timings.get("cls_scoring"))),
-    ("projector", lambda r: _ms(r.timings.get("projector"))),
-    ("LLM prefill (min-max)", lambda r: _ms_spread(r.timings.get("llm_prefill"))),
-    ("TTFT (min-max)", lambda r: _ms_spread(r.timings.get("time_to_first_token"))),
-    ("decode per token", lambda r: _ms(r.timings.get("decode_per_token"))),
-]
-COST_COLUMNS: Columns = [
-    ("peak MiB (+run)", lambda r: f"{_mib(r.memory.peak_bytes)} (+{_mib(r.memory.added_bytes)})"),
-    ("KV MiB", lambda r: "-" if r.kv_cache_bytes is None else f"{r.kv_cache_bytes / 2**20:.1f}"),
-    ("prefill GFLOPs", lambda r: "-" if r.llm_prefill_flops is None else f"{r.llm_prefill_flops / 1e9:.4g}"),
-    ("FLOPs ratio", lambda r: _times(r.flops_ratio)),
-    ("prefill speedup", lambda r: _times(r.prefill_speedup)),
-    ("TTFT speedup", lambda r: _times(r.ttft_speedup)),
-]
-ROW_COLUMNS: Columns = KEY_COLUMNS + TIME_COLUMNS + COST_COLUMNS
-"""One row per configuration (Markdown); the terminal shows it as two tables, times and costs, so that it fits.
-Times in ms: median over the timed runs, (min-max) where shown."""
-
-EXTRACTION_COLUMNS: Columns = [
-    ("[CLS] extraction", lambda e: e.name),
-    ("layers run", lambda e: str(e.layers_run)),
-    ("encoder ms (min-max)", lambda e: _ms_spread(e.encoder)),
-    ("[CLS] scoring ms", lambda e: f"{1e3 * e.cls_scoring.median:.3f}"),
-    ("attention data MiB", lambda e: f"{e.attention_bytes / 2**20:.2f}"),
-    ("peak MiB (+run)", lambda e: f"{_mib(e.memory.peak_bytes)} (+{_mib(e.memory.added_bytes)})"),
-    ("max abs score diff", lambda e: "-" if e.max_score_difference is None else f"{e.max_score_difference:.1e}"),
-    ("how", lambda e: e.description),
-]
+def _or(value: Any, default: Any) -> Any:
+    """A flag's value, or its mode's default when it was not given."""
+    return default if value is None else value
 
 
-def print_tables(result: Any, targets: list[Any], *, markdown: bool = False) -> None:
-    header = (f"{result.model} on {result.device}, {result.dtype}, {result.threads} threads, torch {result.torch_version}; "
-              f"{result.warmup} warm-up + {result.repeats} timed runs, {result.max_new_tokens} new tokens; "
-              f"memory: {result.rows[0].memory.kind if result.rows else '-'}"
-              + (f"; load average {result.load_average[0]} before, {result.load_average[1]} after"
-                 if result.load_average else ""))
-    tables = [("configurations", ROW_COLUMNS, result.rows), ("[CLS] extraction", EXTRACTION_COLUMNS, result.extraction)]
-    target_rows = [(t.name, t.measured, {True: "met", False: "NOT met", None: "n/a"}[t.met]) for t in targets]
-    if markdown:
-        print(header + "; times in ms: median (min-max)\n")
-        for _, columns, rows in tables:
-            if rows:
-                print(_markdown([c for c, _ in columns], [[f(r) for _, f in columns] for r in rows]) + "\n")
-        print(_markdown(["target", "measured", "result"], target_rows))
+def _configs(args: argparse.Namespace, default_reductions: Any = None, baseline: bool = True) -> list[Any]:
+    """The configurations asked for, each checked by the registry before any model is built."""
+    from fastervlm.bench import DEFAULT_REDUCTIONS, default_configs
+    from fastervlm.methods import create_pruner
+
+    names, settings = parse_methods(args.methods, args.method_option)
+    reductions = split_list(args.reductions, float, "--reductions") or default_reductions or DEFAULT_REDUCTIONS
+    keeps = split_list(args.keep, int, "--keep") if args.keep else None
+    configs = default_configs(names, reductions, keeps=keeps, method_settings=settings, baseline=baseline)
+    for config in configs:
+        create_pruner(config.method, **config.settings)  # bad names and settings fail now, not in a worker
+    return configs
+
+
+def _source(args: argparse.Namespace) -> Any:
+    from fastervlm.bench import ModelSource
+
+    check_device(args.device)
+    if args.geometry:
+        return ModelSource.video_llava_7b(args.llm_layers, args.vision_layers, device=args.device)
+    if args.model:
+        return ModelSource(checkpoint=args.model, video_tower=args.video_tower, device=args.device)
+    return ModelSource.tiny(device=args.device)
+
+
+def _out_dir(args: argparse.Namespace) -> Path:
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def _size(args: argparse.Namespace, default: tuple[int, int]) -> tuple[int, int]:
+    from fastervlm.errors import FasterVLMError
+
+    if args.size is None:
+        return default
+    width, x, height = args.size.lower().partition("x")
+    if not (x and width.isdigit() and height.isdigit()):
+        raise FasterVLMError(f"--size {args.size!r}: give WIDTHxHEIGHT, e.g. 480x360.")
+    return int(width), int(height)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    """--eval: the harness against the per-item loop on a synthetic benchmark."""
+    from fastervlm.bench.harness import run_eval_benchmark
+    from fastervlm.bench.synthetic import VideoShape
+    from fastervlm.bench.tables import print_eval_table
+    from fastervlm.methods import default_method
+
+    if args.methods is None:
+        args.methods = [default_method(budget_given=True)]
+    configs = _configs(args, default_reductions=[EVAL_REDUCTION], baseline=False)
+    width, height = _size(args, (480, 360))
+    shape = VideoShape(width, height, _or(args.duration, 10.0), _or(args.fps, 30))
+    result = run_eval_benchmark(_source(args), configs, videos=_or(args.videos, 4), questions=_or(args.questions, 8),
+                                shape=shape, max_new_tokens=_or(args.max_new_tokens, MAX_NEW_TOKENS),
+                                progress=not args.no_progress)
+    path = _out_dir(args) / "bench-eval.json"
+    path.write_text(json.dumps(result.to_json(), indent=2))
+    if args.json:
+        print(json.dumps(result.to_json()))
     else:
-        from rich.console import Console
-        from rich.table import Table
-
-        console = Console(width=max(Console().width, 160))
-        console.print(header)
-        terminal_tables = [
-            ("configurations: time", KEY_COLUMNS + TIME_COLUMNS, result.rows, "times in ms: median (min-max)"),
-            ("configurations: memory, FLOPs, speedup over none", KEY_COLUMNS + COST_COLUMNS, result.rows, None),
-            ("[CLS] extraction", EXTRACTION_COLUMNS, result.extraction, "times in ms: median (min-max)"),
-        ]
-        for title, columns, rows, caption in terminal_tables:
-            if rows:
-                table = Table(title=title, caption=caption)
-                cells = [[f(row) for _, f in columns] for row in rows]
-                for number, (name, _) in enumerate(columns):
-                    if name == "how":  # the prose column wraps
-                        table.add_column(name, overflow="fold")
-                        continue
-                    # headers wrap at spaces to the widest cell, so that the numbers never break
-                    width = max(max(len(line[number]) for line in cells), *(len(word) for word in name.split()))
-                    table.add_column(textwrap.fill(name, width), no_wrap=True)
-                for line in cells:
-                    table.add_row(*line)
-                console.print(table)
-        targets_table = Table(title="targets")
-        for name in ("target", "measured", "result"):
-            targets_table.add_column(name, overflow="fold")
-        for row in target_rows:
-            targets_table.add_row(*row)
-        console.print(targets_table)
-    for note in result.notes:
-        print(f"note: {note}", file=sys.stderr)
+        print_eval_table(result, markdown=args.markdown)
+    print(f"wrote {path}", file=sys.stderr)
+    return 0 if result.all_identical else 1
 
 
-def _markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(h.replace("|", "\\|") for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
+EVAL_REDUCTION = 0.9
+"""--eval's budget when none is given: 208 visual tokens on Video-LLaVA, the seed table's featured budget."""
+
+
+def _run_decode(args: argparse.Namespace) -> int:
+    """--decode: seek vs scan vs decord on long generated videos."""
+    from dataclasses import asdict
+
+    from fastervlm.bench.decode import format_table, run_decode_benchmark
+
+    width, height = _size(args, (640, 360))
+    if _or(args.repeats, 5) < 1 or _or(args.fps, 30) < 1:
+        from fastervlm.errors import FasterVLMError
+
+        raise FasterVLMError("--repeats and --fps must be at least 1.")
+    rows = run_decode_benchmark(
+        seconds=_or(args.duration, 180.0), width=width, height=height, fps=_or(args.fps, 30),
+        gops=split_list(args.gops, int, "--gops") or (12, 60, 250),
+        containers=split_list(args.containers, str, "--containers") or ("mp4", "mkv"),
+        repeats=_or(args.repeats, 5), video_dir=args.video_dir)
+    path = _out_dir(args) / "bench-decode.json"
+    path.write_text(json.dumps([asdict(row) for row in rows], indent=2))
+    print(json.dumps([asdict(row) for row in rows]) if args.json else format_table(rows))
+    print(f"wrote {path}", file=sys.stderr)
+    return 0

@@ -1,10 +1,10 @@
-"""decode_bench.py on tiny videos: one row per container x GOP, identical frames, a table with every backend."""
+"""bench/decode.py on tiny videos: one row per container x GOP, identical frames, a table with every backend."""
 
 from __future__ import annotations
 
 import av
 
-from fastervlm import decode_bench
+from fastervlm.bench import decode as decode_bench
 
 
 def test_benchmark_rows_and_table(tmp_path):

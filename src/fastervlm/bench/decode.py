@@ -57,11 +57,12 @@ def _moving_texture(width: int, height: int, seed: int = 0) -> Callable[[int], n
 
 def write_benchmark_video(
     path: str | Path, *, seconds: float, width: int, height: int, fps: int, gop: int, bframes: int = 2,
-    preset: str = "veryfast",
+    preset: str = "veryfast", seed: int = 0,
 ) -> Path:
-    """H.264 yuv420p, `bframes` B-frames, a keyframe every `gop` frames exactly (scene-cut keyframes off)."""
+    """H.264 yuv420p, `bframes` B-frames, a keyframe every `gop` frames exactly (scene-cut keyframes off); `seed`
+    picks the texture, so that videos of one benchmark differ."""
     path = Path(path)
-    frame = _moving_texture(width, height)
+    frame = _moving_texture(width, height, seed)
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"

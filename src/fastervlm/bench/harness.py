@@ -1,0 +1,258 @@
+"""`fastervlm bench --eval`: the evaluation harness against a plain per-item loop, on one synthetic benchmark.
+
+    result = run_eval_benchmark(ModelSource.tiny(), [BenchConfig("fastervlm", {"reduction": 0.9})], videos=4,
+                                questions=8)
+    result.rows            # [per-item loop, harness]: items/s, seconds per stage, video encodings, identical answers
+
+The per-item loop is what the original scripts and lmms-eval do: for every question, decode its video, run the
+vision tower and the LLM at batch size 1 (`Pipeline.answer`). The harness is `eval predict` with its defaults
+(`fastervlm.eval.predict.prepare_run` + `predict_items`), or with several configurations `eval sweep`'s
+`sweep_predict`, writing real run folders into a temporary directory. Both answer the same items with the same
+configurations after one untimed warm-up answer per configuration; the harness's predictions are compared with
+the loop's item by item (text, and output ids where the records hold them).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from fastervlm.bench.configs import PIPELINE_STAGES, BenchConfig, ModelSource, check_budgets
+from fastervlm.bench.synthetic import SyntheticBenchmark, VideoShape, check_size, write_synthetic_benchmark
+from fastervlm.errors import FasterVLMError
+
+if TYPE_CHECKING:
+    from fastervlm.eval.predict import PredictSummary
+    from fastervlm.pipeline import Pipeline
+
+LOOP = "per-item loop"
+HARNESS = "harness"
+
+
+@dataclass
+class EvalRunRow:
+    """One way of answering every item of every configuration."""
+
+    name: str
+    items: int
+    seconds: float
+    video_encodings: int
+    """Videos that went through the vision tower (a batch of B samples counts B)."""
+    stage_seconds: dict[str, float]
+    """Seconds per pipeline stage, summed over the items (stages may overlap: the harness decodes ahead)."""
+    stage_source: str
+    """Where stage_seconds came from: the loop's answers, the harness's summary, or its prediction records."""
+    identical: int | None = None
+    """Items whose prediction equals the per-item loop's (None on the loop's own row)."""
+    errors: int = 0
+    speedup: float | None = None
+    """items/s over the per-item loop's items/s."""
+
+    @property
+    def items_per_second(self) -> float:
+        return self.items / self.seconds if self.seconds > 0 else float("inf")
+
+
+@dataclass
+class EvalBenchResult:
+    model: str
+    device: str
+    dtype: str
+    threads: int
+    torch_version: str
+    data: str
+    """The synthetic benchmark: videos x questions, frame size, duration."""
+    configurations: list[str]
+    max_new_tokens: int
+    rows: list[EvalRunRow]
+    load_average: tuple[float, float] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def all_identical(self) -> bool:
+        return all(row.identical == row.items and not row.errors for row in self.rows if row.identical is not None)
+
+    def to_json(self) -> dict[str, Any]:
+        rows = [{**asdict(row), "items_per_second": row.items_per_second} for row in self.rows]
+        return {**asdict(self), "rows": rows, "all_identical": self.all_identical}
+
+
+@dataclass
+class _Prediction:
+    text: str | None
+    output_ids: list[int] | None
+
+
+def run_eval_benchmark(
+    source: ModelSource,
+    configs: Sequence[BenchConfig],
+    *,
+    videos: int = 4,
+    questions: int = 8,
+    shape: VideoShape = VideoShape(),
+    max_new_tokens: int = 8,
+    progress: bool = True,
+) -> EvalBenchResult:
+    """Build the synthetic benchmark, then answer it with the per-item loop and with the harness (a sweep when
+    several configurations are given), and compare. Generation is greedy with `max_new_tokens` for both (random
+    weights rarely stop early, and the harness's default of 1024 would measure nothing but decoding)."""
+    from fastervlm.bench.runner import load_average
+    from fastervlm.models.base import GenerationSettings
+    from fastervlm.pipeline import resolve_device
+
+    if not configs:
+        raise FasterVLMError("nothing to measure: give at least one method.")
+    if max_new_tokens < 1:
+        raise FasterVLMError("--max-new-tokens must be at least 1.")
+    check_size(videos, questions, shape)
+    device = resolve_device(source.device)
+    before = load_average()
+    pipeline = source.build()
+    check_budgets(configs, pipeline.num_patches)
+    generation = GenerationSettings(max_new_tokens=max_new_tokens)
+    with tempfile.TemporaryDirectory(prefix="fastervlm-bench-eval-") as scratch:
+        data = write_synthetic_benchmark(Path(scratch) / "data", videos=videos, questions=questions, shape=shape)
+        _warm_up(pipeline, data, configs, generation)
+        loop, answers = _per_item_loop(pipeline, data, configs, generation, progress)
+        harness, predictions = _harness(pipeline, data, configs, generation, Path(scratch) / "runs")
+    _compare(harness, answers, predictions, loop)
+    return EvalBenchResult(
+        model=source.describe(), device=str(device), dtype=source.dtype_name(device),
+        threads=torch.get_num_threads(), torch_version=torch.__version__, data=data.describe(),
+        configurations=[c.label for c in configs], max_new_tokens=max_new_tokens, rows=[loop, harness],
+        load_average=None if before is None else (before, load_average()),
+    )
+
+
+@contextmanager
+def count_video_encodings(pipeline: Pipeline) -> Iterator[list[int]]:
+    """Counts the samples (videos) that go through the vision tower while the block runs: a hook on the visual
+    stream's tower pass (`VisualStream.hidden_states`, which every encode calls with (B, T, 3, S, S) pixels)."""
+    stream = pipeline.adapter.stream
+    count = [0]
+    tower = stream.hidden_states
+
+    def counted(pixels: torch.Tensor) -> torch.Tensor:
+        count[0] += pixels.shape[0]
+        return tower(pixels)
+
+    stream.hidden_states = counted  # an instance attribute: it shadows the method until deleted
+    try:
+        yield count
+    finally:
+        del stream.hidden_states
+
+
+def _warm_up(pipeline: Pipeline, data: SyntheticBenchmark, configs: Sequence[BenchConfig], generation: Any) -> None:
+    """One untimed answer per configuration: first calls, allocations and kernel choices are paid before either
+    timed phase, so that neither carries them."""
+    item = data.loaded.items[0]
+    video = _video(data, item)
+    for config in configs:
+        pipeline.answer(item.question, video=video, method=config.method, generation=generation, **config.settings)
+
+
+def _video(data: SyntheticBenchmark, item: Any) -> Path:
+    from fastervlm.eval.benchmarks import video_path
+
+    path = video_path(data.loaded.benchmark, data.data_root, item)
+    assert path is not None, f"the synthetic benchmark lacks {item.video_name}"
+    return path
+
+
+def _per_item_loop(pipeline: Pipeline, data: SyntheticBenchmark, configs: Sequence[BenchConfig], generation: Any,
+                   progress: bool) -> tuple[EvalRunRow, dict[tuple[str, str], _Prediction]]:
+    """Every configuration, every item: decode + tower + LLM at batch size 1 through `Pipeline.answer`."""
+    from tqdm import tqdm
+
+    items = data.loaded.items
+    answers: dict[tuple[str, str], _Prediction] = {}
+    stages: dict[str, float] = {}
+    bar = tqdm(total=len(items) * len(configs), desc=f"bench --eval: {LOOP}", unit="item", disable=not progress)
+    with bar, count_video_encodings(pipeline) as encodings:
+        started = time.perf_counter()
+        for config in configs:
+            pruner = pipeline.pruner(config.method, **config.settings)
+            for item in items:
+                answer = pipeline.answer(item.question, video=_video(data, item), method=pruner, generation=generation)
+                answers[(config.label, item.id)] = _Prediction(answer.text, answer.output_ids)
+                _add(stages, answer.timings)
+                bar.update()
+        seconds = time.perf_counter() - started
+    return EvalRunRow(LOOP, len(answers), seconds, encodings[0], stages, "answers"), answers
+
+
+def _harness(pipeline: Pipeline, data: SyntheticBenchmark, configs: Sequence[BenchConfig], generation: Any,
+             out: Path) -> tuple[EvalRunRow, dict[tuple[str, str], _Prediction]]:
+    """The harness with its defaults: `eval predict` for one configuration, `eval sweep`'s prediction step for
+    several (run folders under `out`)."""
+    from fastervlm.eval.predict import predict_items, prepare_run
+    from fastervlm.eval.sweep import Cell, sweep_predict
+
+    name = HARNESS if len(configs) == 1 else f"{HARNESS} (sweep of {len(configs)})"
+    with count_video_encodings(pipeline) as encodings:
+        started = time.perf_counter()
+        if len(configs) == 1:
+            pruner = pipeline.pruner(configs[0].method, **configs[0].settings)
+            run = prepare_run(pipeline, data.loaded, data.data_root, pruner, generation, out=out)
+            runs, summaries = [run], [predict_items(pipeline, run, data.loaded, data.data_root, pruner, generation,
+                                                    progress=False)]
+        else:
+            cells = [Cell(config.method, dict(config.settings)) for config in configs]
+            runs, summaries = sweep_predict(pipeline, [data.loaded], data.data_root, cells, generation, out=out,
+                                            progress=False)
+        seconds = time.perf_counter() - started
+    records = {(config.label, rid): record for config, run in zip(configs, runs)
+               for rid, record in run.predictions().items()}
+    stages, source = _harness_stages(summaries, records.values())
+    predictions = {key: _Prediction(r.get("pred"), r.get("output_ids")) for key, r in records.items()}
+    errors = sum(1 for r in records.values() if r.get("error"))
+    row = EvalRunRow(name, len(records), seconds, _encodings(summaries, encodings[0]), stages, source, errors=errors)
+    return row, predictions
+
+
+def _harness_stages(summaries: Sequence[PredictSummary], records: Any) -> tuple[dict[str, float], str]:
+    """Seconds per stage: the harness's own account (`PredictSummary.stage_seconds`) when it gives one, else the
+    sum of the `timings` its prediction records carry."""
+    own = [getattr(summary, "stage_seconds", None) for summary in summaries]
+    stages: dict[str, float] = {}
+    if own and all(isinstance(value, dict) for value in own):
+        for value in own:
+            _add(stages, value)
+        return stages, "harness summary"
+    for record in records:
+        _add(stages, record.get("timings") or {})
+    return stages, "prediction records"
+
+
+def _encodings(summaries: Sequence[PredictSummary], counted: int) -> int:
+    """The tower runs the harness reports (`PredictSummary.tower_runs`), else those the hook counted."""
+    own = [getattr(summary, "tower_runs", None) for summary in summaries]
+    return sum(own) if own and all(isinstance(value, int) for value in own) else counted
+
+
+def _add(total: dict[str, float], timings: dict[str, float]) -> None:
+    for stage in PIPELINE_STAGES:
+        if stage in timings:
+            total[stage] = total.get(stage, 0.0) + timings[stage]
+
+
+def _compare(harness: EvalRunRow, answers: dict[tuple[str, str], _Prediction],
+             predictions: dict[tuple[str, str], _Prediction], loop: EvalRunRow) -> None:
+    """Count the harness's predictions that equal the loop's (text, and output ids when recorded); speedups."""
+    same = 0
+    for key, ours in answers.items():
+        theirs = predictions.get(key)
+        if theirs is not None and theirs.text == ours.text and theirs.output_ids in (None, ours.output_ids):
+            same += 1
+    harness.identical = same
+    loop.speedup = 1.0
+    harness.speedup = harness.items_per_second / loop.items_per_second
+

@@ -1,0 +1,181 @@
+"""The benchmark's tables: one row per configuration (terminal: two tables, times and costs, so that they fit;
+Markdown: one), the [CLS] extraction rows, the targets, and the `--eval` table of the harness against the loop."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from fastervlm.bench.configs import PIPELINE_STAGES
+
+
+def _ms(stat: Any) -> str:
+    return "-" if stat is None else f"{1e3 * stat.median:.1f}"
+
+
+def _ms_spread(stat: Any) -> str:
+    return "-" if stat is None else f"{1e3 * stat.median:.1f} ({1e3 * stat.low:.0f}-{1e3 * stat.high:.0f})"
+
+
+def _mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**20:.0f}"
+
+
+def _times(value: float | None) -> str:
+    return "-" if value is None else f"x{value:.2f}"
+
+
+Columns = list[tuple[str, Callable[[Any], str]]]
+
+KEY_COLUMNS: Columns = [
+    ("method", lambda r: r.label),
+    ("visual tokens", lambda r: str(r.visual_tokens)),
+]
+TIME_COLUMNS: Columns = [
+    ("prompt", lambda r: str(r.prompt_tokens)),
+    ("decode video", lambda r: _ms(r.timings.get("decode_video"))),
+    ("vision encoder", lambda r: _ms(r.timings.get("vision_encoder"))),
+    ("[CLS] scoring", lambda r: _ms(r.timings.get("cls_scoring"))),
+    ("selection", lambda r: _ms(r.timings.get("selection"))),
+    ("projector", lambda r: _ms(r.timings.get("projector"))),
+    ("LLM prefill (min-max)", lambda r: _ms_spread(r.timings.get("llm_prefill"))),
+    ("TTFT (min-max)", lambda r: _ms_spread(r.timings.get("time_to_first_token"))),
+    ("decode per token", lambda r: _ms(r.timings.get("decode_per_token"))),
+]
+COST_COLUMNS: Columns = [
+    ("peak MiB (+run)", lambda r: f"{_mib(r.memory.peak_bytes)} (+{_mib(r.memory.added_bytes)})"),
+    ("KV MiB", lambda r: "-" if r.kv_cache_bytes is None else f"{r.kv_cache_bytes / 2**20:.1f}"),
+    ("prefill GFLOPs", lambda r: "-" if r.llm_prefill_flops is None else f"{r.llm_prefill_flops / 1e9:.4g}"),
+    ("FLOPs ratio", lambda r: _times(r.flops_ratio)),
+    ("prefill speedup", lambda r: _times(r.prefill_speedup)),
+    ("TTFT speedup", lambda r: _times(r.ttft_speedup)),
+]
+ROW_COLUMNS: Columns = KEY_COLUMNS + TIME_COLUMNS + COST_COLUMNS
+"""One row per configuration (Markdown); the terminal shows it as two tables, times and costs, so that it fits.
+Times in ms: median over the timed runs, (min-max) where shown."""
+
+EXTRACTION_COLUMNS: Columns = [
+    ("[CLS] extraction", lambda e: e.name),
+    ("layers run", lambda e: str(e.layers_run)),
+    ("encoder ms (min-max)", lambda e: _ms_spread(e.encoder)),
+    ("[CLS] scoring ms", lambda e: f"{1e3 * e.cls_scoring.median:.3f}"),
+    ("attention data MiB", lambda e: f"{e.attention_bytes / 2**20:.2f}"),
+    ("peak MiB (+run)", lambda e: f"{_mib(e.memory.peak_bytes)} (+{_mib(e.memory.added_bytes)})"),
+    ("max abs score diff", lambda e: "-" if e.max_score_difference is None else f"{e.max_score_difference:.1e}"),
+    ("how", lambda e: e.description),
+]
+
+
+def _header(result: Any) -> str:
+    """The line above the tables: the model, the machine, the load on it."""
+    load = result.load_average
+    return (f"{result.model} on {result.device}, {result.dtype}, {result.threads} threads, torch {result.torch_version}"
+            + (f"; load average {load[0]} before, {load[1]} after" if load else ""))
+
+
+def print_tables(result: Any, targets: list[Any], *, markdown: bool = False) -> None:
+    """`fastervlm bench`'s output: the configurations, the [CLS] extraction rows, the targets."""
+    header = (f"{_header(result)}; {result.warmup} warm-up + {result.repeats} timed runs, {result.max_new_tokens} new "
+              f"tokens; memory: {result.rows[0].memory.kind if result.rows else '-'}")
+    target_rows = [[t.name, t.measured, {True: "met", False: "NOT met", None: "n/a"}[t.met]] for t in targets]
+    targets_table = ("targets", [(name, None) for name in ("target", "measured", "result")], target_rows, None)
+    if markdown:
+        tables = [("configurations", ROW_COLUMNS, result.rows, None),
+                  ("[CLS] extraction", EXTRACTION_COLUMNS, result.extraction, None)]
+        _print(header + "; times in ms: median (min-max)", [*tables, targets_table], markdown=True)
+    else:
+        caption = "times in ms: median (min-max)"
+        _print(header, [
+            ("configurations: time", KEY_COLUMNS + TIME_COLUMNS, result.rows, caption),
+            ("configurations: memory, FLOPs, speedup over none", KEY_COLUMNS + COST_COLUMNS, result.rows, None),
+            ("[CLS] extraction", EXTRACTION_COLUMNS, result.extraction, caption),
+            targets_table,
+        ], markdown=False)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+
+
+Table = tuple[str, Sequence[tuple[str, Callable[[Any], str] | None]], Sequence[Any], str | None]
+"""(title, columns, rows, caption); a column without a function takes its cell from a row that is a list."""
+PROSE_COLUMNS = frozenset({"how", "target", "measured", "result"})
+"""Columns whose text may wrap (the others hold numbers, which must never break)."""
+
+
+def _print(header: str, tables: list[Table], *, markdown: bool) -> None:
+    """Print the non-empty tables under the header: as Markdown, or as rich terminal tables."""
+    tables = [table for table in tables if table[2]]
+    if markdown:
+        print(header + "\n")
+        for _, columns, rows, _ in tables:
+            print(_markdown([c for c, _ in columns], _cells(columns, rows)) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
+    console = Console(width=max(Console().width, 160))
+    console.print(header)
+    for title, columns, rows, caption in tables:
+        table = RichTable(title=title, caption=caption)
+        cells = _cells(columns, rows)
+        for number, (name, _) in enumerate(columns):
+            if name in PROSE_COLUMNS:
+                table.add_column(name, overflow="fold")
+                continue
+            # headers wrap at spaces to the widest cell, so that the numbers never break
+            width = max(max(len(line[number]) for line in cells), *(len(word) for word in name.split()))
+            table.add_column(textwrap.fill(name, width), no_wrap=True)
+        for line in cells:
+            table.add_row(*line)
+        console.print(table)
+
+
+def _cells(columns: Sequence[tuple[str, Callable[[Any], str] | None]], rows: Sequence[Any]) -> list[list[str]]:
+    return [[row[n] if f is None else f(row) for n, (_, f) in enumerate(columns)] for row in rows]
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(h.replace("|", "\\|") for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# ----- bench --eval -------------------------------------------------------------------------------------------------
+def _per_item(row: Any, stage: str) -> str:
+    seconds = row.stage_seconds.get(stage)
+    return "-" if seconds is None else f"{1e3 * seconds / row.items:.1f}"
+
+
+def _identical(row: Any) -> str:
+    if row.identical is None:
+        return "-"
+    verdict = "yes" if row.identical == row.items and not row.errors else "NO"
+    return f"{verdict} ({row.identical}/{row.items})" + (f", {row.errors} errors" if row.errors else "")
+
+
+EVAL_COLUMNS: Columns = [
+    ("run", lambda r: r.name),
+    ("items", lambda r: str(r.items)),
+    ("seconds", lambda r: f"{r.seconds:.1f}"),
+    ("items/s", lambda r: f"{r.items_per_second:.3g}"),
+    ("speedup", lambda r: _times(r.speedup)),
+    ("video encodings", lambda r: str(r.video_encodings)),
+    *[(stage.replace("_", " ").replace("cls", "[CLS]"), lambda r, s=stage: _per_item(r, s)) for stage in PIPELINE_STAGES],
+    ("identical to the loop", _identical),
+]
+"""Stage columns: ms per item, summed over the items (the harness's stages overlap: it decodes ahead)."""
+
+
+def print_eval_table(result: Any, *, markdown: bool = False) -> None:
+    """`fastervlm bench --eval`'s output: the loop and the harness, side by side."""
+    header = (f"{_header(result)}; {result.data}; {', '.join(result.configurations)}; greedy, "
+              f"{result.max_new_tokens} new tokens")
+    caption = "stage columns: ms per item, summed over the items (stages overlap where the harness decodes ahead)"
+    _print(header, [("bench --eval: the harness against the per-item loop", EVAL_COLUMNS, result.rows, caption)],
+           markdown=markdown)
+    stage_source = next((r.stage_source for r in result.rows if r.identical is not None), None)
+    verdict = "identical" if result.all_identical else "NOT identical"
+    print(f"predictions {verdict}; the harness's stage times from its {stage_source}", file=sys.stderr)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
