@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from eval_helpers import FakeGeneration, FakePipeline
 from test_eval_predict import KILL_SCRIPT
 
@@ -118,8 +119,9 @@ def test_configurations_of_one_pass_share_decoding_and_encoding(tmp_path: Path) 
 
 
 def test_the_default_batch_size_depends_on_the_device() -> None:
-    assert default_batch_size("cpu") == 4
-    assert default_batch_size("cuda:1") == default_batch_size("cuda") == 8
+    assert default_batch_size("cpu") == default_batch_size("cpu", torch.float32) == 4
+    assert default_batch_size("cuda:1") == default_batch_size("cuda", torch.float32) == 8
+    assert default_batch_size("cuda", torch.float16) == default_batch_size("cuda:0", torch.bfloat16) == 1
 
 
 def test_a_killed_batched_run_loses_at_most_the_batch_in_flight(tmp_path: Path) -> None:

@@ -117,13 +117,14 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_scale_arguments(parser: argparse.ArgumentParser) -> None:
-    from fastervlm.eval.grouped import CPU_BATCH_SIZE, CUDA_BATCH_SIZE  # constants only: no torch
+    from fastervlm.eval.grouped import CPU_BATCH_SIZE, CUDA_BATCH_SIZE, HALF_PRECISION_BATCH_SIZE  # no torch
 
-    group = parser.add_argument_group("speed (greedy predictions are the same whatever these are)")
+    group = parser.add_argument_group("speed (greedy predictions are the same whatever these are, in fp32)")
     group.add_argument("--batch-size", type=int, metavar="N",
                        help=f"questions per generate call, from one video or several (default: {CPU_BATCH_SIZE} on the "
-                       f"CPU, {CUDA_BATCH_SIZE} on a GPU; greedy answers do not depend on it, sampled ones do; a kill "
-                       "loses at most the batch in flight)")
+                       f"CPU and {CUDA_BATCH_SIZE} on a GPU in fp32, where greedy answers do not depend on it; "
+                       f"{HALF_PRECISION_BATCH_SIZE} in fp16/bf16, where a batch flips some greedy answers; sampled "
+                       "answers always depend on it; a kill loses at most the batch in flight)")
     group.add_argument("--frame-cache", choices=["on", "off"], default="on",
                        help="keep each video's sampled frames on disk, so a later run or sweep skips decoding (default "
                        "%(default)s; folder: $FASTERVLM_FRAME_CACHE, else $FASTERVLM_CACHE/frames or "

@@ -29,14 +29,21 @@ from fastervlm.eval.rundir import RunDir
 from fastervlm.eval.storage import JsonlAppender
 
 CUDA_BATCH_SIZE = 8
-"""Items per `generate` call on a GPU, where a batch costs little more than one item (docs/evaluation.md)."""
+"""Items per `generate` call on a GPU in fp32, where a batch costs little more than one item (docs/evaluation.md)."""
 CPU_BATCH_SIZE = 4
 """Items per `generate` call on the CPU: the fastest measured on the tiny checkpoint and on a 7B-geometry model
 with few layers (docs/evaluation.md); larger batches pad more than they save there."""
+HALF_PRECISION_BATCH_SIZE = 1
+"""In fp16/bf16 a left-padded batch sums attention in another order than one item alone, which flips some greedy
+answers (measured on an H200: 3 of 64 in fp16, 12 of 64 in bf16); one at a time keeps every prediction identical
+to answering the item alone. --batch-size N trades that for speed."""
 
 
-def default_batch_size(device: Any) -> int:
-    """The batch size `eval predict` uses unless told: CPU_BATCH_SIZE on the CPU, CUDA_BATCH_SIZE elsewhere."""
+def default_batch_size(device: Any, dtype: Any = None) -> int:
+    """The batch size `eval predict` uses unless told: one item at a time in half precision (identical predictions),
+    else CPU_BATCH_SIZE on the CPU and CUDA_BATCH_SIZE on a GPU."""
+    if str(dtype).removeprefix("torch.") in ("float16", "bfloat16"):
+        return HALF_PRECISION_BATCH_SIZE
     return CPU_BATCH_SIZE if str(device).split(":")[0] == "cpu" else CUDA_BATCH_SIZE
 
 

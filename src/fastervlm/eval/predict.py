@@ -176,7 +176,7 @@ def predict_items(
 ) -> PredictSummary:
     """Answer this rank's unfinished items, appending one record per item to the rank's prediction file.
 
-    batch_size: items per generate call (None: `grouped.default_batch_size` for the model's device). frame_cache:
+    batch_size: items per generate call (None: `grouped.default_batch_size` for the model's device and dtype). frame_cache:
     a `frame_cache.FrameCache` for the sampled frames, or None to decode every video. A missing or undecodable
     video (any FasterVLMError for the item) becomes an error record; other exceptions are bugs and stop the run
     (everything written so far stays).
@@ -195,7 +195,7 @@ def predict_configurations(
     once for all of them. Each run's records equal those of predicting it alone. One summary per configuration."""
     rank = rank or Rank()
     generation = generation or _default_generation()
-    batch_size = default_batch_size(pipeline.adapter.device) if batch_size is None else batch_size
+    batch_size = default_batch_size(pipeline.adapter.device, pipeline.adapter.dtype) if batch_size is None else batch_size
     if batch_size < 1:
         raise FasterVLMError(f"--batch-size is a number of items per generate call: 1 or more (got {batch_size}).")
     for _, pruner in configurations:
