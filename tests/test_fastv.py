@@ -282,3 +282,19 @@ def test_transformers_video_llava_generate():
     assert run.kept_visual.shape == (1, frames)
     lengths = [layer.keys.shape[-2] for layer in pruned.cache.layers]
     assert lengths == [ids.shape[1] + 2] * 2 + [ids.shape[1] - frames * (patches + 1) + frames + 2] * 2
+
+
+def test_a_layer_past_the_llm_is_refused_before_any_work(tiny_pipeline, tmp_path, capsys) -> None:
+    from fastervlm.cli import main
+    from fastervlm.errors import BudgetError
+
+    layers = tiny_pipeline.adapter.llm_config.num_hidden_layers
+    with pytest.raises(BudgetError, match=f"between 1 and {layers - 1} for this {layers}-layer LLM"):
+        tiny_pipeline.check_method(tiny_pipeline.pruner("fastv", reduction=0.5, layer=layers))
+    tiny_pipeline.check_method(tiny_pipeline.pruner("fastv", reduction=0.5, layer=layers - 1))
+    code = main(["bench", "--methods", "fastv", "--method-option", f"fastv:layer={layers}", "--device", "cpu",
+                 "--no-progress", "--out-dir", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"bench fastv reduction=0.5 layer={layers}: fastv's layer K={layers}" in err and "--method-option layer=K" in err
+    assert "bench:" not in err  # refused before the workers start: no progress bar was drawn

@@ -223,8 +223,10 @@ class Pipeline:
 
     # ----- one encoding, many questions and configurations (the evaluation harness) -------------------------------
     def check_method(self, pruner: Pruner) -> None:
-        """Refuse, before any work, a method this model cannot run (e.g. a [CLS]-based one without [CLS])."""
+        """Refuse, before any work, a method this model cannot run (a [CLS]-based one without [CLS], a budget above
+        the patches per frame, FastV's layer past the LLM's depth)."""
         engine.check_inputs(self.adapter.stream, engine.encoder_inputs(pruner), self.adapter.family, pruner.name)
+        pruner.check_model(num_patches=self.num_patches, llm_layers=self.adapter.llm_config.num_hidden_layers)
 
     def encode(self, frames: Frames, pruners: Sequence[Pruner]) -> Encoding:
         """Run the vision tower once on one sample, computing every input any of `pruners` reads: each of them

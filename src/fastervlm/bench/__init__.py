@@ -24,12 +24,12 @@ measurements), meter (peak memory), results (rows, speedups), targets (the issue
 """
 
 from fastervlm.bench.configs import (DEFAULT_REDUCTIONS, PIPELINE_STAGES, QUESTION, SEED_REDUCTIONS, BenchConfig,
-                                     ModelSource, check_budgets, check_run_settings, default_configs)
+                                     ModelSource, check_budgets, check_configs, check_run_settings, default_configs)
 from fastervlm.bench.plot import plot
 from fastervlm.bench.results import BenchResult, BenchRow, ExtractionRow, Memory, Stat
 from fastervlm.bench.runner import run_benchmark
 from fastervlm.bench.targets import TARGET_MIN_WIDTH, TARGET_REDUCTION, Target, check_targets, result_json
 
 __all__ = ["DEFAULT_REDUCTIONS", "PIPELINE_STAGES", "QUESTION", "SEED_REDUCTIONS", "TARGET_MIN_WIDTH", "TARGET_REDUCTION", "BenchConfig",
-           "BenchResult", "BenchRow", "ExtractionRow", "Memory", "ModelSource", "Stat", "Target", "check_budgets",
+           "BenchResult", "BenchRow", "ExtractionRow", "Memory", "ModelSource", "Stat", "Target", "check_budgets", "check_configs",
            "check_run_settings", "check_targets", "default_configs", "plot", "result_json", "run_benchmark"]

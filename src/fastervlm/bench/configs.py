@@ -50,7 +50,7 @@ def default_configs(
 ) -> list[BenchConfig]:
     """The unpruned row (the registry's baseline; unless `baseline` is False) first, then every method (default:
     the featured ones) at every budget (reductions, or per-frame keeps when given). Budgets out of range are
-    refused here, before any model is built (keeps are checked against the model's patch count by check_budgets
+    refused here, before any model is built (keeps are checked against the model's patch count by check_configs
     once it is known)."""
     from fastervlm.methods import baseline_method, featured_methods
 
@@ -64,19 +64,29 @@ def default_configs(
     return configs
 
 
-def check_budgets(configs: Sequence[BenchConfig], num_patches: int | None = None) -> None:
-    """Refuse a reduction outside [0, 1] or a keep outside [0, num_patches] (keeps only once the patch count is
-    known), naming the configuration: the same rule as the methods apply (resolve_keep)."""
+def check_budgets(configs: Sequence[BenchConfig]) -> None:
+    """Refuse a reduction outside [0, 1] before any model is built, naming the configuration (the same rule as the
+    methods apply); keeps wait for the model's patch count (`check_configs`)."""
     from fastervlm.selection import resolve_keep
 
     for config in configs:
-        keep, reduction = config.settings.get("keep"), config.settings.get("reduction")
-        if (keep is None and reduction is None) or (num_patches is None and keep is not None):
+        reduction = config.settings.get("reduction")
+        if reduction is None:
             continue
         try:
-            resolve_keep(num_patches or 0, keep=keep, reduction=reduction)
+            resolve_keep(0, reduction=reduction)
         except BudgetError as err:
-            raise BudgetError(f"bench {config.label}: {err.template}") from None  # its range names the patch count
+            raise BudgetError(f"bench {config.label}: {err.template}") from None
+
+
+def check_configs(pipeline: Pipeline, configs: Sequence[BenchConfig]) -> None:
+    """Refuse, once the model is built and before any worker starts, a configuration it cannot run (a keep above
+    its patches per frame, FastV's layer past its LLM's depth, a [CLS] method without [CLS]), naming it."""
+    for config in configs:
+        try:
+            pipeline.check_method(pipeline.pruner(config.method, **config.settings))
+        except BudgetError as err:
+            raise BudgetError(f"bench {config.label}: {err.template}") from None
 
 
 @dataclass(frozen=True)

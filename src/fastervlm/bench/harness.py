@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from fastervlm.bench.configs import PIPELINE_STAGES, BenchConfig, ModelSource, check_budgets
+from fastervlm.bench.configs import PIPELINE_STAGES, BenchConfig, ModelSource, check_configs
 from fastervlm.bench.synthetic import SyntheticBenchmark, VideoShape, check_size, write_synthetic_benchmark
 from fastervlm.errors import FasterVLMError
 
@@ -117,7 +117,7 @@ def run_eval_benchmark(
     device = resolve_device(source.device)
     before = load_average()
     pipeline = source.build()
-    check_budgets(configs, pipeline.num_patches)
+    check_configs(pipeline, configs)
     generation = GenerationSettings(max_new_tokens=max_new_tokens)
     with tempfile.TemporaryDirectory(prefix="fastervlm-bench-eval-") as scratch:
         data = write_synthetic_benchmark(Path(scratch) / "data", videos=videos, questions=questions, shape=shape)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from fastervlm.bench.configs import QUESTION, SYNTHETIC_VIDEO, BenchConfig, ModelSource, check_budgets, check_run_settings
+from fastervlm.bench.configs import QUESTION, SYNTHETIC_VIDEO, BenchConfig, ModelSource, check_configs, check_run_settings
 from fastervlm.bench.measure import Task, make_measurer
 from fastervlm.bench.results import BenchResult, BenchRow, ExtractionRow, add_speedups
 from fastervlm.errors import FasterVLMError
@@ -54,7 +54,7 @@ def run_benchmark(
     load_before = load_average()
     with _bench_video(video) as path:
         pipeline = source.build()
-        check_budgets(configs, pipeline.num_patches)  # before any worker starts or the progress bar shows
+        check_configs(pipeline, configs)  # before any worker starts or the progress bar shows
         tasks = [Task("config", c, str(path), question, max_new_tokens, isolate) for c in configs]
         if reference and _has_reference(pipeline):
             tasks += [Task(kind, None, str(path), question, max_new_tokens, isolate) for kind in ("ours", "reference")]

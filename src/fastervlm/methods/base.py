@@ -167,6 +167,11 @@ class Pruner:
         """L for a model with `num_patches` patches per frame (all of them when no budget is set)."""
         return resolve_keep(num_patches, self.keep, self.reduction)
 
+    def check_model(self, *, num_patches: int, llm_layers: int) -> None:
+        """Refuse, before any work, a configuration this model cannot run: a budget above its `num_patches` per frame
+        (LLM-stage methods also check their layer against `llm_layers`)."""
+        self.per_frame_budget(num_patches)
+
     def settings(self) -> dict[str, Any]:
         """Everything that identifies this configuration, for JSON output and run directories (a setting declared
         `recorded_at_default=False` only when it differs from its default)."""

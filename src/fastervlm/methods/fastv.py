@@ -65,6 +65,10 @@ class FastV(LLMPruner):
     def __post_init__(self) -> None:
         check_whole_number(self.layer, "fastv's {layer} K", "{layer}=2", minimum=1)
 
+    def check_model(self, *, num_patches: int, llm_layers: int) -> None:
+        super().check_model(num_patches=num_patches, llm_layers=llm_layers)
+        check_layer(self.layer, llm_layers)
+
     @contextmanager
     def attach(
         self, decoder: torch.nn.Module, visual_mask: torch.Tensor, *, frames: int, num_patches: int
@@ -109,6 +113,13 @@ class _Pass:
     inputs: dict[str, Any] | None = None  # the pruned keyword inputs of layers >= K
 
 
+def check_layer(layer: int, llm_layers: int) -> None:
+    """K must leave at least one layer before it (where the ranking is read) and one from it on (that prunes)."""
+    if not 1 <= layer < llm_layers:
+        raise BudgetError(f"fastv's layer K={layer} must be between 1 and {llm_layers - 1} for this "
+                          f"{llm_layers}-layer LLM ({{layer}}=K).")
+
+
 class _Hooks:
     """The hooks of one `attach`, and the state they share."""
 
@@ -116,9 +127,7 @@ class _Hooks:
         layers = getattr(decoder, "layers", None)
         if not isinstance(layers, torch.nn.ModuleList):
             raise UnsupportedModelError(f"fastv needs a Llama-style decoder with .layers, got {type(decoder).__name__}.")
-        if not 1 <= layer < len(layers):
-            raise BudgetError(f"fastv's layer K={layer} must be between 1 and {len(layers) - 1} for this "
-                              f"{len(layers)}-layer LLM ({{layer}}=K).")
+        check_layer(layer, len(layers))
         attn = layers[layer - 1].self_attn
         if not all(hasattr(attn, name) for name in ("q_proj", "k_proj", "head_dim", "scaling", "num_key_value_groups")):
             raise UnsupportedModelError(f"fastv reads q_proj/k_proj of a Llama-style attention; {type(attn).__name__} differs.")
