@@ -52,7 +52,7 @@ def tiny_pipeline(tiny_checkpoint: Path):
 @pytest.fixture(scope="session")
 def synthetic_video(tiny_root: Path) -> Path:
     """A small H.264 MP4 with moving objects."""
-    from fastervlm.media import write_synthetic_video
+    from fastervlm.tiny.video import write_synthetic_video
 
     return write_synthetic_video(tiny_root / "synthetic.mp4")
 

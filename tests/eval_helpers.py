@@ -31,6 +31,7 @@ def make_run(
     method: dict[str, Any] | None = None,
     tokens: int = 2048,
     rank: int = 0,
+    flops: list[int] | None = None,
 ) -> RunDir:
     """A run directory whose items are {id: (gt answer, prediction or None for an error record)}."""
     run = RunDir(path)
@@ -44,9 +45,9 @@ def make_run(
     }
     run.create_or_check(config, items)
     with JsonlAppender(run.prediction_file(rank)) as out:
-        for item, (_, pred) in zip(items, answers.values()):
+        for n, (item, (_, pred)) in enumerate(zip(items, answers.values())):
             record = {"id": item["id"], "question": item["question"], "answer": item["answer"], "pred": pred,
-                      "visual_tokens": tokens}
+                      "visual_tokens": tokens, **({"llm_prefill_flops": flops[n]} if flops else {})}
             out.write(record if pred is not None else {**record, "error": "no video"})
     return run
 
@@ -75,7 +76,9 @@ class FakePruner:
 
 class FakePipeline:
     """The Pipeline methods predict uses, without a model: the answer names the question and the video file,
-    a video whose bytes are b"bad" fails to decode. `delay` seconds per answer (for kill tests)."""
+    a video whose bytes are b"bad" fails to decode, a question containing "too long" fails as a prompt too long
+    would (at its place in the batch). `delay` seconds per generate call (for kill tests). It counts what
+    predict asks of it: decodes, encodes (tower runs), prepares and the sizes of its batches."""
 
     num_frames = 2
     num_patches = 16
@@ -87,26 +90,48 @@ class FakePipeline:
         self.adapter = SimpleNamespace(dtype="float32", device="cpu")
         self.delay = delay
         self.answered: list[str] = []
+        self.decoded: list[str] = []
+        self.encoded: list[str] = []
+        self.prepared: list[tuple[str, Any]] = []
+        self.batches: list[int] = []
 
     def pruner(self, method: str | None = None, **settings: Any) -> FakePruner:
         return FakePruner(method or "none", **settings)
 
-    def frames(self, video: Path | None = None, *, flip: bool = False) -> SimpleNamespace:
+    def check_method(self, pruner: FakePruner) -> None:
+        pass
+
+    def frames(self, video: Path | None = None, *, flip: bool = False, cache: Any = None) -> SimpleNamespace:
         from fastervlm.errors import MediaError
 
         if Path(video).read_bytes() == b"bad":
             raise MediaError(f"cannot decode {video}")
-        return SimpleNamespace(video=Path(video), frame_indices=[0, 1], flip=flip)
+        self.decoded.append(Path(video).stem)
+        return SimpleNamespace(video=Path(video), frame_indices=[0, 1], flip=flip, decode_seconds=0.0)
 
-    def answer_frames(self, frames: list, questions: list[str], pruner: FakePruner, generation: Any = None) -> list:
+    def encode(self, frames: SimpleNamespace, pruners: list) -> SimpleNamespace:
+        self.encoded.append(frames.video.stem)
+        return SimpleNamespace(frames=frames, seconds={"decode_video": 0.0, "vision_encoder": 0.0})
+
+    def prepare(self, encoding: SimpleNamespace, pruner: FakePruner) -> SimpleNamespace:
+        self.prepared.append((encoding.frames.video.stem, pruner.settings()))
+        return SimpleNamespace(video=encoding.frames.video, frame_indices=[0, 1], seconds={"selection": 0.0})
+
+    def answer_prepared(self, prepared: list, questions: list[str], pruner: FakePruner, generation: Any = None) -> list:
+        from fastervlm.errors import PromptTooLongError
+
+        for n, question in enumerate(questions):
+            if "too long" in question:
+                raise PromptTooLongError(f"the prompt of {question!r} is too long", n)
         time.sleep(self.delay)
+        self.batches.append(len(questions))
         self.answered += questions
         tokens = 16 if pruner.reduction is None else 4
         return [
-            SimpleNamespace(text=f"{q} -> {f.video.stem}", visual_tokens=tokens, prompt_tokens=tokens + 10,
-                            output_ids=[1, 2, 3], frame_indices=f.frame_indices, timings={"llm": 0.0},
-                            method=pruner.settings())
-            for f, q in zip(frames, questions)
+            SimpleNamespace(text=f"{q} -> {p.video.stem}", visual_tokens=tokens, prompt_tokens=tokens + 10,
+                            output_ids=[1, 2, 3], frame_indices=p.frame_indices, timings={"llm_prefill": 0.0},
+                            method=pruner.settings(), tokens_per_frame=[tokens // 2] * 2, llm_prefill_flops=1000)
+            for p, q in zip(prepared, questions)
         ]
 
 

@@ -27,7 +27,7 @@ COMMON = ["--limit", str(LIMIT), "--device", "cpu", "--max-new-tokens", "4", "--
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Generated question/answer files plus synthetic videos for their first items."""
-    from fastervlm.media import write_synthetic_video
+    from fastervlm.tiny.video import write_synthetic_video
 
     root = tmp_path_factory.mktemp("data")
     questions_by_benchmark = write_sample_benchmarks(root)
@@ -155,14 +155,15 @@ def test_judge_without_a_server_fails_loudly(data_root: Path, tmp_path: Path, mo
 @pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
                     reason="torchrun is not installed")
 def test_torchrun_two_processes_equal_one(data_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """Two ranks shard by video (MSVD's first video has two questions: both on one rank), batched."""
     import torch
 
-    args = ["eval", "predict", "--benchmark", "activitynet", "--data-root", str(data_root),
-            "--model", str(tiny_checkpoint), "--reduction", "0.75", *COMMON]
+    args = ["eval", "predict", "--benchmark", "activitynet", "msvd", "--data-root", str(data_root),
+            "--model", str(tiny_checkpoint), "--reduction", "0.75", "--batch-size", "2", *COMMON]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each torchrun worker (OMP_NUM_THREADS=1): identical float sums
     try:
-        assert main([*args, "--out", str(tmp_path / "one")]) == 0
+        assert main([*args, "--out", str(tmp_path / "one"), "--batch-size", "1"]) == 0
     finally:
         torch.set_num_threads(threads)
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
@@ -170,15 +171,46 @@ def test_torchrun_two_processes_equal_one(data_root: Path, tiny_checkpoint: Path
     done = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", "-m", "fastervlm", *args,
                            "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    one = RunDir(tmp_path / "one" / tiny_checkpoint.name / "activitynet" / "fastervlm_r0.75")
-    two = RunDir(tmp_path / "two" / tiny_checkpoint.name / "activitynet" / "fastervlm_r0.75")
-    assert [p.name for p in two.prediction_files()] == ["rank-00000.jsonl", "rank-00001.jsonl"]
-    assert {r["rank"] for r in two.predictions().values()} == {0, 1}
-    lines = [line for path in two.prediction_files() for line in path.read_text().splitlines()]
-    assert len(lines) == LIMIT  # disjoint shards: every item answered once
 
     def strip(run: RunDir) -> dict:
         return {i: {k: v for k, v in r.items() if k not in ("rank", "timings")} for i, r in run.predictions().items()}
 
-    assert strip(two) == strip(one)
-    assert len(strip(one)) == LIMIT and all("error" not in r for r in strip(one).values())
+    for benchmark in ("activitynet", "msvd"):
+        one = RunDir(tmp_path / "one" / tiny_checkpoint.name / benchmark / "fastervlm_r0.75")
+        two = RunDir(tmp_path / "two" / tiny_checkpoint.name / benchmark / "fastervlm_r0.75")
+        assert [p.name for p in two.prediction_files()] == ["rank-00000.jsonl", "rank-00001.jsonl"]
+        assert {r["rank"] for r in two.predictions().values()} == {0, 1}
+        lines = [line for path in two.prediction_files() for line in path.read_text().splitlines()]
+        assert len(lines) == LIMIT  # disjoint shards: every item answered once
+        assert strip(two) == strip(one)  # batched on two ranks = one item at a time in one process
+        assert len(strip(one)) == LIMIT and all("error" not in r for r in strip(one).values())
+        ranks: dict[str, set[int]] = {}
+        for record in two.predictions().values():
+            ranks.setdefault(record["video"], set()).add(record["rank"])
+        assert all(len(found) == 1 for found in ranks.values())  # every video's questions on one rank
+    msvd = RunDir(tmp_path / "two" / tiny_checkpoint.name / "msvd" / "fastervlm_r0.75").predictions()
+    assert len({r["video"] for r in msvd.values()}) == 2  # two videos, one of them with two questions
+
+
+def test_the_frame_cache_flags(data_root: Path, tiny_checkpoint: Path, tmp_path: Path,
+                               monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """--frame-cache on fills the cache folder (a second run reads it: same records); off leaves it alone."""
+    cache = tmp_path / "frames"
+    monkeypatch.setenv("FASTERVLM_FRAME_CACHE", str(cache))
+    run = ["eval", "predict", "--benchmark", "msrvtt", "--data-root", str(data_root), "--model", str(tiny_checkpoint),
+           *COMMON]
+    assert main([*run, "--run-dir", str(tmp_path / "off"), "--frame-cache", "off"]) == 0
+    assert not cache.exists()
+    assert main([*run, "--run-dir", str(tmp_path / "first")]) == 0
+    entries = sorted(cache.glob("*.npz"))
+    assert len(entries) == 2  # msrvtt's first 3 items ask about 2 videos
+    stamps = [entry.stat().st_mtime_ns for entry in entries]
+    assert main([*run, "--run-dir", str(tmp_path / "again"), "--frame-cache-size", "1"]) == 0
+    assert sorted(cache.glob("*.npz")) == entries and [e.stat().st_mtime_ns for e in entries] != stamps  # hits
+
+    def records(name: str) -> dict:
+        return {i: {k: v for k, v in r.items() if k != "timings"} for i, r in RunDir(tmp_path / name).predictions().items()}
+
+    assert records("off") == records("first") == records("again")
+    assert main([*run, "--run-dir", str(tmp_path / "bad"), "--batch-size", "0"]) == 2
+    assert "--batch-size is a number of questions per generate call: 1 or more (got 0)" in capsys.readouterr().err

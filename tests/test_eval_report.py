@@ -28,8 +28,8 @@ def _answers(correct: list[bool], prefix: str = "q") -> dict[str, tuple[str, str
 @pytest.fixture
 def runs(tmp_path: Path) -> Path:
     root = tmp_path / "runs"
-    make_run(root / "tiny/msvd/none", _answers([True, True, True, False]), benchmark="msvd")
-    make_run(root / "tiny/tgif/none", _answers([True, True, False, False]), benchmark="tgif")
+    make_run(root / "tiny/msvd/none", _answers([True, True, True, False]), benchmark="msvd", flops=[4e12, 6e12, 5e12, 5e12])
+    make_run(root / "tiny/tgif/none", _answers([True, True, False, False]), benchmark="tgif", flops=[3e12] * 4)
     fast_msvd = {**_answers([True, False, True, False]), "q4": ("ans4", None)}  # one error record (missing video)
     make_run(root / "tiny/msvd/fastervlm_r0.9", fast_msvd, benchmark="msvd", method=FASTERVLM, tokens=208)
     make_run(root / "tiny/tgif/fastervlm_r0.9", _answers([True, False, False, False]), benchmark="tgif",
@@ -55,10 +55,11 @@ def test_table_numbers_and_relative_averages(runs: Path) -> None:
     assert fast.relative_accuracy == pytest.approx(((2 / 4) / (3 / 4) + (1 / 4) / (2 / 4)) / 2)
     assert fast.relative_score == pytest.approx((3.0 / 4.0 + 2.0 / 3.0) / 2)
     assert fast.visual_tokens == 208 and base.visual_tokens == 2048
+    assert base.llm_prefill_flops == pytest.approx(4e12) and fast.llm_prefill_flops is None  # (5 + 3) / 2; none recorded
     md = report.markdown()
     assert "| *no pruning* |" in md and "| *reduction 90%* |" in md
-    assert "| tiny | none | 2048 | 50.0 | 3.00 | 75.0 | 4.00 | 100.00% | 100.00% |" in md
-    assert "| tiny | fastervlm_r0.9 | 208 | 25.0 | 2.00 | 50.0† | 3.00† | 58.33% | 70.83% |" in md
+    assert "| tiny | none | 2048 | 50.0 | 3.00 | 75.0 | 4.00 | 100.00% | 100.00% | 4 |" in md
+    assert "| tiny | fastervlm_r0.9 | 208 | 25.0 | 2.00 | 50.0† | 3.00† | 58.33% | 70.83% | – |" in md
     assert "tiny / msvd / fastervlm_r0.9: 1 prediction errors" in md
 
 
@@ -68,6 +69,8 @@ def test_csv_json_and_png(runs: Path, tmp_path: Path) -> None:
     assert len(rows) == 4
     fast_msvd = next(r for r in rows if r["row"] == "fastervlm_r0.9" and r["benchmark"] == "msvd")
     assert (fast_msvd["errors"], fast_msvd["predicted"], fast_msvd["yes"], fast_msvd["no"]) == ("1", "4", "2", "2")
+    base_msvd = next(r for r in rows if r["row"] == "none" and r["benchmark"] == "msvd")
+    assert float(base_msvd["llm_prefill_flops"]) == 5e12 and fast_msvd["llm_prefill_flops"] == ""
     assert float(fast_msvd["accuracy_ci_low"]) < 0.5 < float(fast_msvd["accuracy_ci_high"])
     data = json.loads(files["json"].read_text())
     assert data["mode"] == "strict" and data["judge_model"] == "gpt-3.5-turbo"

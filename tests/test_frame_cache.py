@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 
 from fastervlm import media
+from fastervlm.tiny.video import write_synthetic_video
 from fastervlm.errors import FasterVLMError
 from fastervlm.frame_cache import FrameCache, default_frame_cache, default_frame_cache_dir
 
 
 @pytest.fixture
 def video(tmp_path) -> Path:
-    return media.write_synthetic_video(tmp_path / "clip.mp4", num_frames=30)
+    return write_synthetic_video(tmp_path / "clip.mp4", num_frames=30)
 
 
 @pytest.fixture
@@ -62,7 +63,7 @@ def test_the_sampling_is_part_of_the_key(tmp_path, video):
 def test_a_changed_file_misses(tmp_path, video):
     cache = FrameCache(tmp_path / "cache")
     before = media.read_video_frames(video, 8, cache=cache)
-    media.write_synthetic_video(video, num_frames=30, seed=5)  # same name, same size class, new content
+    write_synthetic_video(video, num_frames=30, seed=5)  # same name, same size class, new content
     after = media.read_video_frames(video, 8, cache=cache)
     assert after.method == "seek" and not np.array_equal(after.frames, before.frames)
     stat = video.stat()
@@ -80,7 +81,7 @@ def test_a_decoder_change_misses(tmp_path, video, monkeypatch):
 
 
 def test_the_size_bound_evicts_the_least_recently_used(tmp_path, no_decoding):
-    videos = [media.write_synthetic_video(tmp_path / f"v{i}.mp4", num_frames=12, seed=i) for i in range(3)]
+    videos = [write_synthetic_video(tmp_path / f"v{i}.mp4", num_frames=12, seed=i) for i in range(3)]
     entry_bytes = 8 * 96 * 128 * 3
     cache = FrameCache(tmp_path / "cache", max_bytes=int(2.5 * entry_bytes))
     for i, path in enumerate(videos[:2]):
@@ -108,7 +109,7 @@ def test_a_damaged_entry_is_a_miss_that_heals(tmp_path, video, damage):
     entry = cache.entry(cache.key(video, 8, "pyav"))
     data = entry.read_bytes()
     if damage == "other key":  # a valid entry under the wrong name (say, copied by hand)
-        other = media.write_synthetic_video(tmp_path / "other.mp4", num_frames=30, seed=9)
+        other = write_synthetic_video(tmp_path / "other.mp4", num_frames=30, seed=9)
         media.read_video_frames(other, 8, cache=cache)
         data = cache.entry(cache.key(other, 8, "pyav")).read_bytes()
     entry.write_bytes({"garbage": b"not a zip file" * 10, "truncated": data[: len(data) // 2], "empty": b"",
@@ -188,7 +189,7 @@ def test_concurrent_processes_share_a_cache_safely(tmp_path):
     import subprocess
     import sys
 
-    videos = [str(media.write_synthetic_video(tmp_path / f"v{i}.mp4", num_frames=12, seed=i)) for i in range(3)]
+    videos = [str(write_synthetic_video(tmp_path / f"v{i}.mp4", num_frames=12, seed=i)) for i in range(3)]
     expected = [hashlib.sha256(media.read_video_frames(path, 8).frames.tobytes()).hexdigest() for path in videos]
     root, bound, rounds = str(tmp_path / "cache"), int(2.5 * 8 * 96 * 128 * 3), 6
     command = [sys.executable, "-c", HAMMER, root, str(bound), str(rounds), *videos]

@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from media_helpers import decode_all
 from fastervlm import media
+from fastervlm.tiny.video import write_synthetic_video
 from fastervlm.errors import FasterVLMError, MediaError
 
 try:
@@ -23,21 +25,9 @@ except ImportError:
     decord = None
 
 
-def decode_all(path: Path) -> list[np.ndarray]:
-    """The naive reference: every frame PyAV decodes (until an error), in order, as rgb24."""
-    frames = []
-    with av.open(str(path)) as container:
-        try:
-            for frame in container.decode(video=0):
-                frames.append(frame.to_ndarray(format="rgb24"))
-        except av.FFmpegError:
-            pass
-    return frames
-
-
 @pytest.fixture(scope="module")
 def video(tmp_path_factory) -> Path:
-    return media.write_synthetic_video(tmp_path_factory.mktemp("media") / "clip.mp4", num_frames=30)
+    return write_synthetic_video(tmp_path_factory.mktemp("media") / "clip.mp4", num_frames=30)
 
 
 # --- sampling -------------------------------------------------------------------------------------------------
@@ -70,7 +60,7 @@ def test_sample_indices_short_video_repeats_frames():
 @pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
 @pytest.mark.parametrize("num_frames", [8, 5])
 def test_sampled_frames_equal_full_decode(tmp_path, suffix, num_frames):
-    path = media.write_synthetic_video(tmp_path / f"clip{suffix}", num_frames=27, seed=3)
+    path = write_synthetic_video(tmp_path / f"clip{suffix}", num_frames=27, seed=3)
     with av.open(str(path)) as container:  # mkv has no frame count: the demux-count path is the one checked
         assert container.streams.video[0].frames == (27 if suffix == ".mp4" else 0)
     everything = decode_all(path)
@@ -97,7 +87,7 @@ def test_gif_frames_equal_full_decode(gif):
 
 
 def test_short_video_repeats_frames(tmp_path):
-    path = media.write_synthetic_video(tmp_path / "short.mp4", num_frames=3)
+    path = write_synthetic_video(tmp_path / "short.mp4", num_frames=3)
     sampled = media.read_video_frames(path, 8)
     everything = decode_all(path)
     assert sampled.indices == [0, 0, 0, 0, 1, 1, 1, 2] and sampled.total_frames == 3
@@ -117,8 +107,8 @@ def test_only_sampled_frames_are_converted(video, monkeypatch):
 
 
 def test_synthetic_video_is_deterministic_h264_and_varied(tmp_path, video):
-    again = media.write_synthetic_video(tmp_path / "again.mp4", num_frames=30)
-    other = media.write_synthetic_video(tmp_path / "other.mp4", num_frames=30, seed=1)
+    again = write_synthetic_video(tmp_path / "again.mp4", num_frames=30)
+    other = write_synthetic_video(tmp_path / "other.mp4", num_frames=30, seed=1)
     frames = np.stack(decode_all(video))
     np.testing.assert_array_equal(frames, np.stack(decode_all(again)))
     assert not np.array_equal(frames, np.stack(decode_all(other)))
@@ -130,7 +120,7 @@ def test_synthetic_video_is_deterministic_h264_and_varied(tmp_path, video):
         assert (stream.codec_context.name, stream.codec_context.pix_fmt) == ("h264", "yuv420p")
         assert (stream.frames, stream.average_rate) == (30, 8)
     with pytest.raises(ValueError, match="even"):
-        media.write_synthetic_video(tmp_path / "odd.mp4", height=95)
+        write_synthetic_video(tmp_path / "odd.mp4", height=95)
 
 
 # --- decoding errors ------------------------------------------------------------------------------------------
@@ -179,7 +169,7 @@ def test_video_stream_without_frames(tmp_path):
 def video_bytes(tmp_path_factory) -> dict[bool, bytes]:
     folder = tmp_path_factory.mktemp("truncated")
     return {
-        faststart: media.write_synthetic_video(folder / f"full{faststart}.mp4", faststart=faststart).read_bytes()
+        faststart: write_synthetic_video(folder / f"full{faststart}.mp4", faststart=faststart).read_bytes()
         for faststart in (False, True)
     }
 
@@ -231,7 +221,7 @@ def test_decord_missing_names_the_extra(video, monkeypatch):
 @pytest.mark.skipif(decord is None, reason="decord not installed (pip install eva-decord)")
 @pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".avi"])
 def test_pyav_equals_decord_byte_for_byte(tmp_path, suffix):
-    path = media.write_synthetic_video(tmp_path / f"clip{suffix}", num_frames=31, seed=2)
+    path = write_synthetic_video(tmp_path / f"clip{suffix}", num_frames=31, seed=2)
     ours = media.read_video_frames(path, 8)
     theirs = media.read_video_frames(path, 8, backend="decord")
     assert ours.total_frames == theirs.total_frames == len(decord.VideoReader(str(path)))

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from media_helpers import decode_all
 from fastervlm import media
 from fastervlm.errors import MediaError
 
@@ -64,18 +65,6 @@ def remux(source: Path, target: Path, skip: int = 0, **options) -> Path:
                 packet.stream = copy
                 out.mux(packet)
     return target
-
-
-def decode_all(path: Path) -> list[np.ndarray]:
-    """The naive reference: every frame PyAV decodes, in order, as stored (not turned)."""
-    frames = []
-    with av.open(str(path)) as container:
-        try:
-            for frame in container.decode(video=0):
-                frames.append(frame.to_ndarray(format="rgb24"))
-        except av.FFmpegError:
-            pass
-    return frames
 
 
 def read_quietly(path: Path, num_frames: int, backend: str) -> media.SampledFrames:

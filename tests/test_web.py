@@ -95,7 +95,7 @@ def test_method_defaults_are_the_registry_settings_it_accepts() -> None:
 
 
 def test_limits_are_checked_before_decoding(tmp_path: Path, synthetic_video: Path) -> None:
-    from fastervlm.media import write_synthetic_video
+    from fastervlm.tiny.video import write_synthetic_video
 
     assert asking.check_video(synthetic_video, WebSettings()) == synthetic_video
     with pytest.raises(MediaError, match="no video"):

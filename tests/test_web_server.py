@@ -117,7 +117,7 @@ def client(server: Server):
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A good upload, one too long for the page's limit, a text file, an mp4 that holds noise, one over 1 MB."""
-    from fastervlm.media import write_synthetic_video
+    from fastervlm.tiny.video import write_synthetic_video
 
     root = tmp_path_factory.mktemp("web-uploads")
     (root / "notes.txt").write_text("this is not a video\n")

@@ -8,11 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["load", "apply", "remove", "Pipeline", "Answer", "GenerationSettings", "create_pruner", "list_methods", "FasterVLMError"]
+__all__ = ["load", "apply", "remove", "processor_inputs", "Pipeline", "Answer", "GenerationSettings", "create_pruner", "list_methods", "FasterVLMError"]
 
 _LAZY = {
     "load": "fastervlm.pipeline",
-    "apply": "fastervlm.hf", "remove": "fastervlm.hf",
+    "apply": "fastervlm.hf", "remove": "fastervlm.hf", "processor_inputs": "fastervlm.hf",
     "Pipeline": "fastervlm.pipeline",
     "Answer": "fastervlm.pipeline",
     "GenerationSettings": "fastervlm.models.base",

@@ -19,17 +19,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fastervlm.models.videollava_tiny import TinySpec
+
 if TYPE_CHECKING:
     from fastervlm.pipeline import Answer, Frames, Pipeline
+
+_TINY = TinySpec()
 
 QUESTION = "What is moving in the video?"
 REDUCTION = 0.9
 MAX_NEW_TOKENS = 24
 REPEATS = 7
 """Timed runs per configuration: enough for a median that three demo runs agree on, still a second or two."""
-TOY_NOTE = ("the tiny model is random, so its answers are noise, and it is tiny (a 2-layer, 64-wide LLM), so it "
-            "spends its time in per-call overheads: its timings show that fewer tokens reach the LLM, not what a 7B "
-            "model gains (`fastervlm bench --geometry video-llava-7b` measures that).")
+TOY_NOTE = (f"the tiny model is random, so its answers are noise, and it is tiny (a {_TINY.llm_layers}-layer, "
+            f"{_TINY.llm_width}-wide LLM), so it spends its time in per-call overheads: its timings show that fewer "
+            "tokens reach the LLM, not what a 7B model gains (`fastervlm bench --geometry video-llava-7b` measures "
+            "that).")
 """What the demo's timings can and cannot show, in one line."""
 
 
@@ -103,7 +108,7 @@ def run_demo(
     """Answer `question` about a synthetic video on the tiny model, unpruned and with the default method at
     `reduction`: one full answer each (also the warm-up), then `repeats` interleaved timed runs of one token."""
     from fastervlm.errors import FasterVLMError
-    from fastervlm.media import write_synthetic_video
+    from fastervlm.tiny.video import write_synthetic_video
     from fastervlm.methods import baseline_method, create_pruner, default_method
     from fastervlm.models.base import GenerationSettings
     from fastervlm.tiny import default_cache_dir

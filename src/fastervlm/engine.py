@@ -314,6 +314,18 @@ def answer(
         pixels = pixels.to(device=adapter.device, dtype=adapter.dtype)
         encoded = encode(adapter.stream, pixels, inputs, timer, keep_cls=adapter.keep_cls)
         visuals = project(adapter.stream, encoded, select(encoded, pruner, timer), timer)
+        return answer_visuals(adapter, visuals, questions, pruner, settings, timer)
+
+
+def answer_visuals(
+    adapter: ModelAdapter, visuals: list[Visual], questions: list[str], pruner: Pruner, settings: GenerationSettings,
+    timer: StageTimer | None = None,
+) -> list[Generated]:
+    """The last two stages for a batch of projected samples, one question each: prompts, then one `generate`.
+
+    The samples may come from one encoding asked several questions (the same `Visual` more than once) or from
+    several videos; greedy answers do not depend on the batch they were in (left padding, tested)."""
+    with torch.inference_mode():
         prompts = build_prompts(adapter, questions, visuals)
         outputs, llm_kept = generate(adapter, prompts, pruner, settings, timer)
     return [generated(adapter, pruner, ids, prompts.lengths[i], visuals[i], None if llm_kept is None else llm_kept[i])

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -68,6 +70,42 @@ def remove(model: nn.Module) -> bool:
         return False
     pruning.remove()
     return True
+
+
+def processor_inputs(
+    model: nn.Module,
+    checkpoint: str | os.PathLike,
+    questions: list[str],
+    *,
+    videos: list[str | os.PathLike] | None = None,
+    images: list[str | os.PathLike] | None = None,
+) -> dict[str, torch.Tensor]:
+    """What the model's processor returns for one question per video (or image), built without torchvision.
+
+    The frames are sampled as everywhere in fastervlm (8 per video, decord's numbering) and preprocessed by the
+    checkpoint's own image processor on its PIL backend; the prompt is the checkpoint's chat template (else the model
+    card's) with each placeholder repeated as the stock processor does, left-padded. `checkpoint` is the folder the
+    model was loaded from (for a hub id: `huggingface_hub.snapshot_download(id)`). The result feeds the stock model
+    and a model under `apply` alike: `model.generate(**inputs)`.
+    """
+    from fastervlm.pipeline import Pipeline
+
+    family = hf_adapter_for(model.config.to_dict())
+    if family is None:
+        raise UnsupportedModelError(f"processor_inputs supports {', '.join(c.model_class for c in hf_families())}; "
+                                    f"{type(model).__name__} is not one of them.")
+    media = videos if videos is not None else images
+    if (videos is None) == (images is None) or len(media) != len(questions):
+        raise FasterVLMError("give one video (videos=[...]) or one image (images=[...]) per question.")
+    pipeline = Pipeline(family.around(model, Path(checkpoint)), Path(checkpoint))
+    kind = "video" if videos is not None else "image"
+    pixels = torch.stack([pipeline.frames(**{kind: item}).pixels for item in media])
+    input_ids, attention_mask = pipeline.adapter.prompt_batch(questions)
+    stream = pipeline.adapter.stream
+    if family.media == "image":
+        pixels = pixels.flatten(0, 1)  # one frame per image: (batch, 3, H, W)
+    return {"input_ids": input_ids, "attention_mask": attention_mask,
+            stream.pixel_key: pixels.to(pipeline.adapter.device, pipeline.adapter.dtype)}
 
 
 @dataclass

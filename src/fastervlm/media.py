@@ -26,12 +26,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
 
 from fastervlm.errors import FasterVLMError, MediaError
+from fastervlm.orientation import UPRIGHT, Orientation, orientation_of, quarter_turns, turn_upright
 
 if TYPE_CHECKING:
     from fastervlm.frame_cache import FrameCache
@@ -70,17 +71,6 @@ class SampledFrames:
     """How the frames were read: "seek", "scan", "decord", or "cache" (a `frame_cache.FrameCache` hit)."""
     fallback: str | None = None
     """Why the pyav backend scanned instead of seeking; None when it seeked (or was told to scan)."""
-
-
-class Orientation(NamedTuple):
-    """A right-angle display transform (the 8 EXIF-like orientations): transpose first, then the flips."""
-
-    transpose: bool = False
-    flip_rows: bool = False
-    flip_cols: bool = False
-
-
-UPRIGHT = Orientation()
 
 
 def sample_indices(total: int, num: int) -> list[int]:
@@ -152,56 +142,9 @@ def _open_video(path: Path) -> Iterator[av.container.InputContainer]:
         raise MediaError(f"{path} is not a video PyAV can read ({_reason(error)}): {_REENCODE.format(path=path)}") from error
 
 
-# --- orientation ------------------------------------------------------------------------------------------------
-
-
-def _display_matrix(frame: av.VideoFrame) -> np.ndarray | None:
-    """(a, b, c, d) of the display matrix FFmpeg attaches to the frame: a source pixel (x, y) shows at
-    (a*x + c*y, b*x + d*y) (libavutil/display.h; the translation only moves the picture back into view)."""
-    side = frame.side_data.get("DISPLAYMATRIX")
-    return None if side is None else np.frombuffer(bytes(side), dtype=np.int32)[[0, 1, 3, 4]] / 65536.0
-
-
-def _orientation(frame: av.VideoFrame, path: Path) -> Orientation:
-    """The frame's display matrix (a phone's quarter turn) as a right-angle transform; a matrix that is none (rare:
-    a free rotation, a scaling) is reported and ignored."""
-    abcd = _display_matrix(frame)
-    if abcd is None:
-        return UPRIGHT
-    a, b, c, d = (int(v) for v in np.round(abcd))
-    exact = np.allclose(abcd, (a, b, c, d), atol=1e-3)
-    if exact and a == d == 0 and abs(b) == abs(c) == 1:
-        return Orientation(transpose=True, flip_rows=b < 0, flip_cols=c < 0)
-    if exact and b == c == 0 and abs(a) == abs(d) == 1:
-        return Orientation(transpose=False, flip_rows=d < 0, flip_cols=a < 0)
-    warnings.warn(f"{path}: its display matrix {np.round(abcd, 3).tolist()} is not a right-angle rotation or flip; "
-                  "the frames are used as stored.", stacklevel=2)
-    return UPRIGHT
-
-
-def _quarter_turns(frame: av.VideoFrame) -> int:
-    """The counter-clockwise quarter turns in the frame's display matrix, mirrors ignored, as FFmpeg's
-    `av_display_rotation_get` (and decord, which turns by it) reads them."""
-    abcd = _display_matrix(frame)
-    if abcd is None:
-        return 0
-    return round(-np.degrees(np.arctan2(abcd[1], abcd[0])) / 90) % 4
-
-
-def _upright(image: np.ndarray, orientation: Orientation) -> np.ndarray:
-    """`image` (H, W, 3) as a viewer shows it."""
-    if orientation.transpose:
-        image = image.transpose(1, 0, 2)
-    if orientation.flip_rows:
-        image = image[::-1]
-    if orientation.flip_cols:
-        image = image[:, ::-1]
-    return np.ascontiguousarray(image)
-
-
 def _rgb24(frame: av.VideoFrame, path: Path) -> np.ndarray:
     """The frame as (H, W, 3) uint8 RGB (converted as decord converts), upright."""
-    return _upright(frame.to_ndarray(format="rgb24"), _orientation(frame, path))
+    return turn_upright(frame.to_ndarray(format="rgb24"), orientation_of(frame, path))
 
 
 def _stack(kept: dict[int, np.ndarray], indices: list[int], path: Path) -> np.ndarray:
@@ -439,9 +382,9 @@ class _FirstFrame:
 def _first_frame(path: Path) -> _FirstFrame | None:
     with _open_video(path) as container:
         for frame in container.decode(container.streams.video[0]):
-            orientation = _orientation(frame, path)
-            upright = _upright(frame.to_ndarray(format="rgb24"), orientation)
-            return _FirstFrame(upright, orientation, _quarter_turns(frame))
+            orientation = orientation_of(frame, path)
+            upright = turn_upright(frame.to_ndarray(format="rgb24"), orientation)
+            return _FirstFrame(upright, orientation, quarter_turns(frame))
     return None
 
 
@@ -450,7 +393,7 @@ def _decord_upright(path: Path, frames: np.ndarray, num_frames: int, first: _Fir
     where its bundled FFmpeg exposes one (MP4/MOV, not MKV for eva-decord) and ignoring mirrors. Whether it turned
     them shows in frame 0, which PyAV decodes to the same pixels."""
     candidates = {
-        turned: np.stack([_upright(np.rot90(f, -first.turn) if turned else f, first.orientation) for f in frames])
+        turned: np.stack([turn_upright(np.rot90(f, -first.turn) if turned else f, first.orientation) for f in frames])
         for turned in ((False, True) if first.turn else (False,))
     }
     same = [turned for turned, c in candidates.items() if np.array_equal(c[0], first.upright)]
@@ -495,47 +438,6 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     except (UnidentifiedImageError, OSError) as error:
         raise MediaError(f"{path} is not an image Pillow can read ({error}): pass a .jpg or .png file.") from error
     return rgb[None]
-
-
-def write_synthetic_video(
-    path: str | os.PathLike,
-    *,
-    num_frames: int = 24,
-    height: int = 96,
-    width: int = 128,
-    fps: int = 8,
-    seed: int = 0,
-    faststart: bool = True,
-) -> Path:
-    """A small deterministic H.264 MP4: a colour gradient, a bright square moving right and a disc moving down.
-
-    Frames differ from each other and patches within a frame differ, which tests, the demo and the web sample
-    need. `faststart` (MP4/MOV) puts the index first so browsers can play it while loading.
-    """
-    if height % 2 or width % 2 or height < 16 or width < 16:
-        raise ValueError(f"yuv420p needs even dimensions of at least 16, got {height}x{width}")
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be at least 1, got {num_frames}")
-    path = Path(path)
-    rng = np.random.default_rng(seed)
-    corner_a, corner_b, disc_colour = rng.integers(0, 160, size=(3, 3))
-    yy, xx = np.mgrid[0:height, 0:width]
-    ramp = ((xx / width + yy / height) / 2)[..., None]
-    background = (corner_a * (1 - ramp) + corner_b * ramp).astype(np.uint8)
-    side, radius = height // 4, height // 6
-    options = {"movflags": "faststart"} if faststart and path.suffix.lower() in (".mp4", ".mov") else {}
-    with av.open(str(path), "w", options=options) as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for i in range(num_frames):
-            image = background.copy()
-            x0 = (i * 5) % (width - side)
-            image[height // 8 : height // 8 + side, x0 : x0 + side] = 255
-            cy, cx = radius + (i * 3) % (height - 2 * radius), width - 2 * radius
-            image[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = disc_colour + 90
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        container.mux(stream.encode())
-    return path
 
 
 def find_video(directory: Path, stem: str, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> Path | None:

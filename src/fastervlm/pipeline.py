@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ from fastervlm import engine
 from fastervlm.methods import Pruner, create_pruner, default_method
 from fastervlm.models.base import GenerationSettings, ModelAdapter, adapter_for
 from fastervlm.timing import StageTimer, time_to_first_token
+
+if TYPE_CHECKING:
+    from fastervlm.frame_cache import FrameCache
 
 
 @dataclass
@@ -65,6 +69,27 @@ class Frames:
     pixels: torch.Tensor
     frame_indices: list[int] | None
     decode_seconds: float
+
+
+@dataclass
+class Encoding:
+    """One sample's vision-tower output, computed once for every question and configuration that shares it
+    (`Pipeline.encode`); the pixels are not kept."""
+
+    encoded: engine.Encoded
+    frame_indices: list[int] | None
+    seconds: dict[str, float]
+    """Wall seconds of the shared work: "decode_video" (decode + preprocess) and the encoder's stages."""
+
+
+@dataclass
+class Prepared:
+    """One sample's visual tokens under one configuration (`Pipeline.prepare`): ask it any number of questions."""
+
+    visual: engine.Visual
+    frame_indices: list[int] | None
+    seconds: dict[str, float]
+    """Wall seconds of selection and projection for this configuration."""
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -126,8 +151,10 @@ class Pipeline:
         pixels: torch.Tensor | None = None,
         *,
         flip: bool = False,
+        cache: FrameCache | None = None,
     ) -> Frames:
-        """Decode and preprocess exactly one of video / image / already preprocessed pixels (T, 3, H, W)."""
+        """Decode and preprocess exactly one of video / image / already preprocessed pixels (T, 3, H, W); `cache`
+        keeps a video's sampled frames on disk between runs (`fastervlm.frame_cache`)."""
         given = [name for name, value in (("video", video), ("image", image), ("pixels", pixels)) if value is not None]
         if len(given) != 1:
             raise FasterVLMError(f"give exactly one of video, image or pixels (got {', '.join(given) or 'none'}).")
@@ -140,7 +167,7 @@ class Pipeline:
         timer = StageTimer("cpu")  # CPU work: no GPU sync, which would stall a prefetch thread behind the model
         with timer("decode"):
             if video is not None:
-                sampled = media.read_video_frames(video, self.num_frames)
+                sampled = media.read_video_frames(video, self.num_frames, cache=cache)
                 frames, indices = sampled.frames, sampled.indices
             else:
                 frames, indices = media.read_image(image), None
@@ -187,29 +214,67 @@ class Pipeline:
         """Answer a batch of already decoded samples (one question each) with one pruning configuration."""
         if len(frames) != len(questions):
             raise FasterVLMError(f"{len(frames)} samples but {len(questions)} questions: give one question per sample.")
-        if any(not q or not q.strip() for q in questions):
-            raise FasterVLMError("the question is empty: type a question about the video.")
-        settings = generation or GenerationSettings()
+        _check_questions(questions)
         timer = StageTimer(self.adapter.device)
         pixels = torch.stack([f.pixels for f in frames])
-        generated = engine.answer(self.adapter, pixels, questions, pruner, settings, timer)
-        per_sample = {stage: seconds / len(frames) for stage, seconds in timer.seconds.items()}
+        generated = engine.answer(self.adapter, pixels, questions, pruner, generation or GenerationSettings(), timer)
+        decoded = [{"decode_video": f.decode_seconds} for f in frames]
+        return self._answers(generated, pruner, timer, decoded, [f.frame_indices for f in frames])
+
+    # ----- one encoding, many questions and configurations (the evaluation harness) -------------------------------
+    def check_method(self, pruner: Pruner) -> None:
+        """Refuse, before any work, a method this model cannot run (e.g. a [CLS]-based one without [CLS])."""
+        engine.check_inputs(self.adapter.stream, engine.encoder_inputs(pruner), self.adapter.family, pruner.name)
+
+    def encode(self, frames: Frames, pruners: Sequence[Pruner]) -> Encoding:
+        """Run the vision tower once on one sample, computing every input any of `pruners` reads: each of them
+        then selects from the same encoding (`prepare`) as if it had encoded the sample alone."""
+        inputs = frozenset().union(*(engine.encoder_inputs(pruner) for pruner in pruners))
+        for pruner in pruners:
+            self.check_method(pruner)
+        timer = StageTimer(self.adapter.device)
+        with torch.inference_mode():
+            pixels = frames.pixels[None].to(device=self.adapter.device, dtype=self.adapter.dtype)
+            (encoded,) = engine.encode(self.adapter.stream, pixels, inputs, timer, keep_cls=self.adapter.keep_cls)
+        return Encoding(encoded, frames.frame_indices, {"decode_video": frames.decode_seconds, **timer.seconds})
+
+    def prepare(self, encoding: Encoding, pruner: Pruner) -> Prepared:
+        """One configuration's visual tokens for an encoded sample: its selection, projected once."""
+        timer = StageTimer(self.adapter.device)
+        with torch.inference_mode():
+            selections = engine.select([encoding.encoded], pruner, timer)
+            (visual,) = engine.project(self.adapter.stream, [encoding.encoded], selections, timer)
+        return Prepared(visual, encoding.frame_indices, timer.seconds)
+
+    def answer_prepared(
+        self, prepared: list[Prepared], questions: list[str], pruner: Pruner, generation: GenerationSettings | None = None,
+    ) -> list[Answer]:
+        """Answer a batch of prepared samples, one question each, in one `generate` call (left-padded; the same
+        sample may appear several times). Timings hold each answer's share of this call only."""
+        if len(prepared) != len(questions):
+            raise FasterVLMError(f"{len(prepared)} samples but {len(questions)} questions: give one question per sample.")
+        _check_questions(questions)
+        timer = StageTimer(self.adapter.device)
+        generated = engine.answer_visuals(self.adapter, [p.visual for p in prepared], questions, pruner,
+                                          generation or GenerationSettings(), timer)
+        return self._answers(generated, pruner, timer, [{} for _ in prepared], [p.frame_indices for p in prepared])
+
+    def _answers(self, generated: list[engine.Generated], pruner: Pruner, timer: StageTimer,
+                 own: list[dict[str, float]], frame_indices: list[list[int] | None]) -> list[Answer]:
+        """Answers from a batch's results: each sample's `own` timings plus its share of the batch's stages."""
+        per_sample = {stage: seconds / len(generated) for stage, seconds in timer.seconds.items()}
         return [
-            Answer(
-                text=g.text,
-                output_ids=g.output_ids,
-                visual_tokens=g.visual_tokens,
-                kept_indices=g.kept_indices,
-                prompt_tokens=g.prompt_tokens,
-                timings={"decode_video": f.decode_seconds, **per_sample},
-                method=pruner.settings(),
-                frame_indices=f.frame_indices,
-                tokens_per_frame=g.tokens_per_frame,
-                llm_prefill_flops=g.llm_prefill_flops,
-                cls_scores=g.cls_scores,
-            )
-            for f, g in zip(frames, generated)
+            Answer(text=g.text, output_ids=g.output_ids, visual_tokens=g.visual_tokens, kept_indices=g.kept_indices,
+                   prompt_tokens=g.prompt_tokens, timings={**timings, **per_sample}, method=pruner.settings(),
+                   frame_indices=indices, tokens_per_frame=g.tokens_per_frame,
+                   llm_prefill_flops=g.llm_prefill_flops, cls_scores=g.cls_scores)
+            for g, timings, indices in zip(generated, own, frame_indices)
         ]
+
+
+def _check_questions(questions: list[str]) -> None:
+    if any(not q or not q.strip() for q in questions):
+        raise FasterVLMError("the question is empty: type a question about the video.")
 
 
 def load(

@@ -25,7 +25,7 @@ the latter the targets' budget); pass SEED_REDUCTIONS (`--reductions 0 0.25 0.5 
 seed's whole column."""
 PIPELINE_STAGES = ("decode_video", *TTFT_STAGES, "llm_decode")
 QUESTION = "What is happening in the video?"
-SYNTHETIC_VIDEO = "synthetic 320x240 H.264 clip, 48 frames (media.write_synthetic_video)"
+SYNTHETIC_VIDEO = "synthetic 320x240 H.264 clip, 48 frames (tiny.video.write_synthetic_video)"
 
 
 @dataclass

@@ -98,11 +98,13 @@ def run_eval_benchmark(
     questions: int = 8,
     shape: VideoShape = VideoShape(),
     max_new_tokens: int = 8,
+    batch_size: int | None = None,
     progress: bool = True,
 ) -> EvalBenchResult:
     """Build the synthetic benchmark, then answer it with the per-item loop and with the harness (a sweep when
     several configurations are given), and compare. Generation is greedy with `max_new_tokens` for both (random
-    weights rarely stop early, and the harness's default of 1024 would measure nothing but decoding)."""
+    weights rarely stop early, and the harness's default of 1024 would measure nothing but decoding). batch_size: the
+    harness's (None: its default for the device)."""
     from fastervlm.bench.runner import load_average
     from fastervlm.models.base import GenerationSettings
     from fastervlm.pipeline import resolve_device
@@ -121,7 +123,7 @@ def run_eval_benchmark(
         data = write_synthetic_benchmark(Path(scratch) / "data", videos=videos, questions=questions, shape=shape)
         _warm_up(pipeline, data, configs, generation)
         loop, answers = _per_item_loop(pipeline, data, configs, generation, progress)
-        harness, predictions = _harness(pipeline, data, configs, generation, Path(scratch) / "runs")
+        harness, predictions = _harness(pipeline, data, configs, generation, Path(scratch) / "runs", batch_size)
     _compare(harness, answers, predictions, loop)
     return EvalBenchResult(
         model=source.describe(), device=str(device), dtype=source.dtype_name(device),
@@ -190,7 +192,7 @@ def _per_item_loop(pipeline: Pipeline, data: SyntheticBenchmark, configs: Sequen
 
 
 def _harness(pipeline: Pipeline, data: SyntheticBenchmark, configs: Sequence[BenchConfig], generation: Any,
-             out: Path) -> tuple[EvalRunRow, dict[tuple[str, str], _Prediction]]:
+             out: Path, batch_size: int | None) -> tuple[EvalRunRow, dict[tuple[str, str], _Prediction]]:
     """The harness with its defaults: `eval predict` for one configuration, `eval sweep`'s prediction step for
     several (run folders under `out`)."""
     from fastervlm.eval.predict import predict_items, prepare_run
@@ -203,39 +205,21 @@ def _harness(pipeline: Pipeline, data: SyntheticBenchmark, configs: Sequence[Ben
             pruner = pipeline.pruner(configs[0].method, **configs[0].settings)
             run = prepare_run(pipeline, data.loaded, data.data_root, pruner, generation, out=out)
             runs, summaries = [run], [predict_items(pipeline, run, data.loaded, data.data_root, pruner, generation,
-                                                    progress=False)]
+                                                    progress=False, batch_size=batch_size)]
         else:
             cells = [Cell(config.method, dict(config.settings)) for config in configs]
             runs, summaries = sweep_predict(pipeline, [data.loaded], data.data_root, cells, generation, out=out,
-                                            progress=False)
+                                            progress=False, batch_size=batch_size)
         seconds = time.perf_counter() - started
     records = {(config.label, rid): record for config, run in zip(configs, runs)
                for rid, record in run.predictions().items()}
-    stages, source = _harness_stages(summaries, records.values())
+    stages: dict[str, float] = {}
+    for summary in summaries:  # work shared within the pass is counted on its first configuration only
+        _add(stages, summary.stage_seconds)
     predictions = {key: _Prediction(r.get("pred"), r.get("output_ids")) for key, r in records.items()}
     errors = sum(1 for r in records.values() if r.get("error"))
-    row = EvalRunRow(name, len(records), seconds, _encodings(summaries, encodings[0]), stages, source, errors=errors)
+    row = EvalRunRow(name, len(records), seconds, encodings[0], stages, "harness summary", errors=errors)
     return row, predictions
-
-
-def _harness_stages(summaries: Sequence[PredictSummary], records: Any) -> tuple[dict[str, float], str]:
-    """Seconds per stage: the harness's own account (`PredictSummary.stage_seconds`) when it gives one, else the
-    sum of the `timings` its prediction records carry."""
-    own = [getattr(summary, "stage_seconds", None) for summary in summaries]
-    stages: dict[str, float] = {}
-    if own and all(isinstance(value, dict) for value in own):
-        for value in own:
-            _add(stages, value)
-        return stages, "harness summary"
-    for record in records:
-        _add(stages, record.get("timings") or {})
-    return stages, "prediction records"
-
-
-def _encodings(summaries: Sequence[PredictSummary], counted: int) -> int:
-    """The tower runs the harness reports (`PredictSummary.tower_runs`), else those the hook counted."""
-    own = [getattr(summary, "tower_runs", None) for summary in summaries]
-    return sum(own) if own and all(isinstance(value, int) for value in own) else counted
 
 
 def _add(total: dict[str, float], timings: dict[str, float]) -> None:

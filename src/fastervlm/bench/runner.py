@@ -77,7 +77,7 @@ def _bench_video(video: str | os.PathLike | None) -> Iterator[Path]:
     if video is not None:
         yield Path(video)
         return
-    from fastervlm.media import write_synthetic_video
+    from fastervlm.tiny.video import write_synthetic_video
 
     with tempfile.TemporaryDirectory(prefix="fastervlm-bench-") as scratch:
         yield write_synthetic_video(Path(scratch) / "bench.mp4", num_frames=48, height=240, width=320)

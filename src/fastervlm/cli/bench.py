@@ -84,6 +84,8 @@ def _model_flags(bench: argparse.ArgumentParser) -> None:
 def _data_flags(bench: argparse.ArgumentParser) -> None:
     data = bench.add_argument_group("--eval and --decode: the generated videos")
     data.add_argument("--videos", type=int, metavar="V", help="--eval: videos (default 4)")
+    data.add_argument("--batch-size", type=int, metavar="N", help="--eval: the harness's --batch-size (default: its "
+                      "own default for the device, docs/evaluation.md); the per-item loop always answers one at a time")
     data.add_argument("--questions", type=int, metavar="Q", help="--eval: questions per video (default 8; MSVD-QA's "
                       "1K subset has ~29)")
     data.add_argument("--size", metavar="WxH", help="frame size (default --eval 480x360, like MSVD; --decode 640x360)")
@@ -175,7 +177,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
 MODE_NAMES = {"": "the methods x budgets mode (no --eval, no --decode)", "eval": "--eval", "decode": "--decode"}
 FLAG_MODES: dict[str, tuple[str, ...]] = {
-    **dict.fromkeys(("videos", "questions"), ("eval",)),
+    **dict.fromkeys(("videos", "questions", "batch_size"), ("eval",)),
     **dict.fromkeys(("gops", "containers", "video_dir"), ("decode",)),
     **dict.fromkeys(("size", "duration", "fps"), ("eval", "decode")),
     **dict.fromkeys(("video", "question", "no_reference", "in_process", "warmup"), ("",)),
@@ -265,7 +267,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     shape = VideoShape(width, height, _or(args.duration, 10.0), _or(args.fps, 30))
     result = run_eval_benchmark(_source(args), configs, videos=_or(args.videos, 4), questions=_or(args.questions, 8),
                                 shape=shape, max_new_tokens=_or(args.max_new_tokens, MAX_NEW_TOKENS),
-                                progress=not args.no_progress)
+                                batch_size=args.batch_size, progress=not args.no_progress)
     path = _out_dir(args) / "bench-eval.json"
     path.write_text(json.dumps(result.to_json(), indent=2))
     if args.json:

@@ -45,6 +45,7 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
     add_method_arguments(predict)
     add_generation_arguments(predict)
     _add_output_arguments(predict, run_dir=True)
+    _add_scale_arguments(predict)
     predict.add_argument("--prefetch", type=int, default=2, help="videos decoded ahead of the model (default %(default)s; 0: none)")
     predict.set_defaults(handler=run_predict)
 
@@ -65,8 +66,7 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
                                  description="Per benchmark Acc/Score, averages relative to the unpruned baseline, "
                                  "paired tests, and a plot of relative accuracy vs visual tokens.")
     report.add_argument("paths", nargs="+", help="run folders, or folders that contain run folders")
-    _add_report_arguments(report)
-    report.add_argument("--judge-model", help="which judge's results to use (default: the only one present)")
+    _add_report_arguments(report, judges="the only one present")
     report.add_argument("--out", help="folder for report.md/.csv/.json/.png (default: the first path)")
     report.set_defaults(handler=run_report)
 
@@ -77,8 +77,7 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
                                   "really different from run A, or is it noise?")
     compare.add_argument("run_a", metavar="RUN_A", help="a run folder (e.g. the unpruned baseline): the reference")
     compare.add_argument("run_b", metavar="RUN_B", help="a run folder of the same benchmark; differences are B - A")
-    _add_report_arguments(compare, plot=False)
-    compare.add_argument("--judge-model", help="which judge's results to use (default: the only one both have)")
+    _add_report_arguments(compare, judges="the only one both have", plot=False)
     compare.set_defaults(handler=run_compare)
 
 
@@ -101,6 +100,7 @@ def _add_sweep(commands: argparse._SubParsersAction) -> None:
                        help="a method setting (repeatable): to every method of the grid, or with METHOD: to that one, "
                        "e.g. --method-option fastv:layer=3")
     add_generation_arguments(sweep)
+    _add_scale_arguments(sweep)
     _add_output_arguments(sweep)
     sweep.add_argument("--no-judge", action="store_true", help="predict only")
     _add_judge_arguments(sweep)
@@ -114,6 +114,35 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
                        help="folder with TGIF_Zero_Shot_QA/, MSVD_Zero_Shot_QA/, ... (e.g. eval/GPT_Zero_Shot_QA)")
     group.add_argument("--limit", type=int, help="only the first N questions (1000 on the full files = the seed's "
                        "subsets); a larger N later grows the same run")
+
+
+def _add_scale_arguments(parser: argparse.ArgumentParser) -> None:
+    from fastervlm.eval.grouped import CPU_BATCH_SIZE, CUDA_BATCH_SIZE, HALF_PRECISION_BATCH_SIZE  # no torch
+
+    group = parser.add_argument_group("speed (greedy predictions are the same whatever these are, in fp32)")
+    group.add_argument("--batch-size", type=int, metavar="N",
+                       help=f"questions per generate call, from one video or several (default: {CPU_BATCH_SIZE} on the "
+                       f"CPU and {CUDA_BATCH_SIZE} on a GPU in fp32, where greedy answers do not depend on it; "
+                       f"{HALF_PRECISION_BATCH_SIZE} in fp16/bf16, where a batch flips some greedy answers; sampled "
+                       "answers always depend on it; a kill loses at most the batch in flight)")
+    group.add_argument("--frame-cache", choices=["on", "off"], default="on",
+                       help="keep each video's sampled frames on disk, so a later run or sweep skips decoding (default "
+                       "%(default)s; folder: $FASTERVLM_FRAME_CACHE, else $FASTERVLM_CACHE/frames or "
+                       "~/.cache/fastervlm/frames; FASTERVLM_FRAME_CACHE=off turns it off too)")
+    group.add_argument("--frame-cache-size", type=float, default=2.0, metavar="GIB",
+                       help="the frame cache's bound; least recently used videos are dropped (default %(default)s GiB)")
+
+
+def _frame_cache(args: argparse.Namespace) -> Any:
+    """The frame cache the flags ask for (None: off), checked before the model loads."""
+    from fastervlm.errors import FasterVLMError
+    from fastervlm.frame_cache import default_frame_cache
+
+    if args.batch_size is not None and args.batch_size < 1:
+        raise FasterVLMError(f"--batch-size is a number of questions per generate call: 1 or more (got {args.batch_size}).")
+    if not args.frame_cache_size >= 0:
+        raise FasterVLMError(f"--frame-cache-size is a size in GiB: 0 or more (got {args.frame_cache_size:g}).")
+    return None if args.frame_cache == "off" else default_frame_cache(int(args.frame_cache_size * 2**30))
 
 
 def _add_output_arguments(parser: argparse.ArgumentParser, *, run_dir: bool = False) -> None:
@@ -144,9 +173,12 @@ def _add_judge_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cache-dir", type=Path, help="judgment cache (default $FASTERVLM_CACHE/judge or ~/.cache/fastervlm/judge)")
 
 
-def _add_report_arguments(parser: argparse.ArgumentParser, *, plot: bool = True) -> None:
+def _add_report_arguments(parser: argparse.ArgumentParser, *, judges: str | None = None, plot: bool = True) -> None:
+    """judges: the default of --judge-model when the command reads existing judgments (None: it judges itself)."""
     parser.add_argument("--metrics", choices=["strict", "compat"], default="strict",
                         help="strict: exact parsing (default); compat: the original's counting, quirks included")
+    if judges is not None:
+        parser.add_argument("--judge-model", help=f"which judge's results to use (default: {judges})")
     if plot:
         parser.add_argument("--no-plot", action="store_true", help="skip report.png")
 
@@ -184,6 +216,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.run_dir and len(split_list(args.benchmark)) > 1:
         raise FasterVLMError("--run-dir names one run: give one --benchmark with it, or use --out.")
     loaded = _load_benchmarks(args.benchmark, args.data_root, args.limit, "--benchmark")  # bad data fails before the model loads
+    frame_cache = _frame_cache(args)
     method, settings = method_settings(args)
     generation = generation_settings(args)
     with distributed() as rank:
@@ -191,11 +224,13 @@ def run_predict(args: argparse.Namespace) -> int:
         pipeline = load_model(args)
         pruner = pipeline.pruner(method, **settings)
         pruner.per_frame_budget(pipeline.num_patches)  # a budget out of range fails here, not as an error per item
+        pipeline.check_method(pruner)  # a method this model cannot run, too
         for benchmark in loaded:
             run = prepare_run(pipeline, benchmark, args.data_root, pruner, generation, flip=args.flip, out=args.out,
                               run_dir=args.run_dir, tag=args.tag)
             summary = predict_items(pipeline, run, benchmark, args.data_root, pruner, generation, flip=args.flip,
-                                    rank=rank, prefetch=args.prefetch, progress=not args.no_progress)
+                                    rank=rank, prefetch=args.prefetch, progress=not args.no_progress,
+                                    batch_size=args.batch_size, frame_cache=frame_cache)
             _say(rank.rank, summary.line())
             if rank.rank == 0 and summary.merged_errors:
                 _say(0, f"warning: {summary.merged_errors} items have no prediction (see their 'error' field); "
@@ -285,7 +320,7 @@ def _sweep(args: argparse.Namespace) -> int:
         benchmarks=_load_benchmarks(args.benchmarks, args.data_root, args.limit, "--benchmarks"),
         data_root=args.data_root, cells=cells, generation=generation_settings(args), out=args.out,
         judge=None if args.no_judge else _judge_settings(args), mode=args.metrics, plot=not args.no_plot,
-        flip=args.flip, tag=args.tag,
+        flip=args.flip, tag=args.tag, batch_size=args.batch_size, frame_cache=_frame_cache(args),
     )
 
     def load(device: str | None) -> Any:

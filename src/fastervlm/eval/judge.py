@@ -23,16 +23,8 @@ from typing import Any
 
 from fastervlm.errors import FasterVLMError
 from fastervlm.eval.judge_cache import JudgeCache, default_cache_dir, judgment_key, legacy_key
-from fastervlm.eval.judge_client import (
-    DEFAULT_JUDGE_MODEL,
-    OPENAI_URL,
-    Judge,
-    JudgeSettings,
-    JudgeUnavailable,
-    Outcome,
-    api_key_from_env,
-    endpoint_host,
-)
+from fastervlm.eval.judge_client import (DEFAULT_JUDGE_MODEL, OPENAI_URL, Judge, JudgeSettings, JudgeUnavailable,
+                                         Outcome, api_key_from_env, endpoint_host)
 from fastervlm.eval.prompt import PROMPT_VERSION, PROMPTS, judge_messages
 from fastervlm.eval.rundir import RunDir, is_error, read_jsonl
 from fastervlm.eval.storage import JsonlAppender, write_json_atomic, writing
@@ -57,8 +49,10 @@ class JudgeSummary:
     cached: int = 0
     judged: int = 0
     failed: int = 0
+    """Items whose judge calls failed after every retry (they stay unjudged, never counted as wrong)."""
     not_attempted: int = 0
     calls: int = 0
+    """Requests sent (retries included); the token counts below are what the endpoint billed for them."""
     prompt_tokens: int = 0
     completion_tokens: int = 0
 

@@ -1,9 +1,10 @@
-"""Answer every item of a benchmark with one model and one method configuration, resumably and sharded.
+"""Answer every item of a benchmark with one model and one or several method configurations, resumably and sharded.
 
-Each finished item is one JSON line in the rank's prediction file, written before the next item starts, so a
-killed run loses at most the item in flight and re-running the same command continues where it stopped. Under
-torchrun (WORLD_SIZE > 1) rank r takes items r, r + W, r + 2W, ... of the benchmark; the merged files equal a
-single-process run because every item's record depends only on the item.
+Items are answered video by video and in batches (fastervlm.eval.grouped); each finished item is one JSON line in
+the rank's prediction file, written as soon as its batch ends, so a killed run loses at most the batch in flight
+and re-running the same command continues where it stopped. Under torchrun (WORLD_SIZE > 1) rank r takes every
+question of videos r, r + W, r + 2W, ...; the merged files equal a single-process run because every item's record
+depends only on the item.
 """
 
 from __future__ import annotations
@@ -11,17 +12,16 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from fastervlm.errors import FasterVLMError
-from fastervlm.eval.benchmarks import Item, LoadedBenchmark, benchmark_record, video_path
+from fastervlm.eval.benchmarks import Item, LoadedBenchmark, benchmark_record
+from fastervlm.eval.grouped import Configuration, GroupedPredictor, add_seconds, default_batch_size, shard_by_video
 from fastervlm.eval.rundir import PROVENANCE, RunDir, is_error, run_name
 from fastervlm.eval.storage import JsonlAppender
 
@@ -42,12 +42,25 @@ class PredictSummary:
     merged_predictions: int | None = None
     merged_errors: int | None = None
     expected: int | None = None
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    """Wall seconds per stage: decode_video (decode + preprocess, on the prefetch thread), decode_wait (the model
+    waiting for it), the engine's stages (vision_encoder, cls_scoring, selection, projector, llm_prefill,
+    llm_decode). Work shared by the configurations of one pass is counted on its first configuration only."""
+    tower_runs: int = 0
+    """Vision-tower runs (one per video of the pass; shared work, counted like stage_seconds)."""
+    batches: int = 0
+    """`generate` calls this configuration made."""
+    configurations: int = 1
+    """Configurations predicted together in the pass (`seconds` is the whole pass's)."""
 
     def line(self) -> str:
         text = (
             f"{self.run_dir}: {self.done} answered, {self.errors} errors, {self.skipped} already done "
             f"(of {self.shard_items} in this shard) in {self.seconds:.1f}s"
         )
+        if self.tower_runs:
+            text += f", vision tower ran {self.tower_runs} times"
+            text += f" for {self.configurations} configurations" if self.configurations > 1 else ""
         if self.expected is not None:
             text += f"; run total {self.merged_predictions}/{self.expected} answered, {self.merged_errors} errors"
         return text
@@ -58,8 +71,9 @@ class Rank:
     rank: int = 0
     world: int = 1
 
-    def shard(self, items: list[Item]) -> list[Item]:
-        return items[self.rank :: self.world]
+    def shard(self, items: Sequence[Item]) -> list[Item]:
+        """This rank's items: all the questions of its videos (`grouped.shard_by_video`)."""
+        return shard_by_video(items, self.rank, self.world)
 
     def barrier(self) -> None:
         if self.world > 1:
@@ -145,31 +159,6 @@ def run_config(
     }
 
 
-def _prefetched(items: list[Item], load: Callable[[Item], Any], depth: int) -> Iterator[tuple[Item, Future]]:
-    """(item, future of load(item)) in order, with at most `depth` loads running ahead of the consumer."""
-    if depth < 1:
-        for item in items:
-            future: Future = Future()
-            try:
-                future.set_result(load(item))
-            except Exception as err:  # noqa: BLE001  (handed to the consumer, which decides)
-                future.set_exception(err)
-            yield item, future
-        return
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastervlm-decode")
-    queue: deque[tuple[Item, Future]] = deque()
-    remaining = iter(items)
-    try:
-        for item in remaining:
-            queue.append((item, pool.submit(load, item)))
-            if len(queue) > depth:
-                yield queue.popleft()
-        while queue:
-            yield queue.popleft()
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
 def predict_items(
     pipeline: Any,
     run: RunDir,
@@ -182,78 +171,85 @@ def predict_items(
     rank: Rank | None = None,
     prefetch: int = 2,
     progress: bool = True,
+    batch_size: int | None = None,
+    frame_cache: Any = None,
 ) -> PredictSummary:
     """Answer this rank's unfinished items, appending one record per item to the rank's prediction file.
 
-    A missing or undecodable video (any FasterVLMError for the item) becomes an error record; other
-    exceptions are bugs and stop the run (everything written so far stays).
+    batch_size: items per generate call (None: `grouped.default_batch_size` for the model's device and dtype). frame_cache:
+    a `frame_cache.FrameCache` for the sampled frames, or None to decode every video. A missing or undecodable
+    video (any FasterVLMError for the item) becomes an error record; other exceptions are bugs and stop the run
+    (everything written so far stays).
     """
+    return predict_configurations(pipeline, loaded, data_root, [(run, pruner)], generation, flip=flip, rank=rank,
+                                  prefetch=prefetch, progress=progress, batch_size=batch_size,
+                                  frame_cache=frame_cache)[0]
+
+
+def predict_configurations(
+    pipeline: Any, loaded: LoadedBenchmark, data_root: Path, configurations: Sequence[tuple[RunDir, Any]],
+    generation: Any = None, *, flip: bool = False, rank: Rank | None = None, prefetch: int = 2, progress: bool = True,
+    batch_size: int | None = None, frame_cache: Any = None,
+) -> list[PredictSummary]:
+    """Predict several (run, pruner) configurations of one benchmark in one pass: each video is decoded and encoded
+    once for all of them. Each run's records equal those of predicting it alone. One summary per configuration."""
     rank = rank or Rank()
     generation = generation or _default_generation()
+    batch_size = default_batch_size(pipeline.adapter.device, pipeline.adapter.dtype) if batch_size is None else batch_size
+    if batch_size < 1:
+        raise FasterVLMError(f"--batch-size is a number of items per generate call: 1 or more (got {batch_size}).")
+    for _, pruner in configurations:
+        pipeline.check_method(pruner)  # a method this model cannot run fails here, not as an error per item
     started = time.perf_counter()
     shard = rank.shard(loaded.items)
-    finished = run.finished_ids()
-    todo = [item for item in shard if item.id not in finished]
-
-    done = errors = 0
-    if todo:  # a finished run is resumed without writing anything (its folder may be read-only)
-        fix = f"make {run.path} writable (or free some space) to resume it, or copy it to a writable folder."
-        with JsonlAppender(run.prediction_file(rank.rank), fix) as out:
-            done, errors = _answer_items(pipeline, loaded, data_root, todo, out, pruner, generation, flip=flip,
-                                         rank=rank, prefetch=prefetch, progress=progress, run=run)
-    summary = PredictSummary(run.path, len(shard), len(shard) - len(todo), done, errors, time.perf_counter() - started)
+    configs = []
+    for run, pruner in configurations:
+        finished = run.finished_ids()
+        configs.append(Configuration(run, pruner, {item.id for item in shard if item.id not in finished}))
+    predictor = GroupedPredictor(pipeline, loaded, data_root, configs, generation, batch_size, rank.rank, flip,
+                                 frame_cache)
+    if any(config.todo for config in configs):  # a finished run is resumed without writing (it may be read-only)
+        _run_pass(predictor, shard, prefetch, progress)
+    seconds = time.perf_counter() - started
+    summaries = [PredictSummary(c.run.path, len(shard), len(shard) - len(c.todo), c.done, c.errors, seconds,
+                                stage_seconds=c.stage_seconds, batches=c.batches, configurations=len(configs))
+                 for c in configs]
+    add_seconds(summaries[0].stage_seconds, predictor.shared.stage_seconds)
+    summaries[0].tower_runs = predictor.shared.tower_runs
     rank.barrier()
     if rank.rank == 0:
-        merged = run.predictions()
-        summary.merged_errors = sum(is_error(r) for r in merged.values())
-        summary.merged_predictions = len(merged) - summary.merged_errors
-        summary.expected = len(loaded.items)
-    return summary
+        for summary, config in zip(summaries, configs):
+            merged = config.run.predictions()
+            summary.merged_errors = sum(is_error(r) for r in merged.values())
+            summary.merged_predictions = len(merged) - summary.merged_errors
+            summary.expected = len(loaded.items)
+    return summaries
 
 
-def _answer_items(
-    pipeline: Any, loaded: LoadedBenchmark, data_root: Path, todo: list[Item], out: JsonlAppender, pruner: Any,
-    generation: Any, *, flip: bool, rank: Rank, prefetch: int, progress: bool, run: RunDir,
-) -> tuple[int, int]:
-    """Answer `todo` in order, one record per item written before the next starts; (answered, errors)."""
+def _run_pass(predictor: GroupedPredictor, shard: list[Item], prefetch: int, progress: bool) -> None:
+    """Open the prediction file of every configuration with work left, and answer the shard with a progress bar."""
     from tqdm import tqdm
 
-    def load(item: Item) -> Any:
-        path = video_path(loaded.benchmark, data_root, item)
-        if path is None:
-            folder = loaded.benchmark.videos(data_root)
-            raise FasterVLMError(f"no video {loaded.benchmark.video_stem(item.video_name)}.* in {folder}")
-        return path, pipeline.frames(video=path, flip=flip)
+    configs = predictor.configs
+    name = configs[0].run.path.name if len(configs) == 1 else f"{len(configs)} configurations"
+    bar = tqdm(total=sum(len(c.todo) for c in configs), desc=f"{predictor.loaded.benchmark.name} {name}",
+               unit="item", disable=not progress or predictor.rank != 0, dynamic_ncols=True)
+    errors = 0
 
-    done = errors = 0
-    bar = tqdm(total=len(todo), desc=f"{loaded.benchmark.name} {run.path.name}", unit="item",
-               disable=not progress or rank.rank != 0, dynamic_ncols=True)
-    with bar:
-        for item, future in _prefetched(todo, load, prefetch):
-            base = {"id": item.id, "video": item.video_name, "question": item.question, "answer": item.answer}
-            try:
-                path, frames = future.result()
-                answer = pipeline.answer_frames([frames], [item.question], pruner, generation)[0]
-            except FasterVLMError as err:
-                out.write({**base, "pred": None, "error": str(err), "rank": rank.rank})
-                errors += 1
-            else:
-                out.write({
-                    **base,
-                    "video_file": path.name,
-                    "pred": answer.text,
-                    "visual_tokens": answer.visual_tokens,
-                    "prompt_tokens": answer.prompt_tokens,
-                    "output_tokens": len(answer.output_ids),
-                    "frame_indices": answer.frame_indices,
-                    "timings": answer.timings,
-                    "method": answer.method,
-                    "rank": rank.rank,
-                })
-                done += 1
-            bar.update(1)
-            bar.set_postfix(errors=errors, refresh=False)
-    return done, errors
+    def tick(error: bool) -> None:
+        nonlocal errors
+        errors += error
+        bar.update(1)
+        bar.set_postfix(errors=errors, refresh=False)
+
+    predictor.on_record = tick
+    with bar, ExitStack() as files:
+        for config in configs:
+            if config.todo:
+                fix = (f"make {config.run.path} writable (or free some space) to resume it, or copy it to a "
+                       "writable folder.")
+                config.out = files.enter_context(JsonlAppender(config.run.prediction_file(predictor.rank), fix))
+        predictor.run(shard, prefetch)
 
 
 def _default_generation() -> Any:
@@ -263,16 +259,8 @@ def _default_generation() -> Any:
 
 
 def prepare_run(
-    pipeline: Any,
-    loaded: LoadedBenchmark,
-    data_root: Path,
-    pruner: Any,
-    generation: Any = None,
-    *,
-    flip: bool = False,
-    out: Path | None = None,
-    run_dir: Path | None = None,
-    tag: str | None = None,
+    pipeline: Any, loaded: LoadedBenchmark, data_root: Path, pruner: Any, generation: Any = None, *, flip: bool = False,
+    out: Path | None = None, run_dir: Path | None = None, tag: str | None = None,
 ) -> RunDir:
     """The run directory for this configuration, created or checked against what it already holds."""
     method = pruner.settings()

@@ -37,6 +37,8 @@ class RunResult:
     metrics: Metrics | None
     """None when the run has no judgments from the chosen judge."""
     baseline_test: PairedTest | None = None
+    llm_prefill_flops: float | None = None
+    """Mean analytic LLM prefill FLOPs of the answered items (records that carry them; docs/flops.md)."""
 
     @property
     def errors(self) -> int:
@@ -91,6 +93,7 @@ class RunResult:
             "missing_predictions": self.missing_predictions,
             "unjudged": self.unjudged,
             "visual_tokens": self.visual_tokens,
+            "llm_prefill_flops": self.llm_prefill_flops,
             "metrics": self.metrics.to_json() if self.metrics else None,
             "vs_baseline": self.baseline_test.to_json() if self.baseline_test else None,
         }
@@ -128,13 +131,18 @@ def current_replies(run: RunDir, judge_model: str | None, predictions: dict[str,
     }
 
 
+def _mean_of(records: Any, name: str) -> float | None:
+    """The mean of a numeric record field over the records that have it (older runs may lack it)."""
+    values = [r[name] for r in records if r.get(name) is not None]
+    return sum(values) / len(values) if values else None
+
+
 def read_run(run: RunDir, judge_model: str | None, mode: Mode) -> RunResult:
     """Predictions, errors and (when judge_model is given) metrics of one run; a judgment counts only when it
     was made for the prediction now in the run (same question, answer and prediction text)."""
     config = run.config()
     predictions = run.predictions()
     good = {i: p for i, p in predictions.items() if not is_error(p)}
-    tokens = [p["visual_tokens"] for p in good.values() if p.get("visual_tokens") is not None]
     judged = judge_model is not None and read_judge_settings(run, judge_model) is not None
     replies = current_replies(run, judge_model, good)
     bench = config["benchmark"]
@@ -149,6 +157,7 @@ def read_run(run: RunDir, judge_model: str | None, mode: Mode) -> RunResult:
         items=bench["items"],
         predictions=predictions,
         replies=replies,
-        visual_tokens=sum(tokens) / len(tokens) if tokens else None,
+        visual_tokens=_mean_of(good.values(), "visual_tokens"),
         metrics=compute_judgments(replies, mode) if judged else None,
+        llm_prefill_flops=_mean_of(good.values(), "llm_prefill_flops"),
     )

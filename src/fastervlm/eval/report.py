@@ -53,8 +53,11 @@ class Row:
 
     @property
     def visual_tokens(self) -> float | None:
-        values = [r.visual_tokens for r in self.results.values() if r.visual_tokens is not None]
-        return sum(values) / len(values) if values else None
+        return _mean([r.visual_tokens for r in self.results.values() if r.visual_tokens is not None])
+
+    @property
+    def llm_prefill_flops(self) -> float | None:
+        return _mean([r.llm_prefill_flops for r in self.results.values() if r.llm_prefill_flops is not None])
 
     def budget(self) -> str:
         if self.is_baseline:
@@ -75,6 +78,11 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _tflops(flops: float | None) -> str:
+    """FLOPs in TFLOPs, enough digits for a tiny model's (a record without them: –)."""
+    return "–" if flops is None else f"{flops / 1e12:.3g}"
+
+
 @dataclass
 class Report:
     mode: Mode
@@ -88,7 +96,7 @@ class Report:
         head = ["Model", "Method", "# Token"]
         for _, title in self.benchmarks:
             head += [f"{title} Acc", f"{title} Score"]
-        head += ["Avg Acc", "Avg Score"]
+        head += ["Avg Acc", "Avg Score", "Prefill TFLOPs"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         budget = None
         for row in self.rows:
@@ -100,7 +108,8 @@ class Report:
             for name, _ in self.benchmarks:
                 cells += _metric_cells(row.results.get(name))
             avg_flag = FLAG if row.relative_over < len(self.benchmarks) else ""
-            cells += [_percent(row.relative_accuracy) + avg_flag, _percent(row.relative_score) + avg_flag]
+            cells += [_percent(row.relative_accuracy) + avg_flag, _percent(row.relative_score) + avg_flag,
+                      _tflops(row.llm_prefill_flops)]
             lines.append("| " + " | ".join(cells) + " |")
         lines += ["", self._legend()]
         notes = [f"- {r.model} / {r.benchmark} / {r.row}: {'; '.join(r.problems())}" for r in self.results if r.problems()]
@@ -116,7 +125,8 @@ class Report:
         return (
             f"Acc = yes/(yes+no) in %, Score = mean judge score (0-5); {judge}, metrics mode {self.mode}. "
             "Avg = mean over benchmarks of the ratio to the baseline row (no pruning) of the same "
-            f"model; {FLAG} = incomplete run, or an average over fewer benchmarks than the table has."
+            f"model; {FLAG} = incomplete run, or an average over fewer benchmarks than the table has. Prefill "
+            "TFLOPs = mean analytic LLM prefill FLOPs per answer (docs/flops.md)."
         )
 
     def _tests_markdown(self) -> list[str]:
@@ -147,7 +157,7 @@ class Report:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow([
-            "model", "benchmark", "row", "method", "reduction", "keep", "visual_tokens", "items", "predicted",
+            "model", "benchmark", "row", "method", "reduction", "keep", "visual_tokens", "llm_prefill_flops", "items", "predicted",
             "errors", "missing_predictions", "unjudged", "judged", "yes", "no", "accuracy", "accuracy_ci_low",
             "accuracy_ci_high", "score", "score_ci_low", "score_ci_high", "mcnemar_p_vs_baseline",
             "score_p_vs_baseline", "run_dir",
@@ -156,7 +166,7 @@ class Report:
             m, t = r.metrics, r.baseline_test
             writer.writerow([
                 r.model, r.benchmark, r.row, r.settings.get("method"), r.settings.get("reduction"),
-                r.settings.get("keep"), r.visual_tokens, r.items, r.predicted, r.errors, r.missing_predictions,
+                r.settings.get("keep"), r.visual_tokens, r.llm_prefill_flops, r.items, r.predicted, r.errors, r.missing_predictions,
                 r.unjudged, m.judged if m else None, m.yes if m else None, m.no if m else None,
                 m.accuracy if m else None, *(m.accuracy_ci if m and m.accuracy_ci else (None, None)),
                 m.score if m else None, *(m.score_ci if m and m.score_ci else (None, None)),
@@ -171,7 +181,7 @@ class Report:
             "benchmarks": [name for name, _ in self.benchmarks],
             "rows": [
                 {"model": row.model, "row": row.row, "settings": row.settings, "visual_tokens": row.visual_tokens,
-                 "relative_accuracy": row.relative_accuracy, "relative_score": row.relative_score,
+                 "llm_prefill_flops": row.llm_prefill_flops, "relative_accuracy": row.relative_accuracy, "relative_score": row.relative_score,
                  "relative_over": row.relative_over, "benchmarks": sorted(row.results)}
                 for row in self.rows
             ],

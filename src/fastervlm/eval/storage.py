@@ -131,8 +131,15 @@ class JsonlAppender:
         self._file.seek(0, os.SEEK_END)
 
     def write(self, record: dict[str, Any]) -> None:
+        self.write_many([record])
+
+    def write_many(self, records: list[dict[str, Any]]) -> None:
+        """Append the records in one write, flushed and fsynced once (a batch's answers); nothing for none."""
+        if not records:
+            return
+        data = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records).encode("utf-8")
         with writing(self.path.parent, self._fix):
-            self._file.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+            self._file.write(data)
             self._file.flush()
             os.fsync(self._file.fileno())
 

@@ -2,6 +2,10 @@
 baseline), then judge and report. Every cell is an ordinary run directory, so a stopped sweep resumes by
 running the same command, and cells can be judged or reported on their own.
 
+The cells of one benchmark are predicted together, video by video (`predict.predict_configurations`): each video
+is decoded once and the vision tower runs once for every cell (all budgets of every method share it); each cell's
+predictions equal those of running it alone.
+
 The failure policy: everything that can be checked is checked before the model loads (methods, settings,
 budgets, the judge's key); predictions are written as they are made; a judge failure still writes the report
 (it shows what is missing), then is raised.
@@ -17,7 +21,8 @@ from typing import Any
 from fastervlm.errors import FasterVLMError
 from fastervlm.eval.benchmarks import LoadedBenchmark
 from fastervlm.eval.metrics import Mode
-from fastervlm.eval.predict import PredictSummary, Rank, distributed, predict_items, prepare_run, rank_device
+from fastervlm.eval.predict import (PredictSummary, Rank, distributed, predict_configurations, prepare_run,
+                                    rank_device)
 from fastervlm.eval.rundir import RunDir
 
 
@@ -66,19 +71,27 @@ def sweep_predict(
     tag: str | None = None,
     rank: Rank | None = None,
     progress: bool = True,
+    batch_size: int | None = None,
+    frame_cache: Any = None,
+    prefetch: int = 2,
 ) -> tuple[list[RunDir], list[PredictSummary]]:
-    """Predict every (cell, benchmark); the model is loaded once by the caller."""
-    runs, summaries = [], []
+    """Predict every (cell, benchmark), all cells of a benchmark in one pass; the model is loaded once by the
+    caller. Runs and summaries come cell by cell, benchmark by benchmark within a cell."""
     pruners = [pipeline.pruner(cell.method, **cell.settings) for cell in cells]  # bad settings fail before any work
     for pruner in pruners:
         pruner.per_frame_budget(pipeline.num_patches)  # a budget this model cannot keep, too (not an error per item)
-    for pruner in pruners:
-        for loaded in benchmarks:
-            run = prepare_run(pipeline, loaded, data_root, pruner, generation, flip=flip, out=out, tag=tag)
-            summaries.append(predict_items(pipeline, run, loaded, data_root, pruner, generation, flip=flip,
-                                           rank=rank, progress=progress))
-            runs.append(run)
-    return runs, summaries
+        pipeline.check_method(pruner)
+    found: dict[tuple[int, int], tuple[RunDir, PredictSummary]] = {}
+    for b, loaded in enumerate(benchmarks):
+        runs = [prepare_run(pipeline, loaded, data_root, pruner, generation, flip=flip, out=out, tag=tag)
+                for pruner in pruners]
+        summaries = predict_configurations(pipeline, loaded, data_root, list(zip(runs, pruners)), generation,
+                                           flip=flip, rank=rank, prefetch=prefetch, progress=progress,
+                                           batch_size=batch_size, frame_cache=frame_cache)
+        for c, (run, summary) in enumerate(zip(runs, summaries)):
+            found[c, b] = (run, summary)
+    ordered = [found[c, b] for c in range(len(cells)) for b in range(len(benchmarks))]
+    return [run for run, _ in ordered], [summary for _, summary in ordered]
 
 
 @dataclass
@@ -98,6 +111,10 @@ class Sweep:
     flip: bool = False
     tag: str | None = None
     api_key: str | None = field(default=None, repr=False)
+    batch_size: int | None = None
+    """Items per generate call (None: the device's default, `grouped.default_batch_size`)."""
+    frame_cache: Any = None
+    """A `frame_cache.FrameCache` for the sampled frames, or None."""
 
 
 def run_sweep(sweep: Sweep, load_model: Callable[[str | None], Any], *, device: str | None = None,
@@ -113,7 +130,8 @@ def run_sweep(sweep: Sweep, load_model: Callable[[str | None], Any], *, device: 
     with distributed() as rank:
         pipeline = load_model(rank_device(device))
         runs, summaries = sweep_predict(pipeline, sweep.benchmarks, sweep.data_root, sweep.cells, sweep.generation,
-                                        out=sweep.out, flip=sweep.flip, tag=sweep.tag, rank=rank, progress=progress)
+                                        out=sweep.out, flip=sweep.flip, tag=sweep.tag, rank=rank, progress=progress,
+                                        batch_size=sweep.batch_size, frame_cache=sweep.frame_cache)
         for summary in summaries:
             say(summary.line() if rank.rank == 0 else f"[rank {rank.rank}] {summary.line()}")
         if rank.rank != 0:

@@ -264,3 +264,27 @@ def adapter_for(path: Path) -> type[ModelAdapter]:
         f"{path}/config.json (model_type {config.get('model_type')!r}, architectures {config.get('architectures')}) "
         f"is not a model fastervlm supports; supported families: {families}."
     )
+
+
+@dataclass(frozen=True)
+class TinySizes:
+    """The sizes a family's tiny random checkpoint is built from (each family's tiny spec derives from this): small
+    enough that a test loads and answers in well under a second."""
+
+    image_size: int = 112
+    patch_size: int = 14
+    num_frames: int = 8
+    """(112 / 14)^2 = 64 patches per frame, 8 frames: 512 video tokens by default."""
+    vision_width: int = 32
+    vision_intermediate: int = 64
+    vision_layers: int = 3
+    vision_heads: int = 2
+    """The vision encoder; its feature layer is the second to last, as in the real checkpoints."""
+    llm_width: int = 64
+    llm_intermediate: int = 128
+    llm_layers: int = 4
+    llm_heads: int = 4
+    """The LLM (a Llama)."""
+    vocab_size: int = 384
+    seed: int = 0
+    """Seeds the random weights: the same sizes always write the same checkpoint."""

@@ -131,11 +131,22 @@ class HFAdapter(ModelAdapter):
     model_class: ClassVar[str]
     """transformers class that loads it, e.g. "VideoLlavaForConditionalGeneration"."""
     model_types: ClassVar[tuple[str, ...]]
-    prompt_format: ClassVar[str]
-    """The model card's prompt, used when the checkpoint has no chat template; {question} is filled in."""
+    """transformers model_type values it claims; the first names the family (llava_next_video: llava-next-video-hf)."""
     default_frames: ClassVar[int] = 8
     unpruned_inputs: ClassVar[tuple[str, ...]] = ()
     """Pixel arguments of the model that pruning does not handle (refused while a method prunes)."""
+    processor_options: ClassVar[dict[str, Any]] = {}
+    """Keyword arguments for the image processor call (the current form of deprecated defaults)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "model_types" in vars(cls):
+            cls.family = cls.model_types[0].replace("_", "-") + "-hf"
+
+    @property
+    def prompt_format(self) -> str:
+        """The llava-hf model cards' prompt, used when the checkpoint has no chat template; {question} is filled in."""
+        return f"USER: <{self.media}>\n{{question}} ASSISTANT:"
 
     def __init__(self, model: nn.Module, tokenizer: Any, frame_processor: FrameProcessor, generation: Any, *,
                  chat_template: str | None, keep_cls: bool, num_frames: int) -> None:
@@ -167,7 +178,7 @@ class HFAdapter(ModelAdapter):
         except (OSError, ValueError) as err:
             raise CheckpointError(f"cannot read the image processor in {path} ({err}); copy preprocessor_config.json "
                                   "from the checkpoint.") from err
-        return lambda frames: _pixel_values(processor(images=frames, return_tensors="pt"))
+        return lambda frames: _pixel_values(processor(images=frames, return_tensors="pt", **cls.processor_options))
 
     @classmethod
     @abstractmethod
@@ -216,8 +227,13 @@ class HFAdapter(ModelAdapter):
         if info.get("missing_keys"):
             raise CheckpointError(f"{path} lacks weights {sorted(info['missing_keys'])[:5]}; finish the download.")
         model.generation_config = neutral_generation_config(model.config.text_config)
+        return cls.around(model.to(device).eval(), path, keep_cls=keep_cls, num_frames=num_frames)
+
+    @classmethod
+    def around(cls, model: nn.Module, path: Path, *, keep_cls: bool = False, num_frames: int | None = None) -> HFAdapter:
+        """The adapter of an already loaded `model` whose tokenizer and preprocessing files are in folder `path`."""
         tokenizer = load_tokenizer(path, vocab_size=model.config.text_config.vocab_size)
-        return cls(model.to(device).eval(), tokenizer, cls.frame_processor(path), generation_defaults(path),
+        return cls(model, tokenizer, cls.frame_processor(path), generation_defaults(path),
                    chat_template=tokenizer.chat_template or _processor_chat_template(path), keep_cls=keep_cls,
                    num_frames=1 if cls.media == "image" else (num_frames or cls.default_frames))
 
@@ -289,10 +305,9 @@ def hf_adapter_for(config: dict[str, Any]) -> type[HFAdapter] | None:
 
 
 def _pixel_values(output: Any) -> torch.Tensor:
-    """pixel_values of an image processor's output (VideoLlavaImageProcessor's legacy key included)."""
-    for key in ("pixel_values", "pixel_values_images"):
-        if key in output:
-            return output[key]
+    """pixel_values of an image processor's output."""
+    if "pixel_values" in output:
+        return output["pixel_values"]
     raise CheckpointError(f"the image processor returned {sorted(output)} and no pixel_values.")
 
 

@@ -19,11 +19,9 @@ from fastervlm.models.hf_base import HFAdapter, HFStream, TinyParts, write_json
 
 @register_adapter
 class LlavaHF(HFAdapter):
-    family = "llava-hf"
     media = "image"
     model_class = "LlavaForConditionalGeneration"
     model_types = ("llava",)
-    prompt_format = "USER: <image>\n{question} ASSISTANT:"
 
     @classmethod
     def streams(cls, model: nn.Module) -> list[HFStream]:

@@ -57,11 +57,12 @@ class PooledVideoStream(HFStream):
 
 @register_adapter
 class LlavaNextVideoHF(HFAdapter):
-    family = "llava-next-video-hf"
+    """LLaVA-NeXT-Video (llava-hf/LLaVA-NeXT-Video-7B-hf): CLIP patches pooled 2 x 2 per frame before the projector;
+    the budget is per frame over the pooled tokens, each scored by the mean [CLS] attention of its window."""
+
     media = "video"
     model_class = "LlavaNextVideoForConditionalGeneration"
     model_types = ("llava_next_video",)
-    prompt_format = "USER: <video>\n{question} ASSISTANT:"
     unpruned_inputs = ("pixel_values",)
 
     @classmethod

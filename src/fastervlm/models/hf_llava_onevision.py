@@ -77,11 +77,11 @@ class ProjectedPooledStream(HFStream):
 
 @register_adapter
 class LlavaOnevisionHF(HFAdapter):
-    family = "llava-onevision-hf"
+    """LLaVA-OneVision (llava-hf/llava-onevision-qwen2-*-ov-hf): SigLIP without [CLS], pooled after the projector."""
+
     media = "video"
     model_class = "LlavaOnevisionForConditionalGeneration"
     model_types = ("llava_onevision",)
-    prompt_format = "USER: <video>\n{question} ASSISTANT:"
     unpruned_inputs = ("pixel_values",)
     pixel_mean = SIGLIP_MEAN
     pixel_std = SIGLIP_STD

@@ -21,11 +21,10 @@ from fastervlm.models.hf_base import HFAdapter, HFStream, TinyParts
 
 @register_adapter
 class VideoLlavaHF(HFAdapter):
-    family = "video-llava-hf"
     media = "video"
     model_class = "VideoLlavaForConditionalGeneration"
     model_types = ("video_llava",)
-    prompt_format = "USER: <video>\n{question} ASSISTANT:"
+    processor_options = {"return_legacy_image_output": False}  # `pixel_values`, not the deprecated legacy key
 
     @classmethod
     def streams(cls, model: nn.Module) -> list[HFStream]:

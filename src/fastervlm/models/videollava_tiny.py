@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from fastervlm.models.base import TinySizes
+
 GENERATOR_VERSION = 2
 """Bump when the generated weights change, so that cached tiny checkpoints are rewritten."""
 LLM_DIR = "Video-LLaVA-7B"
@@ -34,22 +36,9 @@ TOWER_DIR = "LanguageBind_Video_merge"
 
 
 @dataclass(frozen=True)
-class TinySpec:
-    """Sizes of a tiny Video-LLaVA. The defaults keep every test fast; `real_shape()` has the real token counts."""
-
-    image_size: int = 112
-    patch_size: int = 14
-    num_frames: int = 8
-    vision_width: int = 32
-    vision_intermediate: int = 64
-    vision_layers: int = 3
-    vision_heads: int = 2
-    llm_width: int = 64
-    llm_intermediate: int = 128
-    llm_layers: int = 4
-    llm_heads: int = 4
-    vocab_size: int = 384
-    seed: int = 0
+class TinySpec(TinySizes):
+    """Sizes of a tiny original-format Video-LLaVA (LanguageBind tower). The defaults keep every test fast;
+    `real_shape()` has the real token counts."""
 
     @staticmethod
     def real_shape() -> TinySpec:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fastervlm.models.base import TinySizes
 from fastervlm.models.hf_base import TinyParts, hf_families
 from fastervlm.models.hf_no_cls import TINY_CONFIGS as _NO_CLS_TINY
 
@@ -41,21 +42,16 @@ PLACEHOLDERS = {"image": "<image>", "video": "<video>", "pad": "<pad>"}
 
 
 @dataclass(frozen=True)
-class TinyHFSpec:
+class TinyHFSpec(TinySizes):
     """Sizes of a tiny transformers VLM: 84 px / patch 14 = 36 patches per frame (9 after NeXT's 2 x 2 pooling)."""
 
     image_size: int = 84
-    patch_size: int = 14
-    vision_width: int = 32
-    vision_layers: int = 3
-    vision_heads: int = 2
-    llm_width: int = 64
-    llm_layers: int = 4
-    llm_heads: int = 4
     llm_kv_heads: int = 2
-    vocab_size: int = 384
-    frames: int = 8
-    seed: int = 0
+    """Fewer key/value heads than heads (grouped-query attention), so the KV-cache figures are checked on it."""
+
+    @property
+    def frames(self) -> int:
+        return self.num_frames
 
 
 def tiny_tokenizer(spec: TinyHFSpec = TinyHFSpec()) -> Any:
@@ -80,11 +76,11 @@ def tiny_tokenizer(spec: TinyHFSpec = TinyHFSpec()) -> Any:
 def tiny_parts(tokenizer: Any, spec: TinyHFSpec = TinyHFSpec()) -> TinyParts:
     """The Llama text config, CLIP vision config and placeholder ids every family's tiny config is built from."""
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in PLACEHOLDERS.items()}
-    text = dict(model_type="llama", hidden_size=spec.llm_width, intermediate_size=2 * spec.llm_width,
+    text = dict(model_type="llama", hidden_size=spec.llm_width, intermediate_size=spec.llm_intermediate,
                 num_hidden_layers=spec.llm_layers, num_attention_heads=spec.llm_heads,
                 num_key_value_heads=spec.llm_kv_heads, vocab_size=len(tokenizer), max_position_embeddings=4096,
                 pad_token_id=ids["pad"], bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    clip = dict(model_type="clip_vision_model", hidden_size=spec.vision_width, intermediate_size=2 * spec.vision_width,
+    clip = dict(model_type="clip_vision_model", hidden_size=spec.vision_width, intermediate_size=spec.vision_intermediate,
                 num_hidden_layers=spec.vision_layers, num_attention_heads=spec.vision_heads,
                 image_size=spec.image_size, patch_size=spec.patch_size, projection_dim=16)
     patches = (spec.image_size // spec.patch_size) ** 2

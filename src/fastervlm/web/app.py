@@ -209,7 +209,7 @@ def build_app(pipeline: Any, settings: WebSettings, work_dir: Path) -> Any:
     """The page for a loaded pipeline; `work_dir` holds the sample video and report plots."""
     import gradio as gr
 
-    from fastervlm.media import write_synthetic_video
+    from fastervlm.tiny.video import write_synthetic_video
 
     sample = write_synthetic_video(work_dir / "sample.mp4")
     plot_dir = work_dir / "plots"
