@@ -52,7 +52,7 @@ def pixels(family: str, batch: int = 1, seed: int = 0) -> dict[str, torch.Tensor
     size = SPEC.image_size
     if family == "llava":
         return {"pixel_values": torch.randn(batch, 3, size, size, generator=generator)}
-    return {"pixel_values_videos": torch.randn(batch, SPEC.frames, 3, size, size, generator=generator)}
+    return {"pixel_values_videos": torch.randn(batch, SPEC.num_frames, 3, size, size, generator=generator)}
 
 
 MARKER = {"llava": "<image>", "video_llava": "<video>", "llava_next_video": "<video>", "llava_onevision": "<video>"}
@@ -70,9 +70,9 @@ def stock_placeholders(family: str, spec: TinyHFSpec = SPEC) -> int:
     """Placeholders per video/image as the families' processors expand them (processing_*.py formulas)."""
     side = spec.image_size // spec.patch_size
     patches = side**2
-    return {"llava": patches, "video_llava": spec.frames * (patches + 1),
-            "llava_next_video": patches // 4 * spec.frames,
-            "llava_onevision": spec.frames * math.ceil(side / 2) ** 2 + 1}[family]
+    return {"llava": patches, "video_llava": spec.num_frames * (patches + 1),
+            "llava_next_video": patches // 4 * spec.num_frames,
+            "llava_onevision": spec.num_frames * math.ceil(side / 2) ** 2 + 1}[family]
 
 
 def processor_inputs(family: str, questions: list[str], seed: int = 0) -> dict[str, torch.Tensor]:

@@ -67,7 +67,7 @@ def test_generate_with_the_processor_output_of_a_pruned_model_starts_with_the_us
     stock_placeholders = int((inputs["input_ids"] == model.config.video_token_id).sum())
     kept = (SPEC.image_size // SPEC.patch_size) ** 2 // 2  # reduction 0.5 of each frame's patches
     logits = model(**inputs).logits  # a plain forward gets the shortened prompt too
-    assert logits.shape[1] == inputs["input_ids"].shape[1] - stock_placeholders + SPEC.frames * kept
+    assert logits.shape[1] == inputs["input_ids"].shape[1] - stock_placeholders + SPEC.num_frames * kept
     pruning.remove()
 
 
@@ -166,8 +166,8 @@ def test_cli_answer_picks_the_transformers_family(capsys, tmp_path_factory, synt
     assert code == 0
     per_frame = ((SPEC.image_size // SPEC.patch_size) // 2) ** 2  # pooled tokens per frame
     keep = -(-per_frame // 2)  # round half up
-    assert result["visual_tokens"] == SPEC.frames * keep
-    assert [len(frame) for frame in result["kept_indices"]] == [keep] * SPEC.frames
+    assert result["visual_tokens"] == SPEC.num_frames * keep
+    assert [len(frame) for frame in result["kept_indices"]] == [keep] * SPEC.num_frames
     assert all(0 <= i < per_frame for frame in result["kept_indices"] for i in frame)
     assert result["timings"]["vision_encoder"] >= 0 and result["timings"]["llm_prefill"] >= 0
 
@@ -196,5 +196,5 @@ def test_cli_keep_cls_adds_each_frame_cls(capsys, tmp_path_factory, synthetic_vi
     without = json.loads(capsys.readouterr().out)
     assert main([*args, "--keep-cls"]) == 0
     with_cls = json.loads(capsys.readouterr().out)
-    assert without["visual_tokens"] == SPEC.frames * 3
-    assert with_cls["visual_tokens"] == SPEC.frames * 3 + SPEC.frames
+    assert without["visual_tokens"] == SPEC.num_frames * 3
+    assert with_cls["visual_tokens"] == SPEC.num_frames * 3 + SPEC.num_frames

@@ -22,7 +22,7 @@ NEW_TOKENS = 5
 PATCHES = (SPEC.image_size // SPEC.patch_size) ** 2
 CANDIDATES = {"video_llava": PATCHES, "llava": PATCHES, "llava_next_video": PATCHES // 4,  # tokens per frame
               "llava_onevision": PATCHES // 4}
-FRAMES = {"video_llava": SPEC.frames, "llava": 1, "llava_next_video": SPEC.frames, "llava_onevision": SPEC.frames}
+FRAMES = {"video_llava": SPEC.num_frames, "llava": 1, "llava_next_video": SPEC.num_frames, "llava_onevision": SPEC.num_frames}
 ADAPTERS = {"video_llava": "video-llava-hf", "llava": "llava-hf", "llava_next_video": "llava-next-video-hf",
             "llava_onevision": "llava-onevision-hf"}
 
@@ -94,7 +94,7 @@ def test_video_llava_keeps_each_frame_cls_on_request(tmp_path_factory: pytest.Te
     inputs = processor_inputs("video_llava", ["What is it?"])
     with fastervlm.apply(model, "fastervlm", keep=2, keep_cls=True) as pruning:
         greedy(model, inputs)
-    assert int((pruning.input_ids == model.config.video_token_id).sum()) == SPEC.frames * (2 + 1)
+    assert int((pruning.input_ids == model.config.video_token_id).sum()) == SPEC.num_frames * (2 + 1)
     assert pruning.records[0].kept_indices is not None and all(len(f) == 2 for f in pruning.records[0].kept_indices)
 
 

@@ -50,7 +50,7 @@ def pipeline(path: Path) -> fastervlm.Pipeline:
     return fastervlm.load(path, device="cpu")
 
 
-def video_pixels(seed: int = 0, frames: int = SPEC.frames, size: int = SPEC.image_size) -> torch.Tensor:
+def video_pixels(seed: int = 0, frames: int = SPEC.num_frames, size: int = SPEC.image_size) -> torch.Tensor:
     return torch.randn(frames, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
@@ -73,13 +73,13 @@ def test_cls_methods_are_refused_unless_they_rank_by_received_attention(method: 
 
     answer = pipeline.answer("What is it?", pixels=video_pixels(), method=method, keep=2, score="received",
                              generation=SHORT)
-    assert answer.visual_tokens == SPEC.frames * 2 and answer.method["score"] == "received"
+    assert answer.visual_tokens == SPEC.num_frames * 2 and answer.method["score"] == "received"
     inputs = processor_inputs(FAMILY, ["What is it?"])
     with fastervlm.apply(model, method, keep=2, score="received") as pruning:
         out = model.generate(**inputs, max_new_tokens=2, do_sample=False)
     assert out.shape[1] == inputs["input_ids"].shape[1] + 2
-    assert pruning.records[0].visual_tokens == SPEC.frames * 2
-    assert int((pruning.input_ids == model.config.video_token_id).sum()) == SPEC.frames * 2 + 1  # + the newline
+    assert pruning.records[0].visual_tokens == SPEC.num_frames * 2
+    assert int((pruning.input_ids == model.config.video_token_id).sum()) == SPEC.num_frames * 2 + 1  # + the newline
 
 
 @pytest.mark.parametrize("method", FREE_METHODS)
@@ -87,13 +87,13 @@ def test_every_method_without_cls_answers(method: str, pipeline) -> None:
     pruner = create_pruner(method, **({} if list_methods()[method].baseline else {"keep": 3}))
     answer = pipeline.answer("What is it?", pixels=video_pixels(1), method=pruner, generation=SHORT)
     full = pipeline.answer("What is it?", pixels=video_pixels(1), method="none", generation=SHORT)
-    kept = SPEC.frames * (N if pruner.baseline else 3)
-    assert answer.visual_tokens == kept and full.visual_tokens == SPEC.frames * N
+    kept = SPEC.num_frames * (N if pruner.baseline else 3)
+    assert answer.visual_tokens == kept and full.visual_tokens == SPEC.num_frames * N
     if pruner.stage == "vision":  # the prompt shrinks by the dropped tokens, the newline stays
-        assert full.prompt_tokens - answer.prompt_tokens == SPEC.frames * N - kept
+        assert full.prompt_tokens - answer.prompt_tokens == SPEC.num_frames * N - kept
     if answer.kept_indices is not None:  # FastV spends frames x L over the whole video, the others L per frame
         counts = [len(frame) for frame in answer.kept_indices]
-        assert sum(counts) == kept and (pruner.stage == "llm" or counts == [kept // SPEC.frames] * SPEC.frames)
+        assert sum(counts) == kept and (pruner.stage == "llm" or counts == [kept // SPEC.num_frames] * SPEC.num_frames)
         assert all(0 <= index < N for frame in answer.kept_indices for index in frame)
     assert 1 <= len(answer.output_ids) <= SHORT.max_new_tokens
 
@@ -103,7 +103,7 @@ def test_a_global_budget_spends_frames_x_l_over_the_video(method: str, pipeline)
     extra = {"score": "received"} if method in CLS_METHODS else {}
     answer = pipeline.answer("What is it?", pixels=video_pixels(2), method=method, keep=3, global_budget=True,
                              generation=SHORT, **extra)
-    assert answer.visual_tokens == SPEC.frames * 3 == sum(len(frame) for frame in answer.kept_indices)
+    assert answer.visual_tokens == SPEC.num_frames * 3 == sum(len(frame) for frame in answer.kept_indices)
 
 
 @pytest.mark.parametrize("method, settings", [("divprune", {}), ("vispruner", {"score": "received"}),
@@ -154,7 +154,7 @@ def test_keys_of_the_pooled_tokens_are_the_pooled_patch_keys(pipeline) -> None:
     keys = split_heads(qk.keys, attention.head_dim)  # (T, H, 36, D)
     (encoded,) = engine.encode(stream, pixels, frozenset({PATCH_KEYS}))
     heads, dim = keys.shape[1], keys.shape[3]
-    expected = keys.view(SPEC.frames, heads, SIDE // 2, 2, SIDE // 2, 2, dim).mean(dim=(3, 5)).flatten(2, 3)
+    expected = keys.view(SPEC.num_frames, heads, SIDE // 2, 2, SIDE // 2, 2, dim).mean(dim=(3, 5)).flatten(2, 3)
     torch.testing.assert_close(encoded.video.patch_keys, expected, atol=1e-6, rtol=1e-5)
 
 
@@ -175,7 +175,7 @@ def test_the_newline_closes_each_video_after_its_kept_tokens(model) -> None:
         hook.remove()
     for row, record in enumerate(pruning.records):
         at = (pruning.input_ids[row] == model.config.video_token_id).nonzero().squeeze(1)
-        assert len(at) == SPEC.frames * 2 + 1
+        assert len(at) == SPEC.num_frames * 2 + 1
         kept = torch.tensor([frame * N + index for frame, indices in enumerate(record.kept_indices) for index in indices])
         torch.testing.assert_close(seen["embeds"][row, at[:-1]], stock[row, kept], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(seen["embeds"][row, at[-1]], model.model.image_newline, atol=0, rtol=0)
@@ -188,11 +188,11 @@ def test_the_engine_prompt_ends_the_video_with_the_newline_outside_the_visual_ma
     visuals = engine.project(adapter.stream, encoded, engine.select(encoded, create_pruner("random", keep=2)))
     prompts = engine.build_prompts(adapter, ["What is it?"], visuals)
     visual = prompts.visual_mask[0].nonzero().squeeze(1)
-    assert len(visual) == SPEC.frames * 2 and bool((visual.diff() == 1).all())  # one run of the kept tokens
+    assert len(visual) == SPEC.num_frames * 2 and bool((visual.diff() == 1).all())  # one run of the kept tokens
     after = int(visual[-1]) + 1
     assert not prompts.visual_mask[0, after]
     torch.testing.assert_close(prompts.embeds[0, after], adapter.model.model.image_newline.detach(), atol=0, rtol=0)
-    assert visuals[0].tokens == SPEC.frames * 2 and len(visuals[0].item()) == SPEC.frames * 2 + 1
+    assert visuals[0].tokens == SPEC.num_frames * 2 and len(visuals[0].item()) == SPEC.num_frames * 2 + 1
 
 
 def test_an_odd_grid_pools_bilinearly_as_the_model_does(tmp_path: Path) -> None:
@@ -203,9 +203,9 @@ def test_an_odd_grid_pools_bilinearly_as_the_model_does(tmp_path: Path) -> None:
     assert pipeline.num_patches == 16
     pixels = video_pixels(11, size=98)
     full = pipeline.answer("What is it?", pixels=pixels, method="none", generation=SHORT)
-    assert full.visual_tokens == SPEC.frames * 16
+    assert full.visual_tokens == SPEC.num_frames * 16
     ids, mask = pipeline.adapter.prompt_batch(["What is it?"])
-    assert int((ids == pipeline.adapter.stream.token_id).sum()) == SPEC.frames * 16 + 1  # the processor's count
+    assert int((ids == pipeline.adapter.stream.token_id).sum()) == SPEC.num_frames * 16 + 1  # the processor's count
     stock = pipeline.adapter.model.generate(input_ids=ids, attention_mask=mask, pixel_values_videos=pixels[None],
                                             max_new_tokens=SHORT.max_new_tokens, do_sample=False,
                                             pad_token_id=pipeline.adapter.tokenizer.pad_token_id)
@@ -213,10 +213,10 @@ def test_an_odd_grid_pools_bilinearly_as_the_model_does(tmp_path: Path) -> None:
     expected = stock[0, ids.shape[1]:].tolist()
     assert full.output_ids == (expected[: expected.index(eos) + 1] if eos in expected else expected)
     stream = pipeline.adapter.stream
-    scores = torch.rand(2, SPEC.frames, 49, generator=torch.Generator().manual_seed(0))
+    scores = torch.rand(2, SPEC.num_frames, 49, generator=torch.Generator().manual_seed(0))
     pooled = stream.candidate_scores(scores)
     grid = scores.view(-1, 1, 7, 7)
-    expected_scores = torch.nn.functional.interpolate(grid, size=(4, 4), mode="bilinear").view(2, SPEC.frames, 16)
+    expected_scores = torch.nn.functional.interpolate(grid, size=(4, 4), mode="bilinear").view(2, SPEC.num_frames, 16)
     torch.testing.assert_close(pooled, expected_scores, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(stream.candidate_scores(torch.ones(1, 1, 49)), torch.ones(1, 1, 16))  # weights sum to 1
 
@@ -242,8 +242,8 @@ def test_cli_answers_with_the_received_score_and_refuses_the_cls_score(capsys, p
     assert error.startswith("fastervlm: error:") and "no [CLS] token" in error and "--method-option score=received" in error
     assert main([*args, "--method-option", "score=received"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["visual_tokens"] == SPEC.frames * 2 and result["method"]["score"] == "received"
-    assert [len(frame) for frame in result["kept_indices"]] == [2] * SPEC.frames
+    assert result["visual_tokens"] == SPEC.num_frames * 2 and result["method"]["score"] == "received"
+    assert [len(frame) for frame in result["kept_indices"]] == [2] * SPEC.num_frames
 
 
 def test_show_draws_the_received_attention(capsys, pipeline, path: Path, synthetic_video: Path, tmp_path: Path) -> None:

@@ -324,7 +324,8 @@ def answer_visuals(
     """The last two stages for a batch of projected samples, one question each: prompts, then one `generate`.
 
     The samples may come from one encoding asked several questions (the same `Visual` more than once) or from
-    several videos; greedy answers do not depend on the batch they were in (left padding, tested)."""
+    several videos; in fp32 greedy answers do not depend on the batch they were in (left padding, tested); in
+    fp16/bf16 a padded batch sums attention in another order and can flip some (docs/evaluation.md)."""
     with torch.inference_mode():
         prompts = build_prompts(adapter, questions, visuals)
         outputs, llm_kept = generate(adapter, prompts, pruner, settings, timer)

@@ -49,10 +49,6 @@ class TinyHFSpec(TinySizes):
     llm_kv_heads: int = 2
     """Fewer key/value heads than heads (grouped-query attention), so the KV-cache figures are checked on it."""
 
-    @property
-    def frames(self) -> int:
-        return self.num_frames
-
 
 def tiny_tokenizer(spec: TinyHFSpec = TinyHFSpec()) -> Any:
     """A real SentencePiece Llama tokenizer (BOS added) with the placeholder and pad tokens appended."""
@@ -84,7 +80,7 @@ def tiny_parts(tokenizer: Any, spec: TinyHFSpec = TinyHFSpec()) -> TinyParts:
                 num_hidden_layers=spec.vision_layers, num_attention_heads=spec.vision_heads,
                 image_size=spec.image_size, patch_size=spec.patch_size, projection_dim=16)
     patches = (spec.image_size // spec.patch_size) ** 2
-    return TinyParts(text, clip, ids, patches, spec.frames, spec.image_size)
+    return TinyParts(text, clip, ids, patches, spec.num_frames, spec.image_size)
 
 
 def tiny_hf_config(family: str, tokenizer: Any, spec: TinyHFSpec = TinyHFSpec()) -> Any:
