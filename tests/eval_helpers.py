@@ -117,7 +117,7 @@ class FakePipeline:
         self.prepared.append((encoding.frames.video.stem, pruner.settings()))
         return SimpleNamespace(video=encoding.frames.video, frame_indices=[0, 1], seconds={"selection": 0.0})
 
-    def answer_prepared(self, prepared: list, questions: list[str], pruner: FakePruner, generation: Any = None) -> list:
+    def ask(self, prepared: list, questions: list[str], pruner: FakePruner, generation: Any = None) -> list:
         from fastervlm.errors import PromptTooLongError
 
         for n, question in enumerate(questions):

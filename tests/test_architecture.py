@@ -49,8 +49,9 @@ def test_methods_import_no_adapter_engine_or_caller_and_the_registry_no_method()
         bad = [i for i in _fastervlm_imports(tree) if i.startswith(forbidden)]
         assert not bad, f"{name} imports {bad}"
     registry = _fastervlm_imports(_modules()["methods/registry.py"])
-    assert registry <= {"fastervlm.errors", "fastervlm.errors.BudgetError", "fastervlm.methods.base",
-                        "fastervlm.methods.base.BUDGET_PARAMETERS", "fastervlm.methods.base.Pruner"}
+    assert registry <= {"fastervlm.errors", "fastervlm.errors.BudgetError", "fastervlm.errors.UnsupportedModelError",
+                        "fastervlm.methods.base", "fastervlm.methods.base.BUDGET_PARAMETERS",
+                        "fastervlm.methods.base.CLS_SCORES", "fastervlm.methods.base.Pruner"}
 
 
 def _adapter_modules() -> set[str]:

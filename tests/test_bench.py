@@ -109,8 +109,8 @@ def test_cheap_cls_row_equals_the_cls_row_of_the_full_eager_attention(tiny_pipel
     torch.testing.assert_close(result.attentions[-2].sum(-1), torch.ones(result.attentions[-2].shape[:-1]))
     features, scores = feature_select(tower, result, -2)
     encoded = encode(tiny_pipeline.adapter.stream, pixels, frozenset({CLS_SCORES}))
-    ours_features = torch.stack([sample.video.features for sample in encoded])
-    ours = torch.stack([sample.video.cls_scores for sample in encoded])
+    ours_features = torch.stack([sample.features for sample in encoded])
+    ours = torch.stack([sample.cls_scores for sample in encoded])
     torch.testing.assert_close(scores, ours, atol=1e-5, rtol=0)
     torch.testing.assert_close(features, ours_features, atol=1e-4, rtol=1e-4)
     assert tower.config._attn_implementation is None  # the eager switch is undone

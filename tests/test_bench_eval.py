@@ -108,8 +108,8 @@ def test_video_encodings_count_samples_and_the_hook_goes_away(tiny_pipeline) -> 
     from fastervlm.models.base import GenerationSettings
 
     with harness.count_video_encodings(tiny_pipeline) as count:
-        tiny_pipeline.answer_frames(frames, ["what?"] * 3, pruner, GenerationSettings(max_new_tokens=1))
-        tiny_pipeline.answer_frames(frames[:1], ["what?"], pruner, GenerationSettings(max_new_tokens=1))
+        tiny_pipeline.run(frames, ["what?"] * 3, pruner, GenerationSettings(max_new_tokens=1))
+        tiny_pipeline.run(frames[:1], ["what?"], pruner, GenerationSettings(max_new_tokens=1))
     assert count[0] == 4
     assert "hidden_states" not in vars(tiny_pipeline.adapter.stream)
 

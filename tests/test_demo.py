@@ -17,18 +17,18 @@ from fastervlm.methods import baseline_method, default_method
 
 @pytest.fixture
 def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, float]]:
-    """Every answer_frames call of the pipeline: (method, max_new_tokens, time to first token)."""
+    """Every run call of the pipeline: (method, max_new_tokens, time to first token)."""
     from fastervlm.pipeline import Pipeline
 
     seen: list[tuple[str, int, float]] = []
-    real = Pipeline.answer_frames
+    real = Pipeline.run
 
     def record(self, frames, questions, pruner, generation=None):  # noqa: ANN001, ANN202
         answers = real(self, frames, questions, pruner, generation)
         seen.append((pruner.name, generation.max_new_tokens, answers[0].time_to_first_token))
         return answers
 
-    monkeypatch.setattr(Pipeline, "answer_frames", record)
+    monkeypatch.setattr(Pipeline, "run", record)
     return seen
 
 

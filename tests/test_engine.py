@@ -38,8 +38,8 @@ def test_a_batch_answers_as_one_at_a_time(tiny_pipeline, method: str) -> None:
     """Two videos, prompts of different lengths (left padding), greedy: the same ids either way."""
     pruner = create_pruner(method, keep=5)
     frames = [tiny_pipeline.frames(pixels=_pixels(tiny_pipeline, seed)) for seed in (1, 2)]
-    together = tiny_pipeline.answer_frames(frames, QUESTIONS, pruner, SHORT)
-    alone = [tiny_pipeline.answer_frames([f], [q], pruner, SHORT)[0] for f, q in zip(frames, QUESTIONS)]
+    together = tiny_pipeline.run(frames, QUESTIONS, pruner, SHORT)
+    alone = [tiny_pipeline.run([f], [q], pruner, SHORT)[0] for f, q in zip(frames, QUESTIONS)]
     assert [a.output_ids for a in together] == [a.output_ids for a in alone]
     assert [a.visual_tokens for a in together] == [a.visual_tokens for a in alone] == [tiny_pipeline.num_frames * 5] * 2
     assert [a.kept_indices for a in together] == [a.kept_indices for a in alone]
@@ -56,7 +56,7 @@ def test_stages_reuse_one_encoding_for_many_questions_and_budgets(tiny_pipeline)
             pruner = create_pruner("fastervlm", keep=keep)
             (visual,) = engine.project(adapter.stream, encoded, engine.select(encoded, pruner))
             prompts = engine.build_prompts(adapter, QUESTIONS, [visual, visual])
-            outputs, _ = engine.generate(adapter, prompts, pruner, SHORT)
+            outputs = engine.generate(adapter, prompts, pruner, SHORT).ids
             direct = [tiny_pipeline.answer(q, pixels=pixels, method="fastervlm", keep=keep, generation=SHORT)
                       for q in QUESTIONS]
             assert outputs == [answer.output_ids for answer in direct]
@@ -70,15 +70,15 @@ def test_inputs_from_the_feature_layer_equal_the_eager_attention_map(tiny_pipeli
     (encoded,) = engine.encode(adapter.stream, pixels, frozenset({CLS_SCORES, RECEIVED_SCORES, PATCH_KEYS, PROJECTED}))
     hidden, maps = reference_tower(adapter.tower, pixels)
     feature_map = maps[-2]  # (T, H, 1 + N, 1 + N) of the feature layer (select layer -2)
-    torch.testing.assert_close(encoded.video.cls_scores, feature_map[:, :, 0, 1:].mean(1), atol=1e-5, rtol=0)
-    torch.testing.assert_close(encoded.video.received_scores, feature_map.mean(2).mean(1)[:, 1:], atol=1e-5, rtol=0)
+    torch.testing.assert_close(encoded.cls_scores, feature_map[:, :, 0, 1:].mean(1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(encoded.received_scores, feature_map.mean(2).mean(1)[:, 1:], atol=1e-5, rtol=0)
     layer = adapter.tower.vision_model.encoder.layers[-2]
     attention = layer.self_attn
     assert attention is adapter.stream.feature_attention()
     spatial_input = layer.layer_norm1(layer.temporal(hidden[-3], tiny_pipeline.num_frames))  # after time attention
     keys = attention.k_proj(spatial_input).unflatten(-1, (attention.num_heads, attention.head_dim)).transpose(1, 2)
-    torch.testing.assert_close(encoded.video.patch_keys, keys[:, :, 1:], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(encoded.video.projected, adapter.projector(hidden[-2][:, 1:]), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(encoded.patch_keys, keys[:, :, 1:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(encoded.projected, adapter.projector(hidden[-2][:, 1:]), atol=1e-4, rtol=1e-4)
 
 
 def test_an_encoding_holds_only_what_the_method_asks_for(tiny_pipeline) -> None:
@@ -87,6 +87,6 @@ def test_an_encoding_holds_only_what_the_method_asks_for(tiny_pipeline) -> None:
     with torch.inference_mode():
         (plain,) = engine.encode(adapter.stream, pixels)
         (scored,) = engine.encode(adapter.stream, pixels, frozenset({CLS_SCORES}))
-    assert plain.video.cls_scores is None and plain.video.patch_keys is None and plain.video.projected is None
-    assert scored.video.cls_scores.shape == (tiny_pipeline.num_frames, tiny_pipeline.num_patches)
-    assert torch.equal(plain.video.features, scored.video.features)  # reading q/k changes nothing downstream
+    assert plain.cls_scores is None and plain.patch_keys is None and plain.projected is None
+    assert scored.cls_scores.shape == (tiny_pipeline.num_frames, tiny_pipeline.num_patches)
+    assert torch.equal(plain.features, scored.features)  # reading q/k changes nothing downstream

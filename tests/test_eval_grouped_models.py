@@ -73,7 +73,7 @@ def _alone(pipeline, data_root: Path, pruner) -> dict[str, tuple[str, list[int]]
     for item in loaded.items:
         path = video_path(loaded.benchmark, data_root, item)
         if path is not None:
-            (answer,) = pipeline.answer_frames([pipeline.frames(video=path)], [item.question], pruner, SHORT)
+            (answer,) = pipeline.run([pipeline.frames(video=path)], [item.question], pruner, SHORT)
             found[item.id] = (answer.text, answer.output_ids)
     return found
 

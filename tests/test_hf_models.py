@@ -172,8 +172,8 @@ def test_pipeline_batch_equals_one_at_a_time(family: str, method: str) -> None:
     questions = ["What is it?", "What is the man doing in the video right now?", "Why?"]
     pruner = pipeline.pruner(method, reduction=0.5, **(ranking(family) if method == "fastervlm" else {}))
     settings = GenerationSettings(max_new_tokens=NEW_TOKENS)
-    together = pipeline.answer_frames(frames, questions, pruner, settings)
-    alone = [pipeline.answer_frames([f], [q], pruner, settings)[0] for f, q in zip(frames, questions)]
+    together = pipeline.run(frames, questions, pruner, settings)
+    alone = [pipeline.run([f], [q], pruner, settings)[0] for f, q in zip(frames, questions)]
     keep = pruner.per_frame_budget(CANDIDATES[family])  # round half up: 9 -> 5
     for a, b in zip(together, alone):
         assert a.output_ids == b.output_ids and a.kept_indices == b.kept_indices and a.text == b.text

@@ -112,8 +112,8 @@ def test_batch_equals_one_at_a_time(method: str, settings: dict, pipeline) -> No
     frames = [pipeline.frames(pixels=video_pixels(seed)) for seed in (3, 4, 5)]
     questions = ["What is it?", "What is the man doing in the video right now?", "Why?"]
     pruner = pipeline.pruner(method, keep=4, **settings)
-    together = pipeline.answer_frames(frames, questions, pruner, SHORT)
-    alone = [pipeline.answer_frames([f], [q], pruner, SHORT)[0] for f, q in zip(frames, questions)]
+    together = pipeline.run(frames, questions, pruner, SHORT)
+    alone = [pipeline.run([f], [q], pruner, SHORT)[0] for f, q in zip(frames, questions)]
     for a, b in zip(together, alone):
         assert (a.output_ids, a.kept_indices, a.visual_tokens, a.prompt_tokens) == \
                (b.output_ids, b.kept_indices, b.visual_tokens, b.prompt_tokens)
@@ -139,7 +139,7 @@ def test_received_score_from_q_k_equals_the_eager_attention_maps_column_mean(pip
     torch.testing.assert_close(per_patch, eager, atol=1e-5, rtol=1e-5)
 
     (first, second) = engine.encode(stream, pixels, frozenset({RECEIVED_SCORES}))
-    pooled = torch.stack([first.video.received_scores, second.video.received_scores]).flatten(0, 1)
+    pooled = torch.stack([first.received_scores, second.received_scores]).flatten(0, 1)
     window_mean = eager.view(-1, SIDE // 2, 2, SIDE // 2, 2).mean(dim=(2, 4)).flatten(1)  # an even grid: 2 x 2 means
     torch.testing.assert_close(pooled, window_mean, atol=1e-5, rtol=1e-5)
 
@@ -155,7 +155,7 @@ def test_keys_of_the_pooled_tokens_are_the_pooled_patch_keys(pipeline) -> None:
     (encoded,) = engine.encode(stream, pixels, frozenset({PATCH_KEYS}))
     heads, dim = keys.shape[1], keys.shape[3]
     expected = keys.view(SPEC.num_frames, heads, SIDE // 2, 2, SIDE // 2, 2, dim).mean(dim=(3, 5)).flatten(2, 3)
-    torch.testing.assert_close(encoded.video.patch_keys, expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(encoded.patch_keys, expected, atol=1e-6, rtol=1e-5)
 
 
 @torch.no_grad()
@@ -186,12 +186,12 @@ def test_the_engine_prompt_ends_the_video_with_the_newline_outside_the_visual_ma
     pixels = video_pixels(10)[None]
     encoded = engine.encode(adapter.stream, pixels)
     visuals = engine.project(adapter.stream, encoded, engine.select(encoded, create_pruner("random", keep=2)))
-    prompts = engine.build_prompts(adapter, ["What is it?"], visuals)
-    visual = prompts.visual_mask[0].nonzero().squeeze(1)
+    (prompt,) = engine.build_prompts(adapter, ["What is it?"], visuals)
+    visual = prompt.visual_mask.nonzero().squeeze(1)
     assert len(visual) == SPEC.num_frames * 2 and bool((visual.diff() == 1).all())  # one run of the kept tokens
     after = int(visual[-1]) + 1
-    assert not prompts.visual_mask[0, after]
-    torch.testing.assert_close(prompts.embeds[0, after], adapter.model.model.image_newline.detach(), atol=0, rtol=0)
+    assert not prompt.visual_mask[after]
+    torch.testing.assert_close(prompt.embeds[after], adapter.model.model.image_newline.detach(), atol=0, rtol=0)
     assert visuals[0].tokens == SPEC.num_frames * 2 and len(visuals[0].item()) == SPEC.num_frames * 2 + 1
 
 
@@ -251,7 +251,7 @@ def test_show_draws_the_received_attention(capsys, pipeline, path: Path, synthet
 
     frames = pipeline.frames(pixels=video_pixels(12))
     (encoded,) = engine.encode(pipeline.adapter.stream, frames.pixels[None], frozenset({RECEIVED_SCORES}))
-    torch.testing.assert_close(heatmap_scores(pipeline, frames), encoded.video.received_scores, atol=0, rtol=0)
+    torch.testing.assert_close(heatmap_scores(pipeline, frames), encoded.received_scores, atol=0, rtol=0)
     out = tmp_path / "kept.png"
     assert main(["show", "--model", str(path), "--video", str(synthetic_video), "--method", "divprune", "--keep", "2",
                  "--device", "cpu", "--out", str(out)]) == 0

@@ -53,13 +53,13 @@ def test_features_and_cls_row_equal_the_full_eager_computation(tiny_pipeline) ->
     tower = tiny_pipeline.adapter.tower
     pixels = _pixels(tiny_pipeline)
     (encoded,) = encode(tiny_pipeline.adapter.stream, pixels, frozenset({CLS_SCORES}))
-    features = encoded.video.features[None]
+    features = encoded.features[None]
     hidden, maps = reference_tower(tower, pixels)
 
     expected_features = hidden[-2][:, 1:].unflatten(0, (1, tiny_pipeline.num_frames))
     torch.testing.assert_close(features, expected_features, atol=1e-5, rtol=1e-5)
     expected_scores = maps[-2][:, :, 0, 1:].mean(dim=1)  # CLS query row, CLS key dropped, no renormalising
-    scores = encoded.video.cls_scores
+    scores = encoded.cls_scores
     torch.testing.assert_close(scores, expected_scores, atol=1e-5, rtol=0)
     assert scores.shape == (tiny_pipeline.num_frames, tiny_pipeline.num_patches)
     assert torch.all(scores.sum(-1) < 1.0)  # the CLS->CLS share is missing, not renormalised away

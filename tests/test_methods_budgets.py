@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fastervlm.errors import UnsupportedModelError
-from fastervlm.methods import EncodedVideo, create_pruner, has_setting, list_methods
+from fastervlm.methods import VisualTokens, create_pruner, has_setting, list_methods
 from fastervlm.methods.base import CLS_SCORES, RECEIVED_SCORES
 
 FRAMES, HEADS, GRID, WIDTH, HEAD_DIM, LLM_WIDTH = 3, 2, 6, 5, 4, 7
@@ -19,10 +19,10 @@ SCORED = [name for name in BUDGETED if has_setting(name, "score")]
 CONFIGURATIONS = [(name, {}) for name in BUDGETED] + [(name, {"global_budget": True}) for name in GLOBAL]
 
 
-def _everything(seed: int = 0) -> EncodedVideo:
+def _everything(seed: int = 0) -> VisualTokens:
     """Every input a method can ask for, at random."""
     generator = torch.Generator().manual_seed(seed)
-    return EncodedVideo(
+    return VisualTokens(
         torch.randn(FRAMES, PATCHES, WIDTH, generator=generator),
         cls_scores=torch.rand(FRAMES, PATCHES, generator=generator),
         received_scores=torch.rand(FRAMES, PATCHES, generator=generator),
@@ -100,11 +100,11 @@ def test_score_received_ranks_by_the_received_scores_instead_of_cls(method):
     pruner = create_pruner(method, keep=9, score="received")
     assert RECEIVED_SCORES in pruner.required_inputs() and CLS_SCORES not in pruner.required_inputs()
     assert not pruner.needs_cls_scores and create_pruner(method, keep=9).needs_cls_scores
-    swapped = EncodedVideo(encoded.features, received_scores=encoded.cls_scores, patch_keys=encoded.patch_keys,
+    swapped = VisualTokens(encoded.features, received_scores=encoded.cls_scores, patch_keys=encoded.patch_keys,
                            projected=encoded.projected)
     assert torch.equal(pruner.select(swapped).features, by_cls.features)
     with pytest.raises(UnsupportedModelError, match="received-attention scores"):
-        pruner.select(EncodedVideo(encoded.features, cls_scores=encoded.cls_scores, patch_keys=encoded.patch_keys))
+        pruner.select(VisualTokens(encoded.features, cls_scores=encoded.cls_scores, patch_keys=encoded.patch_keys))
 
 
 def test_the_score_setting_is_recorded_only_when_it_is_not_the_default():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fastervlm.errors import UnsupportedModelError
-from fastervlm.methods import EncodedVideo, create_pruner
+from fastervlm.methods import VisualTokens, create_pruner
 
 FRAMES, PATCHES, WIDTH, LLM_WIDTH = 3, 49, 6, 16
 
@@ -29,10 +29,10 @@ def restated_divprune(tokens: torch.Tensor, budget: int) -> list[int]:
     return sorted(chosen)
 
 
-def _inputs(seed: int) -> EncodedVideo:
+def _inputs(seed: int) -> VisualTokens:
     generator = torch.Generator().manual_seed(seed)
     features = torch.randn(FRAMES, PATCHES, WIDTH, generator=generator)
-    return EncodedVideo(features, projected=torch.randn(FRAMES, PATCHES, LLM_WIDTH, generator=generator))
+    return VisualTokens(features, projected=torch.randn(FRAMES, PATCHES, LLM_WIDTH, generator=generator))
 
 
 @pytest.mark.parametrize("keep", [0, 1, 2, 7, 24, 48, 49])
@@ -58,10 +58,10 @@ def test_global_budget_is_the_algorithm_over_the_whole_video(keep):
 def test_duplicates_are_chosen_last_and_never_twice():
     projected = torch.randn(1, 12, LLM_WIDTH, generator=torch.Generator().manual_seed(4))
     projected[0, 6:] = projected[0, 0]  # tokens 0 and 6..11: seven copies of one token
-    kept = create_pruner("divprune", keep=6).select(EncodedVideo(torch.zeros(1, 12, WIDTH), projected=projected))
+    kept = create_pruner("divprune", keep=6).select(VisualTokens(torch.zeros(1, 12, WIDTH), projected=projected))
     assert kept.kept_indices[0].tolist() == list(range(6))  # the five distinct tokens and one copy, the first
     everything_but_one = create_pruner("divprune", keep=11).select(
-        EncodedVideo(torch.zeros(1, 12, WIDTH), projected=projected)).kept_indices[0]
+        VisualTokens(torch.zeros(1, 12, WIDTH), projected=projected)).kept_indices[0]
     assert len(set(everything_but_one.tolist())) == 11
 
 
@@ -69,4 +69,4 @@ def test_needs_the_projected_tokens_only():
     pruner = create_pruner("divprune", keep=3)
     assert pruner.required_inputs() == {"projected"} and not pruner.needs_cls_scores
     with pytest.raises(UnsupportedModelError, match="projected visual tokens"):
-        pruner.select(EncodedVideo(torch.zeros(FRAMES, PATCHES, WIDTH)))
+        pruner.select(VisualTokens(torch.zeros(FRAMES, PATCHES, WIDTH)))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fastervlm.errors import BudgetError, UnsupportedModelError
-from fastervlm.methods import EncodedVideo, create_pruner
+from fastervlm.methods import VisualTokens, create_pruner
 from fastervlm.methods.pool import pooling_matrix
 
 FRAMES, GRID, WIDTH = 4, 8, 6
@@ -20,9 +20,9 @@ def _features(seed: int = 0) -> torch.Tensor:
 # ----- random ------------------------------------------------------------------------------------------------------
 def test_random_is_reproducible_with_a_seed():
     features = _features()
-    first = create_pruner("random", keep=10, seed=3).select(EncodedVideo(features))
-    again = create_pruner("random", keep=10, seed=3).select(EncodedVideo(_features(seed=1)))  # content does not matter
-    other = create_pruner("random", keep=10, seed=4).select(EncodedVideo(features))
+    first = create_pruner("random", keep=10, seed=3).select(VisualTokens(features))
+    again = create_pruner("random", keep=10, seed=3).select(VisualTokens(_features(seed=1)))  # content does not matter
+    other = create_pruner("random", keep=10, seed=4).select(VisualTokens(features))
     assert [i.tolist() for i in first.kept_indices] == [i.tolist() for i in again.kept_indices]
     assert [i.tolist() for i in first.kept_indices] != [i.tolist() for i in other.kept_indices]
     assert len({tuple(i.tolist()) for i in first.kept_indices}) > 1  # frames get different draws
@@ -30,19 +30,19 @@ def test_random_is_reproducible_with_a_seed():
 
 def test_random_keeps_l_per_frame_in_raster_order():
     features = _features()
-    selection = create_pruner("random", reduction=0.75).select(EncodedVideo(features))
+    selection = create_pruner("random", reduction=0.75).select(VisualTokens(features))
     assert selection.tokens_per_frame == [16] * FRAMES
     for frame, indices in zip(features, selection.kept_indices):
         assert len(indices.unique()) == 16 and torch.equal(indices, indices.sort().values)
     expected = torch.cat([frame[indices] for frame, indices in zip(features, selection.kept_indices)])
     assert torch.equal(selection.features, expected)
-    assert create_pruner("random", keep=0).select(EncodedVideo(features)).features.shape == (0, WIDTH)
+    assert create_pruner("random", keep=0).select(VisualTokens(features)).features.shape == (0, WIDTH)
 
 
 def test_random_draws_are_uniform():
     counts = torch.zeros(GRID * GRID)
     for seed in range(300):
-        for indices in create_pruner("random", keep=8, seed=seed).select(EncodedVideo(_features())).kept_indices:
+        for indices in create_pruner("random", keep=8, seed=seed).select(VisualTokens(_features())).kept_indices:
             counts[indices] += 1
     expected = 300 * FRAMES * 8 / (GRID * GRID)  # 150 per patch
     assert (counts - expected).abs().max() < 0.3 * expected
@@ -57,7 +57,7 @@ def test_random_rejects_a_bad_seed():
 @pytest.mark.parametrize("keep", [0, 1, 3, 7, 16, 26, 40, 63, 64])
 def test_pool_keeps_exactly_l_per_frame(keep):
     features = _features()
-    selection = create_pruner("pool", keep=keep).select(EncodedVideo(features))
+    selection = create_pruner("pool", keep=keep).select(VisualTokens(features))
     assert selection.features.shape == (FRAMES * keep, WIDTH)
     assert selection.tokens_per_frame == [keep] * FRAMES
     assert selection.kept_indices is None  # merged, not selected
@@ -77,17 +77,17 @@ def test_pool_rectangles_tile_the_grid(grid, cells):
 
 def test_pool_is_average_pooling_and_the_identity_at_full_budget():
     features = _features()
-    square = create_pruner("pool", keep=16).select(EncodedVideo(features)).features.view(FRAMES, 16, WIDTH)
+    square = create_pruner("pool", keep=16).select(VisualTokens(features)).features.view(FRAMES, 16, WIDTH)
     image = features.view(FRAMES, GRID, GRID, WIDTH).permute(0, 3, 1, 2)
     expected = torch.nn.functional.avg_pool2d(image, 2).permute(0, 2, 3, 1).reshape(FRAMES, 16, WIDTH)
     torch.testing.assert_close(square, expected)
-    everything = create_pruner("pool", keep=GRID * GRID).select(EncodedVideo(features)).features
+    everything = create_pruner("pool", keep=GRID * GRID).select(VisualTokens(features)).features
     assert torch.equal(everything, features.reshape(-1, WIDTH))
 
 
 def test_pool_needs_a_square_grid():
     with pytest.raises(UnsupportedModelError, match="square"):
-        create_pruner("pool", keep=3).select(EncodedVideo(torch.zeros(2, 10, 4)))
+        create_pruner("pool", keep=3).select(VisualTokens(torch.zeros(2, 10, 4)))
 
 
 # ----- fastervlm global budget --------------------------------------------------------------------------------------
@@ -95,8 +95,8 @@ def test_fastervlm_global_budget_keeps_frames_times_l_in_total():
     features = _features()
     scores = torch.rand(FRAMES, GRID * GRID, generator=torch.Generator().manual_seed(2))
     scores[1] += 1.0  # frame 1 is the most attended: a global budget gives it more than L
-    per_frame = create_pruner("fastervlm", keep=10).select(EncodedVideo(features, scores))
-    global_ = create_pruner("fastervlm", keep=10, global_budget=True).select(EncodedVideo(features, scores))
+    per_frame = create_pruner("fastervlm", keep=10).select(VisualTokens(features, scores))
+    global_ = create_pruner("fastervlm", keep=10, global_budget=True).select(VisualTokens(features, scores))
     assert per_frame.tokens_per_frame == [10] * FRAMES
     assert sum(global_.tokens_per_frame) == FRAMES * 10 and global_.tokens_per_frame[1] > 10
     best = set(scores.flatten().argsort(descending=True)[: FRAMES * 10].tolist())

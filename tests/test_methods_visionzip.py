@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fastervlm.errors import BudgetError, UnsupportedModelError
-from fastervlm.methods import EncodedVideo, create_pruner
+from fastervlm.methods import VisualTokens, create_pruner
 from fastervlm.scoring import cls_patch_scores
 
 FRAMES, HEADS, HEAD_DIM, GRID, WIDTH = 3, 4, 8, 8, 10
@@ -55,9 +55,9 @@ def _layer(seed: int):
     return q, k, hidden
 
 
-def _ours(q, k, hidden) -> EncodedVideo:
+def _ours(q, k, hidden) -> VisualTokens:
     """What the engine hands the method: the [CLS] row from q/k (no map), the patch keys, the patch features."""
-    return EncodedVideo(hidden[:, 1:], cls_scores=cls_patch_scores(q[:, :, 0], k, HEAD_DIM**-0.5),
+    return VisualTokens(hidden[:, 1:], cls_scores=cls_patch_scores(q[:, :, 0], k, HEAD_DIM**-0.5),
                         patch_keys=k[:, :, 1:])
 
 
@@ -83,8 +83,9 @@ def test_equals_the_restated_algorithm_fed_from_the_eager_map(keep, ratio):
         kept, tokens, groups = restated_visionzip(hidden[frame, 1:], cls_rows[frame], k[frame, :, 1:], keep, ratio)
         assert selection.kept_indices[frame].tolist() == kept
         assert torch.allclose(frames[frame], tokens, atol=1e-5)
-        if selection.merge_groups is not None:
-            assert selection.merge_groups[frame].tolist() == groups
+        if selection.groups is not None:  # numbered over the video: the frame's contextual tokens follow its kept ones
+            offset = frame * keep + len(kept)
+            assert selection.groups.view(FRAMES, -1)[frame].tolist() == [-1 if g < 0 else offset + g for g in groups]
         else:
             assert set(groups) == {-1}
     assert selection.tokens_per_frame == [keep] * FRAMES
@@ -101,7 +102,7 @@ def test_the_reference_split_of_64_and_rounding():
 def test_ranks_by_the_score_it_is_set_to(score):
     q, k, hidden = _layer(5)
     ours = _ours(q, k, hidden)
-    swapped = EncodedVideo(ours.features, received_scores=ours.cls_scores, patch_keys=ours.patch_keys)
+    swapped = VisualTokens(ours.features, received_scores=ours.cls_scores, patch_keys=ours.patch_keys)
     by_cls = create_pruner("visionzip", keep=10).select(ours)
     pruner = create_pruner("visionzip", keep=10, score=score)
     assert pruner.required_inputs() == {"patch_keys", "cls_scores" if score == "cls" else "received_scores"}
@@ -112,7 +113,7 @@ def test_ranks_by_the_score_it_is_set_to(score):
 def test_needs_the_patch_keys_and_has_no_global_budget():
     q, k, hidden = _layer(1)
     with pytest.raises(UnsupportedModelError, match="patch keys"):
-        create_pruner("visionzip", keep=10).select(EncodedVideo(hidden[:, 1:], cls_scores=torch.rand(FRAMES, PATCHES)))
+        create_pruner("visionzip", keep=10).select(VisualTokens(hidden[:, 1:], cls_scores=torch.rand(FRAMES, PATCHES)))
     with pytest.raises(BudgetError, match="global_budget"):
         create_pruner("visionzip", keep=10, global_budget=True)
     with pytest.raises(BudgetError, match="dominant_ratio"):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fastervlm.errors import BudgetError
-from fastervlm.methods import EncodedVideo, create_pruner
+from fastervlm.methods import VisualTokens, create_pruner
 
 FRAMES, PATCHES, WIDTH = 3, 64, 12
 
@@ -29,10 +29,10 @@ def restated_vispruner(features: torch.Tensor, scores: list[float], budget: int,
     return sorted(kept + (remaining if target > 0 else []))
 
 
-def _inputs(seed: int, frames: int = FRAMES, patches: int = PATCHES) -> EncodedVideo:
+def _inputs(seed: int, frames: int = FRAMES, patches: int = PATCHES) -> VisualTokens:
     generator = torch.Generator().manual_seed(seed)
     features = torch.randn(frames, patches, WIDTH, generator=generator)
-    return EncodedVideo(features, cls_scores=torch.rand(frames, patches, generator=generator))
+    return VisualTokens(features, cls_scores=torch.rand(frames, patches, generator=generator))
 
 
 @pytest.mark.parametrize("keep", [0, 1, 2, 3, 5, 13, 26, 33, 50, 63, 64])
@@ -72,7 +72,7 @@ def test_diversity_drops_duplicates():
     features = torch.randn(1, 32, WIDTH, generator=torch.Generator().manual_seed(3))
     features[0, 16:] = features[0, 16]  # patches 16..31 are one token repeated
     scores = torch.linspace(1.0, 0.0, 32).unsqueeze(0)  # patch 0 is the most important
-    kept = create_pruner("vispruner", keep=8).select(EncodedVideo(features, scores)).kept_indices[0].tolist()
+    kept = create_pruner("vispruner", keep=8).select(VisualTokens(features, scores)).kept_indices[0].tolist()
     assert kept[:4] == [0, 1, 2, 3]  # the important half
     assert sum(1 for i in kept if i >= 16) <= 2
 

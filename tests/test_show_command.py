@@ -16,7 +16,7 @@ from fastervlm.show.panels import outline_width
 
 
 def _answer(pipeline, frames, method: str, **settings):  # noqa: ANN001, ANN202
-    return pipeline.answer_frames([frames], ["q"], pipeline.pruner(method, **settings),
+    return pipeline.run([frames], ["q"], pipeline.pruner(method, **settings),
                                   GenerationSettings(max_new_tokens=1))[0]
 
 

@@ -97,8 +97,8 @@ def test_batched_answers_equal_one_at_a_time(tiny_pipeline) -> None:
     questions = ["What happens?", "Which object moves from the left to the right of the picture?"]
     frames = [tiny_pipeline.frames(pixels=_pixels(tiny_pipeline, seed)) for seed in (1, 2)]
     pruner = tiny_pipeline.pruner("fastervlm", reduction=0.5)
-    batched = tiny_pipeline.answer_frames(frames, questions, pruner, SHORT)
-    single = [tiny_pipeline.answer_frames([f], [q], pruner, SHORT)[0] for f, q in zip(frames, questions)]
+    batched = tiny_pipeline.run(frames, questions, pruner, SHORT)
+    single = [tiny_pipeline.run([f], [q], pruner, SHORT)[0] for f, q in zip(frames, questions)]
     assert [b.output_ids for b in batched] == [s.output_ids for s in single]
     assert [b.kept_indices for b in batched] == [s.kept_indices for s in single]
 

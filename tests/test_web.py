@@ -38,7 +38,7 @@ def test_ask_is_the_pipeline_on_frames_decoded_once(tiny_pipeline, synthetic_vid
     heatmap = outcomes[0].answer.cls_scores  # the unpruned configuration does not compute it: the page borrows it
     for outcome, configuration in zip(outcomes, (PRUNED, UNPRUNED)):
         pruner = tiny_pipeline.pruner(configuration.method, **configuration.method_settings())
-        direct = tiny_pipeline.answer_frames([frames], ["What moves?"], pruner, generation)[0]
+        direct = tiny_pipeline.run([frames], ["What moves?"], pruner, generation)[0]
         assert (outcome.answer.text, outcome.answer.visual_tokens, outcome.answer.kept_indices) == (
             direct.text, direct.visual_tokens, direct.kept_indices)
         assert outcome.picture is not None and outcome.no_picture is None

@@ -150,7 +150,7 @@ def test_client_answer_equals_the_library(client, videos: dict[str, Path], tiny_
 
     message, answer, stats, picture, answer_b, stats_b, picture_b, speedup = _ask(client, videos["good"], QUESTION)
     frames = tiny_pipeline.frames(video=videos["good"])
-    direct = tiny_pipeline.answer_frames([frames], [QUESTION], tiny_pipeline.pruner("fastervlm", reduction=0.9),
+    direct = tiny_pipeline.run([frames], [QUESTION], tiny_pipeline.pruner("fastervlm", reduction=0.9),
                                          GenerationSettings(max_new_tokens=6))[0]
     assert message.startswith("Answered from frames"), message
     assert answer == direct.text

@@ -133,4 +133,4 @@ def run_demo(
 
 
 def _answer(pipeline: Pipeline, frames: Frames, question: str, pruner: object, generation: object) -> Answer:
-    return pipeline.answer_frames([frames], [question], pruner, generation)[0]
+    return pipeline.run([frames], [question], pruner, generation)[0]

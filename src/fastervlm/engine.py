@@ -1,351 +1,197 @@
 """The inference path, written once for every model family, in stages with explicit values between them:
 
-    encode(stream, pixels, pruner)       -> [Encoded]       features per frame + the scores the method needs
-    select(encoded, pruner)              -> [VisualSelection] the tokens each sample keeps
-    project(stream, encoded, selections) -> [Visual]        those tokens in the LLM's space, per frame
-    build_prompts(adapter, questions, visuals) -> PromptBatch   text + visual embeddings, left-padded
-    generate(adapter, prompts, pruner, settings) -> [Generated] greedy or sampled answers, KV-cached
+    encode(stream, pixels, inputs)               -> [VisualTokens]  each input's candidate tokens + what the method reads
+    select(tokens, pruner)                       -> [Selection]     what each input keeps (or merges)
+    project(stream, tokens, selections)          -> [KeptTokens]    those tokens in the LLM's space, with positions
+    build_prompts(adapter, questions, kept)      -> [Prompt]        text around them (fastervlm.prompts)
+    generate(adapter, prompts, pruner, settings) -> LLMOutput       prefill + decode (fastervlm.llm)
 
-`answer` runs them straight down. They are public so that callers can reuse a stage's value: encode a video
-once and ask it many questions, batch many prompts, or select several budgets from one encoding. A family
-supplies only its `ModelAdapter` and `VisualStream` (fastervlm.models.base).
+`run` goes straight down from pixels to `Answer`s; `ask` runs the last two on kept tokens made earlier (one
+encoding asked many questions, several budgets selected from one encoding, questions of several videos batched).
+A family supplies only its `ModelAdapter` and `VisualStream` (fastervlm.models.base).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
-from fastervlm.capture import QKCapture, split_heads
-from fastervlm.errors import PromptTooLongError, UnsupportedModelError
-from fastervlm.methods.base import (CLS_SCORES, PATCH_KEYS, PROJECTED, RECEIVED_SCORES, EncodedVideo, LLMPruner,
-                                    Pruner, VisionPruner, VisualSelection, keep_all_tokens)
-from fastervlm.models.base import GenerationSettings, ModelAdapter, VisualSlot, VisualStream
-from fastervlm.models.generation import StepClock, generation_config, until_eos
-from fastervlm.scoring import cls_patch_scores, received_patch_scores
+from fastervlm.errors import UnsupportedModelError
+from fastervlm.flops import LLMGeometry, prefill_flops
+from fastervlm.llm import LLMOutput, generate
+from fastervlm.methods.registry import no_cls_error
+from fastervlm.methods.base import CLS_SCORES, PATCH_KEYS, Pruner, Selection, VisionPruner, VisualTokens, \
+    keep_all_tokens
+from fastervlm.models.base import FRAME_CLS, GenerationSettings, ModelAdapter, VisualStream
+from fastervlm.models.grid_stream import timed
+from fastervlm.prompts import KeptTokens, build_prompts
 from fastervlm.selection import split_by_frame
-from fastervlm.timing import StageTimer
+from fastervlm.timing import StageTimer, time_to_first_token
 
 
 @dataclass
-class Encoded:
-    """One sample's encoder output: what a vision-stage method reads, plus each frame's [CLS] token where the
-    family feeds it to the LLM (`keep_cls`)."""
-
-    video: EncodedVideo
-    cls_tokens: torch.Tensor | None = None
-
-
-@dataclass
-class Visual:
-    """One sample's visual tokens in the LLM's space, after selection and the projector."""
-
-    frames: list[torch.Tensor]
-    """Projected tokens per frame, (K_t, D) each, the frame's [CLS] token first when it is fed."""
-    kept_indices: list[list[int]] | None
-    cls_scores: torch.Tensor | None = None
-    trailing: torch.Tensor | None = None
-    """(E, D) tokens the stock model appends after the sample's visual tokens (`VisualStream.trailing_tokens`)."""
-
-    @property
-    def tokens(self) -> int:
-        """Visual tokens: those of the frames (trailing tokens are not among them)."""
-        return sum(len(frame) for frame in self.frames)
-
-    def item(self) -> torch.Tensor:
-        """(tokens + E, D) everything the sample puts at its placeholders: the frames, then the trailing tokens."""
-        return torch.cat(self.frames if self.trailing is None else [*self.frames, self.trailing])
-
-
-@dataclass
-class PromptBatch:
-    """Left-padded prompt embeddings of a batch and where their visual tokens are."""
-
-    embeds: torch.Tensor
-    attention_mask: torch.Tensor
-    visual_mask: torch.Tensor
-    lengths: list[int]
-
-
-@dataclass
-class Generated:
-    """What the engine returns for one sample; the pipeline adds media timings and settings."""
+class Answer:
+    """One answered question: the text, what the LLM saw, what it cost, and where the time went."""
 
     text: str
     output_ids: list[int]
-    prompt_tokens: int
     visual_tokens: int
     kept_indices: list[list[int]] | None
-    tokens_per_frame: list[int]
-    """Visual tokens of each frame in the prompt (a global budget spends them unevenly; a fed [CLS] counts)."""
-    llm_prefill_flops: int
-    """The analytic LLM prefill FLOPs this answer reached (fastervlm.flops, the method's own schedule)."""
-    cls_scores: torch.Tensor | None = None
+    prompt_tokens: int
+    timings: dict[str, float]
+    method: dict[str, Any]
+    frame_indices: list[int] | None = None
+    tokens_per_frame: list[int] | None = None
+    """Visual tokens of each frame in the prompt (they differ between frames under a global or adaptive budget)."""
+    llm_prefill_flops: int | None = None
+    """The analytic LLM prefill FLOPs of this prompt under the method, as if prefilled alone (docs/flops.md)."""
+    merge_groups: list[list[int]] | None = None
+    """Per frame, per patch: the visual token (over the answer, frame after frame) it was merged into, or -1."""
+    prefix_tokens: int = 0
+    """Prompt tokens taken from the shared prefix computed once per input and configuration (0: prefilled whole)."""
+    computed_prefill_flops: int | None = None
+    """The LLM prefill FLOPs this answer actually computed: its own tokens over the shared prefix, plus the prefix
+    itself when this answer was the first on it (summed over a run: what the run computed)."""
+    cls_scores: torch.Tensor | None = field(default=None, repr=False)
+    """(T, N) [CLS] attention per frame when the method computed it (for pictures); not in JSON."""
+
+    @property
+    def time_to_first_token(self) -> float:
+        """Seconds from preprocessed pixels to the first generated token."""
+        return time_to_first_token(self.timings)
+
+    def to_json(self) -> dict[str, Any]:
+        """The `--json` object: the text is under "answer"."""
+        out = asdict(self)
+        out.pop("cls_scores")
+        return {"answer": out.pop("text"), **out}
 
 
-def _timed(timer: StageTimer | None, stage: str) -> AbstractContextManager[Any]:
-    return nullcontext() if timer is None else timer(stage)
-
-
-# ----- encode ------------------------------------------------------------------------------------------------------
+# ----- checks before any work ----------------------------------------------------------------------------------------
 def encoder_inputs(pruner: Pruner) -> frozenset[str]:
     """What the encoder must compute for this method besides the features (LLM-stage methods: nothing)."""
     return pruner.required_inputs() if isinstance(pruner, VisionPruner) else frozenset()
 
 
+def check_method(adapter: ModelAdapter, pruner: Pruner) -> None:
+    """Refuse, before any work, a method this model cannot run: an input its stream does not provide (a
+    [CLS]-based method without [CLS]), a budget above the patches per frame, FastV's layer past the LLM's depth."""
+    check_inputs(adapter.stream, encoder_inputs(pruner), adapter.family, pruner.name)
+    pruner.check_model(num_patches=adapter.num_patches, llm_layers=adapter.llm_config.num_hidden_layers)
+
+
 def check_inputs(stream: VisualStream, inputs: frozenset[str], model: str, method: str) -> None:
-    """Refuse, before any work, a method whose inputs this stream cannot give."""
-    if CLS_SCORES in inputs and not stream.has_cls:
-        raise no_cls_error(model, type(stream.feature_attention()).__name__, method)
-    if PATCH_KEYS in inputs and not stream.has_candidate_keys:
+    """Refuse a method whose inputs this stream cannot give."""
+    missing = inputs - stream.provides
+    if CLS_SCORES in missing:
+        raise no_cls_error(model, type(getattr(stream, "feature_attention", lambda: stream)()).__name__, method)
+    if PATCH_KEYS in missing:
         raise UnsupportedModelError(f"method {method!r} merges by the feature layer's patch keys, which do not line "
                                     f"up with {model}'s pooled video tokens.")
+    if missing:
+        raise UnsupportedModelError(f"method {method!r} needs {', '.join(sorted(missing))}, which {model} does not "
+                                    "provide; choose another method (see `fastervlm methods`).")
 
 
-def no_cls_error(model: str, encoder: str, method: str) -> UnsupportedModelError:
-    """The error for a [CLS]-based method on an encoder without [CLS]: says why, and which methods do apply."""
-    from fastervlm.methods import has_setting, list_methods
-
-    free = [name for name, cls in list_methods().items() if CLS_SCORES not in cls.inputs]
-    instead = (f" Or let {method} rank patches by the attention they receive: score=received (on the command "
-               "line: --method-option score=received)." if has_setting(method, "score") else "")
-    return UnsupportedModelError(
-        f"{model}'s vision encoder ({encoder}) has no [CLS] token, so method {method!r}, which ranks patches by "
-        f"the [CLS] token's attention, cannot run on it. Methods that need no [CLS] token: {', '.join(free)}.{instead}"
-    )
+# ----- the stages ----------------------------------------------------------------------------------------------------
+def encode(stream: VisualStream, pixels: list[torch.Tensor] | torch.Tensor, inputs: frozenset[str] = frozenset(),
+           timer: StageTimer | None = None, *, keep_cls: bool = False) -> list[VisualTokens]:
+    """Preprocessed pixels, (T, 3, H, W) per input (or stacked (B, T, 3, H, W)), -> each input's candidate tokens
+    with the `inputs` (methods.base names) a method reads; no attention map is ever formed."""
+    if keep_cls and FRAME_CLS not in stream.provides:
+        keep_cls = False
+    return stream.encode(list(pixels), inputs, timer, keep_cls=keep_cls)
 
 
-_FROM_QK = frozenset({CLS_SCORES, RECEIVED_SCORES, PATCH_KEYS})
-"""Inputs read from the feature layer's queries and keys."""
-
-
-def encode(
-    stream: VisualStream,
-    pixels: torch.Tensor,
-    inputs: frozenset[str] = frozenset(),
-    timer: StageTimer | None = None,
-    *,
-    keep_cls: bool = False,
-) -> list[Encoded]:
-    """(B, T, 3, S, S) pixels -> one Encoded per sample, with the `inputs` (methods.base names) computed from the
-    feature layer's own q/k; no attention map is ever formed."""
-    attention = stream.feature_attention() if inputs & _FROM_QK else None
-    capture = QKCapture(attention, query=_query_rows(inputs)) if attention is not None else nullcontext()
-    with _timed(timer, "vision_encoder"), capture:
-        hidden = stream.hidden_states(pixels)
-    batch, frames = hidden.shape[:2]
-    found: dict[str, torch.Tensor] = {}
-    if attention is not None:
-        with _timed(timer, "cls_scoring"), torch.no_grad():  # a ranking only: never part of a gradient
-            found = _scores(stream, attention, capture, inputs)
-    with _timed(timer, "projector" if stream.candidates_projected else "vision_encoder"):
-        features = stream.candidates(hidden)
-    if PROJECTED in inputs:  # every candidate in the LLM's space, for methods that compare there (DivPrune)
-        with _timed(timer, "projector"):
-            found[PROJECTED] = stream.project(features.flatten(0, 1))
-    cls = hidden[:, :, 0] if keep_cls and stream.feeds_cls and stream.has_cls else None
-    per_sample = {name: value.unflatten(0, (batch, frames)) for name, value in found.items()}
-    return [
-        Encoded(EncodedVideo(features[i], **{name: value[i] for name, value in per_sample.items()}),
-                None if cls is None else cls[i])
-        for i in range(batch)
-    ]
-
-
-def _query_rows(inputs: frozenset[str]) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """Which queries of the feature layer to keep: all (received attention), the [CLS] row, or none (keys only)."""
-    if RECEIVED_SCORES in inputs:
-        return lambda queries: queries
-    return (lambda queries: queries[:, :1]) if CLS_SCORES in inputs else None
-
-
-def _scores(stream: VisualStream, attention: torch.nn.Module, capture: QKCapture, inputs: frozenset[str]) -> dict:
-    """The requested inputs, (B*T, ...) each, from the feature layer's captured queries and keys."""
-    head_dim = attention.head_dim
-    keys = split_heads(capture.keys, head_dim)  # (B*T, H, tokens, D)
-    first = 1 if stream.has_cls else 0
-    found: dict[str, torch.Tensor] = {}
-    if CLS_SCORES in inputs:
-        query = split_heads(capture.query[:, :1], head_dim)[:, :, 0]
-        found[CLS_SCORES] = stream.candidate_scores(cls_patch_scores(query, keys, attention.scale))
-    if RECEIVED_SCORES in inputs:
-        queries = split_heads(capture.query, head_dim)
-        scores = received_patch_scores(queries, keys, attention.scale, has_cls=stream.has_cls)
-        found[RECEIVED_SCORES] = stream.candidate_scores(scores)
-    if PATCH_KEYS in inputs:
-        found[PATCH_KEYS] = stream.candidate_keys(keys[:, :, first:])
-    return found
-
-
-# ----- select and project ------------------------------------------------------------------------------------------
-def select(encoded: list[Encoded], pruner: Pruner, timer: StageTimer | None = None) -> list[VisualSelection]:
-    """The tokens each sample keeps: a vision-stage method's choice, or every token (LLM-stage methods prune later)."""
-    with _timed(timer, "selection"):
+def select(tokens: list[VisualTokens], pruner: Pruner, timer: StageTimer | None = None) -> list[Selection]:
+    """What each input keeps: a vision-stage method's choice, or every token (LLM-stage methods prune later)."""
+    with timed(timer, "selection"):
         if isinstance(pruner, VisionPruner):
-            return [pruner.select(sample.video) for sample in encoded]
-        return [keep_all_tokens(sample.video.features) for sample in encoded]
+            return [pruner.select(item) for item in tokens]
+        return [keep_all_tokens(item.features) for item in tokens]
 
 
-def project(
-    stream: VisualStream, encoded: list[Encoded], selections: list[VisualSelection], timer: StageTimer | None = None
-) -> list[Visual]:
-    """Kept tokens -> the LLM's space, per frame, in one projector call for the batch ([CLS] tokens in front of
-    their frames where they are fed)."""
+def project(stream: VisualStream, tokens: list[VisualTokens], selections: list[Selection],
+            timer: StageTimer | None = None) -> list[KeptTokens]:
+    """Selected tokens -> the LLM's space, per frame, in one projector call for the batch ([CLS] tokens in front of
+    their frames where they are fed), with the positions and side features of their sources."""
     pieces: list[torch.Tensor] = []
-    for sample, selection in zip(encoded, selections):
-        frames = selection.features.split(selection.tokens_per_frame)
-        if sample.cls_tokens is not None:
-            frames = [torch.cat([token[None], frame]) for token, frame in zip(sample.cls_tokens, frames)]
+    for item, selection in zip(tokens, selections):
+        frames = list(selection.features.split(selection.tokens_per_frame))
+        if item.cls_tokens is not None:
+            frames = [torch.cat([token[None], frame]) for token, frame in zip(item.cls_tokens, frames)]
         pieces.extend(frames)
-    with _timed(timer, "projector"):
-        projected = _project_pieces(stream, pieces, [s.projected for s in selections for _ in s.tokens_per_frame])
+    with timed(timer, "projector"):
+        done = [s.projected for s in selections for _ in range(s.frames)]
+        todo = [piece for piece, projected in zip(pieces, done) if not projected]
+        fresh = iter(stream.project(torch.cat(todo)).split([len(p) for p in todo]) if todo else [])
+        projected = [piece if is_done else next(fresh) for piece, is_done in zip(pieces, done)]
     trailing = stream.trailing_tokens()
     if trailing is not None and projected:
         trailing = trailing.to(device=projected[0].device, dtype=projected[0].dtype)
-    visuals, start = [], 0
-    for sample, selection in zip(encoded, selections):
-        count = len(selection.tokens_per_frame)
-        kept = None if selection.kept_indices is None else [idx.tolist() for idx in selection.kept_indices]
-        visuals.append(Visual(list(projected[start : start + count]), kept, sample.video.cls_scores, trailing))
-        start += count
-    return visuals
+    kept, start = [], 0
+    for item, selection in zip(tokens, selections):
+        frames = projected[start : start + selection.frames]
+        start += selection.frames
+        kept.append(KeptTokens(
+            frames, selection,
+            positions=None if item.positions is None else item.positions.flatten(0, 1)[selection.source],
+            position_span=item.position_span,
+            side_features=tuple(side.flatten(0, 1)[selection.source] for side in item.side_features),
+            trailing=trailing, cls_scores=item.cls_scores, frame_indices=item.frame_indices))
+    return kept
 
 
-def _project_pieces(stream: VisualStream, pieces: list[torch.Tensor], done: list[bool]) -> list[torch.Tensor]:
-    """Each piece projected, in one projector call for those not in the LLM's space yet."""
-    todo = [piece for piece, projected in zip(pieces, done) if not projected]
-    fresh = iter(stream.project(torch.cat(todo)).split([len(piece) for piece in todo]) if todo else [])
-    return [piece if projected else next(fresh) for piece, projected in zip(pieces, done)]
+def ask(adapter: ModelAdapter, kept: list[KeptTokens], questions: list[str], pruner: Pruner,
+        settings: GenerationSettings, timer: StageTimer | None = None) -> list[Answer]:
+    """The last two stages for a batch of prepared inputs, one question each: prompts, then one `generate`.
 
-
-# ----- prompts and generation ----------------------------------------------------------------------------------------
-def build_prompts(adapter: ModelAdapter, questions: list[str], visuals: list[Visual]) -> PromptBatch:
-    """Each question's prompt with its sample's visual tokens at the slots, text embedded by the LLM's own table,
-    left-padded into one batch."""
-    rows: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for question, visual in zip(questions, visuals):
-        pieces, masks = [], []
-        for piece in adapter.prompt(question):
-            if isinstance(piece, VisualSlot):
-                tokens = visual.frames[piece.first : piece.first + piece.count]
-                pieces.extend(tokens)
-                masks.extend(torch.ones(len(t), dtype=torch.bool) for t in tokens)
-                if visual.trailing is not None and piece.first + piece.count == len(visual.frames):
-                    pieces.append(visual.trailing)  # after the item's last frame; text to LLM-stage methods
-                    masks.append(torch.zeros(len(visual.trailing), dtype=torch.bool))
-            elif piece:
-                pieces.append(adapter.embed(torch.tensor(piece, device=adapter.device)))
-                masks.append(torch.zeros(len(piece), dtype=torch.bool))
-        rows.append((torch.cat(pieces), torch.cat(masks)))
-    check_context(adapter, [mask for _, mask in rows])
-    return _left_padded(rows, adapter.device, adapter.dtype)
-
-
-def check_context(adapter: ModelAdapter, visual_masks: list[torch.Tensor]) -> None:
-    """Refuse a prompt longer than the LLM's context (it would be answered, silently wrong), naming its parts."""
-    limit = adapter.max_context
-    for sample, mask in enumerate(visual_masks):
-        if limit is not None and len(mask) > limit:
-            visual = int(mask.sum())
-            raise PromptTooLongError(
-                f"the prompt is {len(mask)} tokens ({visual} visual + {len(mask) - visual} text), longer than the "
-                f"{limit} tokens {adapter.family}'s LLM was built for: ask a shorter question, or keep fewer visual "
-                "tokens (a smaller keep, a larger reduction).", sample)
-
-
-def _left_padded(rows: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device, dtype: torch.dtype) -> PromptBatch:
-    lengths = [len(embeds) for embeds, _ in rows]
-    longest, width = max(lengths), rows[0][0].shape[-1]
-    embeds = torch.zeros(len(rows), longest, width, device=device, dtype=dtype)
-    attention = torch.zeros(len(rows), longest, dtype=torch.long, device=device)
-    visual = torch.zeros(len(rows), longest, dtype=torch.bool, device=device)
-    for row, (row_embeds, row_visual) in enumerate(rows):
-        start = longest - len(row_embeds)
-        embeds[row, start:] = row_embeds
-        attention[row, start:] = 1
-        visual[row, start:] = row_visual.to(device)
-    return PromptBatch(embeds, attention, visual, lengths)
-
-
-def llm_stage(pruner: Pruner, decoder: torch.nn.Module, visual_mask: torch.Tensor, frames: int,
-              num_patches: int) -> AbstractContextManager[Any]:
-    """An LLM-stage method (FastV) attached to the decoder for one call; nothing for vision-stage methods."""
-    if not isinstance(pruner, LLMPruner):
-        return nullcontext()
-    return pruner.attach(decoder, visual_mask, frames=frames, num_patches=num_patches)
-
-
-def generate(
-    adapter: ModelAdapter, prompts: PromptBatch, pruner: Pruner, settings: GenerationSettings,
-    timer: StageTimer | None = None,
-) -> tuple[list[list[int]], torch.Tensor | None]:
-    """transformers' generate on the prompt embeddings with the KV cache; the clock splits prefill from decode.
-
-    Returns the generated ids per sample (up to EOS) and, for an LLM-stage method, the (B, R) ranks of the
-    visual tokens it kept (else None)."""
-    clock = StepClock(adapter.device)
-    torch.manual_seed(settings.seed)
-    clock.start()
-    with llm_stage(pruner, adapter.decoder, prompts.visual_mask, adapter.num_frames, adapter.num_patches) as run:
-        out = adapter.llm.generate(
-            inputs_embeds=prompts.embeds,
-            attention_mask=prompts.attention_mask,
-            generation_config=generation_config(settings, adapter.tokenizer, adapter.generation_defaults),
-            logits_processor=[clock],
-        )
-    if timer is not None:
-        clock.report(timer)
-    outputs = [until_eos(row.tolist(), adapter.tokenizer.eos_token_id) for row in out]
-    return outputs, getattr(run, "kept_visual", None)
-
-
-def answer(
-    adapter: ModelAdapter, pixels: torch.Tensor, questions: list[str], pruner: Pruner, settings: GenerationSettings,
-    timer: StageTimer | None = None,
-) -> list[Generated]:
-    """Answer a batch, one question per sample: pixels (B, T, 3, S, S). The whole path, straight down."""
+    The inputs may be one input asked several questions (the same KeptTokens more than once) or several inputs.
+    Each answer's timings are its share of this call (the batch's stages divided evenly); the work that made the
+    kept tokens (`KeptTokens.seconds`) is the caller's to share out."""
+    timer = timer or StageTimer(adapter.device)
     with torch.inference_mode():
-        inputs = encoder_inputs(pruner)
-        check_inputs(adapter.stream, inputs, adapter.family, pruner.name)
-        pixels = pixels.to(device=adapter.device, dtype=adapter.dtype)
-        encoded = encode(adapter.stream, pixels, inputs, timer, keep_cls=adapter.keep_cls)
-        visuals = project(adapter.stream, encoded, select(encoded, pruner, timer), timer)
-        return answer_visuals(adapter, visuals, questions, pruner, settings, timer)
+        prompts = build_prompts(adapter, questions, kept)
+        output = generate(adapter, prompts, pruner, settings, timer)
+    share = {stage: seconds / len(prompts) for stage, seconds in timer.seconds.items()}
+    return [_answer(adapter, pruner, output, row, prompt.length, prompt.kept, share)
+            for row, prompt in enumerate(prompts)]
 
 
-def answer_visuals(
-    adapter: ModelAdapter, visuals: list[Visual], questions: list[str], pruner: Pruner, settings: GenerationSettings,
-    timer: StageTimer | None = None,
-) -> list[Generated]:
-    """The last two stages for a batch of projected samples, one question each: prompts, then one `generate`.
-
-    The samples may come from one encoding asked several questions (the same `Visual` more than once) or from
-    several videos; in fp32 greedy answers do not depend on the batch they were in (left padding, tested); in
-    fp16/bf16 a padded batch sums attention in another order and can flip some (docs/evaluation.md)."""
+def run(adapter: ModelAdapter, pixels: list[torch.Tensor] | torch.Tensor, questions: list[str], pruner: Pruner,
+        settings: GenerationSettings, timer: StageTimer | None = None) -> list[Answer]:
+    """Answer a batch, one question per input: the whole path, straight down."""
+    timer = timer or StageTimer(adapter.device)
+    check_method(adapter, pruner)
     with torch.inference_mode():
-        prompts = build_prompts(adapter, questions, visuals)
-        outputs, llm_kept = generate(adapter, prompts, pruner, settings, timer)
-    return [generated(adapter, pruner, ids, prompts.lengths[i], visuals[i], None if llm_kept is None else llm_kept[i])
-            for i, ids in enumerate(outputs)]
+        pixels = [p.to(device=adapter.device, dtype=adapter.dtype) for p in pixels]
+        tokens = encode(adapter.stream, pixels, encoder_inputs(pruner), timer, keep_cls=adapter.keep_cls)
+        kept = project(adapter.stream, tokens, select(tokens, pruner, timer), timer)
+    return ask(adapter, kept, questions, pruner, settings, timer)
 
 
-def generated(adapter: ModelAdapter, pruner: Pruner, ids: list[int], length: int, visual: Visual,
-              llm_kept: torch.Tensor | None) -> Generated:
-    """One sample's result; an LLM-stage method reports what it kept from its pruning layer on."""
-    from fastervlm.flops import LLMGeometry
-
-    visual_tokens, kept = visual.tokens, visual.kept_indices
-    if llm_kept is not None:
-        visual_tokens = len(llm_kept)
+def _answer(adapter: ModelAdapter, pruner: Pruner, output: LLMOutput, row: int, length: int, kept: KeptTokens,
+            timings: dict[str, float]) -> Answer:
+    """One prompt's answer; an LLM-stage method reports what it kept from its pruning layer on."""
+    ids = output.ids[row]
+    selection = kept.selection
+    visual_tokens, kept_indices = kept.tokens, kept.kept_indices
+    if output.llm_kept is not None:
+        visual_tokens = len(output.llm_kept[row])
         if not adapter.keep_cls:  # with [CLS] tokens among the visual ones, ranks are not patch indices
-            kept = split_by_frame(llm_kept, adapter.num_frames, adapter.num_patches)
-    flops = pruner.llm_prefill_flops(LLMGeometry.from_config(adapter.llm_config), text_tokens=length - visual.tokens,
-                                     frames=adapter.num_frames, num_patches=adapter.num_patches,
-                                     visual_tokens=visual.tokens)
-    scores = None if visual.cls_scores is None else visual.cls_scores.float().cpu()
-    return Generated(adapter.decode(ids), ids, length, visual_tokens, kept, [len(f) for f in visual.frames], flops,
-                     scores)
+            kept_indices = split_by_frame(output.llm_kept[row], selection.frames, selection.patches)
+    geometry = LLMGeometry.from_config(adapter.llm_config)
+    flops = pruner.llm_prefill_flops(geometry, text_tokens=length - kept.tokens, frames=selection.frames,
+                                     num_patches=selection.patches, visual_tokens=kept.tokens)
+    prefix = output.shared_prefix[row]
+    computed = flops
+    if prefix:
+        own = prefill_flops(geometry, length, cached=prefix)
+        computed = own + (prefill_flops(geometry, prefix) if output.prefix_computed[row] else 0)
+    scores = None if kept.cls_scores is None else kept.cls_scores.float().cpu()
+    return Answer(adapter.decode(ids), ids, visual_tokens, kept_indices, length, dict(timings), pruner.settings(),
+                  frame_indices=kept.frame_indices, tokens_per_frame=kept.tokens_per_frame, llm_prefill_flops=flops,
+                  merge_groups=kept.merge_groups, prefix_tokens=prefix, computed_prefill_flops=computed,
+                  cls_scores=scores)

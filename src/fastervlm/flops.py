@@ -67,11 +67,12 @@ def _field(config: Any, name: str, default: Any = _REQUIRED) -> Any:
     return value
 
 
-def layer_flops(geometry: LLMGeometry, tokens: int) -> int:
-    """One decoder layer over `tokens` tokens (projections + n^2 attention + SwiGLU MLP)."""
+def layer_flops(geometry: LLMGeometry, tokens: int, keys: int | None = None) -> int:
+    """One decoder layer over `tokens` new tokens attending to `keys` keys (default: themselves; more when a cache
+    holds earlier tokens): projections + n x keys attention + SwiGLU MLP."""
     g, n = geometry, tokens
     projections = 2 * n * g.hidden * (2 * g.heads * g.head_dim + 2 * g.kv_heads * g.head_dim)
-    attention = 2 * 2 * g.heads * g.head_dim * n * n
+    attention = 2 * 2 * g.heads * g.head_dim * n * (n if keys is None else keys)
     mlp = 2 * 3 * n * g.hidden * g.intermediate
     return projections + attention + mlp
 
@@ -82,13 +83,19 @@ def attention_row_flops(geometry: LLMGeometry, tokens: int) -> int:
 
 
 def prefill_flops(
-    geometry: LLMGeometry, prompt_tokens: int, *, pruned_from: int | None = None, pruned_tokens: int | None = None
+    geometry: LLMGeometry, prompt_tokens: int, *, cached: int = 0, pruned_from: int | None = None,
+    pruned_tokens: int | None = None,
 ) -> int:
     """LLM prefill FLOPs for a prompt of `prompt_tokens` tokens, visual tokens included.
 
-    With `pruned_from=K, pruned_tokens=n'`, layers 0..K-1 see the whole prompt and layers K.. see n' tokens
-    (FastV). The LM head is counted for the last position only, as generation computes it.
+    With `cached=c`, the first c tokens are already in the KV cache (a shared prefix): only the other ones are
+    computed, each attending to all `prompt_tokens` keys. With `pruned_from=K, pruned_tokens=n'`, layers 0..K-1
+    see the whole prompt and layers K.. see n' tokens (FastV). The LM head is counted for the last position only,
+    as generation computes it.
     """
+    if cached:
+        new = prompt_tokens - cached
+        return geometry.layers * layer_flops(geometry, new, keys=prompt_tokens) + 2 * geometry.hidden * geometry.vocab
     full_layers = geometry.layers
     total = 0
     if pruned_from is not None or pruned_tokens is not None:

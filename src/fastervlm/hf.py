@@ -28,8 +28,9 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from fastervlm import engine
+from fastervlm.llm import llm_stage
 from fastervlm.errors import FasterVLMError, UnsupportedModelError
-from fastervlm.methods import Pruner, create_pruner
+from fastervlm.methods import Pruner, create_pruner, no_cls_error
 from fastervlm.models.base import Modality
 from fastervlm.models.hf_base import HFAdapter, HFStream, hf_adapter_for, hf_families
 from fastervlm.models.hf_no_cls import encoder_without_cls
@@ -54,7 +55,7 @@ def apply(model: nn.Module, method: str | Pruner | None = None, *, keep_cls: boo
                    f"{config.get('model_type')!r}) is not one of them yet.")
     encoder = encoder_without_cls(config)
     if encoder is not None and pruner.needs_cls_scores:
-        error = engine.no_cls_error(name, encoder, pruner.name)
+        error = no_cls_error(name, encoder, pruner.name)
         raise error if family is not None else UnsupportedModelError(f"{error} {unsupported}")
     if family is None:
         raise UnsupportedModelError(unsupported)
@@ -210,7 +211,7 @@ class HFPruning:
         if visual is None:
             return self._originals[name](**call)
         frames, patches = self._geometry
-        with engine.llm_stage(self.pruner, self.decoder, visual, frames, patches) as run:
+        with llm_stage(self.pruner, self.decoder, visual, frames, patches) as run:
             out = self._originals[name](**call)
         self._note_llm_kept(run)
         return out
@@ -274,12 +275,12 @@ class HFPruning:
         """The engine's encode -> select -> project for a batch of items of one stream; (tokens per item, frames)."""
         if stream.modality == "image":
             pixels = pixels[:, None]
-        encoded = engine.encode(stream, pixels, self.inputs, keep_cls=self.keep_cls)
-        visuals = engine.project(stream, encoded, engine.select(encoded, self.pruner))
-        for visual in visuals:
-            self.records.append(ItemRecord(stream.modality, visual.tokens, visual.kept_indices,
-                                           None if visual.cls_scores is None else visual.cls_scores.float().cpu()))
-        return [visual.item() for visual in visuals], pixels.shape[1]
+        tokens = engine.encode(stream, pixels, self.inputs, keep_cls=self.keep_cls)
+        kept = engine.project(stream, tokens, engine.select(tokens, self.pruner))
+        for item in kept:
+            self.records.append(ItemRecord(stream.modality, item.tokens, item.kept_indices,
+                                           None if item.cls_scores is None else item.cls_scores.float().cpu()))
+        return [item.item() for item in kept], pixels.shape[1]
 
     def _note_llm_kept(self, run: Any) -> None:
         """After an LLM-stage method ran: record the visual tokens it kept from its pruning layer on, per frame."""

@@ -13,83 +13,32 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from fastervlm import media
+from fastervlm import engine, media
+from fastervlm.engine import Answer
 from fastervlm.errors import FasterVLMError
-from fastervlm import engine
-from fastervlm.methods import Pruner, create_pruner, default_method
+from fastervlm.methods import Pruner, VisualTokens, create_pruner, default_method
 from fastervlm.models.base import GenerationSettings, ModelAdapter, adapter_for
-from fastervlm.timing import StageTimer, time_to_first_token
+from fastervlm.prompts import KeptTokens
+from fastervlm.timing import StageTimer
 
 if TYPE_CHECKING:
     from fastervlm.frame_cache import FrameCache
 
 
 @dataclass
-class Answer:
-    """One answered question: the text, what the LLM saw, and where the time went."""
-
-    text: str
-    output_ids: list[int]
-    visual_tokens: int
-    kept_indices: list[list[int]] | None
-    prompt_tokens: int
-    timings: dict[str, float]
-    method: dict[str, Any]
-    frame_indices: list[int] | None = None
-    tokens_per_frame: list[int] | None = None
-    """Visual tokens of each frame in the prompt (they differ between frames under a global budget)."""
-    llm_prefill_flops: int | None = None
-    """The analytic LLM prefill FLOPs this answer reached (docs/flops.md)."""
-    cls_scores: torch.Tensor | None = field(default=None, repr=False)
-    """(T, N) [CLS] attention per frame when the method computed it (for pictures); not in JSON."""
-
-    @property
-    def time_to_first_token(self) -> float:
-        """Seconds from preprocessed pixels to the first generated token."""
-        return time_to_first_token(self.timings)
-
-    def to_json(self) -> dict[str, Any]:
-        """The `--json` object (fields of conventions.md): the text is under "answer"."""
-        out = asdict(self)
-        out.pop("cls_scores")
-        return {"answer": out.pop("text"), **out}
-
-
-@dataclass
 class Frames:
-    """Preprocessed pixels of one sample plus the source frame numbers they came from."""
+    """Preprocessed pixels of one input plus the source frame numbers they came from."""
 
     pixels: torch.Tensor
     frame_indices: list[int] | None
     decode_seconds: float
-
-
-@dataclass
-class Encoding:
-    """One sample's vision-tower output, computed once for every question and configuration that shares it
-    (`Pipeline.encode`); the pixels are not kept."""
-
-    encoded: engine.Encoded
-    frame_indices: list[int] | None
-    seconds: dict[str, float]
-    """Wall seconds of the shared work: "decode_video" (decode + preprocess) and the encoder's stages."""
-
-
-@dataclass
-class Prepared:
-    """One sample's visual tokens under one configuration (`Pipeline.prepare`): ask it any number of questions."""
-
-    visual: engine.Visual
-    frame_indices: list[int] | None
-    seconds: dict[str, float]
-    """Wall seconds of selection and projection for this configuration."""
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -135,14 +84,17 @@ class Pipeline:
 
     def pruner(self, method: str | Pruner | None = None, **settings: Any) -> Pruner:
         """A method instance from a name (by default the registry's default method, or its baseline when no budget
-        is given) or as given."""
+        is given) or as given, checked against this model before any work (`engine.check_method`)."""
         if isinstance(method, Pruner):
             if settings:
                 raise FasterVLMError("pass settings either to create_pruner or to answer(), not both.")
-            return method
-        if method is None:
-            method = default_method(settings.get("keep") is not None or settings.get("reduction") is not None)
-        return create_pruner(method, **settings)
+            pruner = method
+        else:
+            if method is None:
+                method = default_method(settings.get("keep") is not None or settings.get("reduction") is not None)
+            pruner = create_pruner(method, **settings)
+        engine.check_method(self.adapter, pruner)
+        return pruner
 
     def frames(
         self,
@@ -201,77 +153,65 @@ class Pipeline:
         **method_settings: Any,
     ) -> Answer:
         """Answer one question; `method_settings` (keep=, reduction=, ...) configure `method` by name."""
-        frames = self.frames(video, image, pixels, flip=flip)
-        return self.answer_frames([frames], [question], self.pruner(method, **method_settings), generation)[0]
+        pruner = self.pruner(method, **method_settings)  # refused before the video is decoded
+        return self.run([self.frames(video, image, pixels, flip=flip)], [question], pruner, generation)[0]
 
-    def answer_frames(
+    def run(
         self,
         frames: list[Frames],
         questions: list[str],
         pruner: Pruner,
         generation: GenerationSettings | None = None,
     ) -> list[Answer]:
-        """Answer a batch of already decoded samples (one question each) with one pruning configuration."""
+        """Answer a batch of decoded inputs (one question each) with one configuration: the engine straight down."""
         if len(frames) != len(questions):
             raise FasterVLMError(f"{len(frames)} samples but {len(questions)} questions: give one question per sample.")
         _check_questions(questions)
-        timer = StageTimer(self.adapter.device)
-        pixels = torch.stack([f.pixels for f in frames])
-        generated = engine.answer(self.adapter, pixels, questions, pruner, generation or GenerationSettings(), timer)
-        decoded = [{"decode_video": f.decode_seconds} for f in frames]
-        return self._answers(generated, pruner, timer, decoded, [f.frame_indices for f in frames])
+        answers = engine.run(self.adapter, [f.pixels for f in frames], questions, pruner,
+                             generation or GenerationSettings())
+        for answer, f in zip(answers, frames):
+            answer.timings["decode_video"] = f.decode_seconds
+            answer.frame_indices = f.frame_indices
+        return answers
 
     # ----- one encoding, many questions and configurations (the evaluation harness) -------------------------------
     def check_method(self, pruner: Pruner) -> None:
-        """Refuse, before any work, a method this model cannot run (a [CLS]-based one without [CLS], a budget above
-        the patches per frame, FastV's layer past the LLM's depth)."""
-        engine.check_inputs(self.adapter.stream, engine.encoder_inputs(pruner), self.adapter.family, pruner.name)
-        pruner.check_model(num_patches=self.num_patches, llm_layers=self.adapter.llm_config.num_hidden_layers)
+        """Refuse, before any work, a method this model cannot run (`engine.check_method`)."""
+        engine.check_method(self.adapter, pruner)
 
-    def encode(self, frames: Frames, pruners: Sequence[Pruner]) -> Encoding:
-        """Run the vision tower once on one sample, computing every input any of `pruners` reads: each of them
-        then selects from the same encoding (`prepare`) as if it had encoded the sample alone."""
+    def encode(self, frames: Frames, pruners: Sequence[Pruner]) -> VisualTokens:
+        """Run the vision tower once on one input, computing every input any of `pruners` reads: each of them then
+        selects from the same tokens (`prepare`) as if it had encoded the input alone."""
         inputs = frozenset().union(*(engine.encoder_inputs(pruner) for pruner in pruners))
         for pruner in pruners:
-            self.check_method(pruner)
+            engine.check_method(self.adapter, pruner)
         timer = StageTimer(self.adapter.device)
         with torch.inference_mode():
-            pixels = frames.pixels[None].to(device=self.adapter.device, dtype=self.adapter.dtype)
-            (encoded,) = engine.encode(self.adapter.stream, pixels, inputs, timer, keep_cls=self.adapter.keep_cls)
-        return Encoding(encoded, frames.frame_indices, {"decode_video": frames.decode_seconds, **timer.seconds})
+            pixels = frames.pixels.to(device=self.adapter.device, dtype=self.adapter.dtype)
+            (tokens,) = engine.encode(self.adapter.stream, [pixels], inputs, timer, keep_cls=self.adapter.keep_cls)
+        tokens.frame_indices = frames.frame_indices
+        tokens.seconds = {"decode_video": frames.decode_seconds, **timer.seconds}
+        return tokens
 
-    def prepare(self, encoding: Encoding, pruner: Pruner) -> Prepared:
-        """One configuration's visual tokens for an encoded sample: its selection, projected once."""
+    def prepare(self, tokens: VisualTokens, pruner: Pruner) -> KeptTokens:
+        """One configuration's kept tokens for an encoded input: its selection, projected once. `seconds` holds
+        the selection's and the projector's time."""
         timer = StageTimer(self.adapter.device)
         with torch.inference_mode():
-            selections = engine.select([encoding.encoded], pruner, timer)
-            (visual,) = engine.project(self.adapter.stream, [encoding.encoded], selections, timer)
-        return Prepared(visual, encoding.frame_indices, timer.seconds)
+            selections = engine.select([tokens], pruner, timer)
+            (kept,) = engine.project(self.adapter.stream, [tokens], selections, timer)
+        kept.seconds = timer.seconds
+        return kept
 
-    def answer_prepared(
-        self, prepared: list[Prepared], questions: list[str], pruner: Pruner, generation: GenerationSettings | None = None,
+    def ask(
+        self, kept: list[KeptTokens], questions: list[str], pruner: Pruner, generation: GenerationSettings | None = None,
     ) -> list[Answer]:
-        """Answer a batch of prepared samples, one question each, in one `generate` call (left-padded; the same
-        sample may appear several times). Timings hold each answer's share of this call only."""
-        if len(prepared) != len(questions):
-            raise FasterVLMError(f"{len(prepared)} samples but {len(questions)} questions: give one question per sample.")
+        """Answer a batch of prepared inputs, one question each, in one LLM call (the same input may appear several
+        times; its prompt prefix is computed once). Timings hold each answer's share of this call only."""
+        if len(kept) != len(questions):
+            raise FasterVLMError(f"{len(kept)} samples but {len(questions)} questions: give one question per sample.")
         _check_questions(questions)
-        timer = StageTimer(self.adapter.device)
-        generated = engine.answer_visuals(self.adapter, [p.visual for p in prepared], questions, pruner,
-                                          generation or GenerationSettings(), timer)
-        return self._answers(generated, pruner, timer, [{} for _ in prepared], [p.frame_indices for p in prepared])
-
-    def _answers(self, generated: list[engine.Generated], pruner: Pruner, timer: StageTimer,
-                 own: list[dict[str, float]], frame_indices: list[list[int] | None]) -> list[Answer]:
-        """Answers from a batch's results: each sample's `own` timings plus its share of the batch's stages."""
-        per_sample = {stage: seconds / len(generated) for stage, seconds in timer.seconds.items()}
-        return [
-            Answer(text=g.text, output_ids=g.output_ids, visual_tokens=g.visual_tokens, kept_indices=g.kept_indices,
-                   prompt_tokens=g.prompt_tokens, timings={**timings, **per_sample}, method=pruner.settings(),
-                   frame_indices=indices, tokens_per_frame=g.tokens_per_frame,
-                   llm_prefill_flops=g.llm_prefill_flops, cls_scores=g.cls_scores)
-            for g, timings, indices in zip(generated, own, frame_indices)
-        ]
+        return engine.ask(self.adapter, kept, questions, pruner, generation or GenerationSettings())
 
 
 def _check_questions(questions: list[str]) -> None:
@@ -299,4 +239,3 @@ def load(
             raise FasterVLMError(f"{flag} does not apply to {adapter_cls.family} checkpoints ({path}); leave it out.")
     adapter = adapter_cls.load(path, device=resolve_device(device), dtype=resolve_dtype(dtype), **options)
     return Pipeline(adapter, path)
-

@@ -15,7 +15,7 @@ across configurations (median, min, max):
 - the LLM's KV cache right after the prefill, in bytes, read from the cache object itself;
 - the analytic LLM prefill FLOPs of fastervlm.flops through the method's own schedule (Pruner.llm_prefill_flops);
 - speedups over the unpruned row (the registry's baseline method).
-Plus the [CLS] extraction side by side where the model family has a reference (`VisualStream.eager_extraction`):
+Plus the [CLS] extraction side by side where the model family has a reference (`models.base.SupportsEagerReference`):
 our tower pass (SDPA, stops at the feature layer, one [CLS] row from its q/k) against the original's (every layer
 eager, every attention map returned). Everything about the model is read through the adapter contract.
 

@@ -45,12 +45,13 @@ def _cache_bytes(cache: Any) -> int | None:
 
 @contextmanager
 def _kv_probe(pipeline: Pipeline) -> Iterator[list[int | None]]:
-    """Records the KV-cache size after the first LLM forward of the block (the prefill)."""
+    """Records the KV-cache size after the prefill: the cache after the last LLM forward of more than one token
+    (a prefill is a shared prefix, then the question's tokens; decoding steps take one token each)."""
     sizes: list[int | None] = []
 
     def hook(module: torch.nn.Module, args: Any, kwargs: Any, output: Any) -> None:
-        if not sizes:
-            sizes.append(_cache_bytes(getattr(output, "cache", None)))
+        if kwargs["inputs_embeds"].shape[1] > 1:
+            sizes[:] = [_cache_bytes(getattr(output, "cache", None))]
 
     handle = pipeline.adapter.llm.register_forward_hook(hook, with_kwargs=True)
     try:
@@ -84,7 +85,7 @@ class _ConfigMeasurer:
         with torch.inference_mode(), self.meter.run():
             frames = self.pipeline.frames(video=self.task.video)
             with _kv_probe(self.pipeline) as kv:
-                self.answer = self.pipeline.answer_frames([frames], [self.task.question], self.pruner, self.generation)[0]
+                self.answer = self.pipeline.run([frames], [self.task.question], self.pruner, self.generation)[0]
         self.kv = kv[0] if kv else None
         if command == "timed":
             self.timings.append(_with_totals(self.answer.timings, len(self.answer.output_ids)))
@@ -149,7 +150,7 @@ class _ExtractionMeasurer:
         attention = self.stream.feature_attention()
         frames, tokens = self.pixels.shape[0] * self.pixels.shape[1], self.stream.tokens_per_frame + 1
         held = frames * attention.num_heads * (1 + tokens) * attention.head_dim * self.pixels.element_size()
-        return torch.stack([sample.video.cls_scores for sample in encoded]), held
+        return torch.stack([tokens.cls_scores for tokens in encoded]), held
 
     def _reference(self, timer: StageTimer) -> int:
         """The stream's eager extraction; the [CLS] row is read inside it, so its scoring time is counted there."""

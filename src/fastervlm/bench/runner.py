@@ -18,6 +18,7 @@ from fastervlm.bench.configs import QUESTION, SYNTHETIC_VIDEO, BenchConfig, Mode
 from fastervlm.bench.measure import Task, make_measurer
 from fastervlm.bench.results import BenchResult, BenchRow, ExtractionRow, add_speedups
 from fastervlm.errors import FasterVLMError
+from fastervlm.models.base import SupportsEagerReference
 
 if TYPE_CHECKING:
     from fastervlm.pipeline import Pipeline
@@ -114,7 +115,7 @@ def load_average() -> float | None:
 
 
 def _has_reference(pipeline: Pipeline) -> bool:
-    return pipeline.adapter.stream.has_eager_extraction
+    return isinstance(pipeline.adapter.stream, SupportsEagerReference)
 
 
 def _notes(pipeline: Pipeline, reference: bool) -> list[str]:

@@ -48,7 +48,7 @@ def run_show(args: argparse.Namespace) -> int:
     pipeline = load_model(args)
     pruner = pipeline.pruner(request.method, **request.settings)
     frames = pipeline.frames(video=args.video, flip=args.flip)
-    answer = pipeline.answer_frames([frames], [args.question], pruner, GenerationSettings(max_new_tokens=1))[0]
+    answer = pipeline.run([frames], [args.question], pruner, GenerationSettings(max_new_tokens=1))[0]
     scores = answer.cls_scores
     if scores is None and not args.no_heatmap:
         scores = heatmap_scores(pipeline, frames)

@@ -5,8 +5,8 @@ thread, from the on-disk frame cache when one is given), the vision tower runs o
 configuration reads (`Pipeline.encode`), each configuration selects and projects once (`Pipeline.prepare`: a
 vision-stage method reuses its selection for every question; an LLM-stage method such as FastV reuses the decode and
 the tower), and the questions then wait in their configuration's queue until `batch_size` of them (from this video
-or the next ones) are answered by one `generate` call. A video's encoding is dropped once it is prepared; a
-prepared sample lives only while its questions are queued.
+or the next ones) are answered by one `generate` call. A video's tokens are dropped once they are prepared; its
+kept tokens (with the prompt prefix the LLM computed for them) live only while its questions are queued.
 
 Crash safety: every record of a batch is written (flushed and fsynced) as soon as the batch ends, so a killed run
 loses at most the batches in flight, and a resumed run skips every item already written. Greedy answers do not
@@ -81,7 +81,7 @@ class Configuration:
     todo: set[str]
     out: JsonlAppender | None = None
     queue: list[tuple[Item, Path, Any, dict[str, float]]] = field(default_factory=list)
-    """(item, video file, Prepared sample, its share of the shared stages) waiting for a batch."""
+    """(item, video file, its KeptTokens, its share of the shared stages) waiting for a batch."""
     done: int = 0
     errors: int = 0
     stage_seconds: dict[str, float] = field(default_factory=dict)
@@ -170,24 +170,24 @@ class GroupedPredictor:
         wanted = [(c, [item for item in group.items if item.id in c.todo]) for c in self.configs]
         wanted = [(config, items) for config, items in wanted if items]
         try:
-            encoding = self.pipeline.encode(frames, [config.pruner for config, _ in wanted])
+            tokens = self.pipeline.encode(frames, [config.pruner for config, _ in wanted])
         except FasterVLMError as err:
             self._fail(group.items, [config for config, _ in wanted], err)
             return
         self.shared.tower_runs += 1
-        add_seconds(self.shared.stage_seconds, encoding.seconds)
+        add_seconds(self.shared.stage_seconds, tokens.seconds)
         users = sum(len(items) for _, items in wanted)
         for config, items in wanted:
             try:
-                prepared = self.pipeline.prepare(encoding, config.pruner)
+                kept = self.pipeline.prepare(tokens, config.pruner)
             except FasterVLMError as err:
                 self._fail(items, [config], err)
                 continue
-            add_seconds(config.stage_seconds, prepared.seconds)
-            share = {stage: s / users for stage, s in encoding.seconds.items()}
-            add_seconds(share, prepared.seconds, 1 / len(items))
+            add_seconds(config.stage_seconds, kept.seconds)
+            share = {stage: s / users for stage, s in tokens.seconds.items()}
+            add_seconds(share, kept.seconds, 1 / len(items))
             for item in items:
-                config.queue.append((item, path, prepared, share))
+                config.queue.append((item, path, kept, share))
                 if len(config.queue) >= self.batch_size:
                     self._flush(config)
 
@@ -200,7 +200,7 @@ class GroupedPredictor:
         """One generate call for the batch, its records written together; an item that fails alone (a prompt too
         long) becomes an error record and the rest are answered without it."""
         try:
-            answers = self.pipeline.answer_prepared([p for _, _, p, _ in batch], [i.question for i, _, _, _ in batch],
+            answers = self.pipeline.ask([p for _, _, p, _ in batch], [i.question for i, _, _, _ in batch],
                                                     config.pruner, self.generation)
         except FasterVLMError as err:
             culprit = getattr(err, "sample", None)

@@ -3,12 +3,12 @@
 The registry is a leaf; importing this package registers the built-in methods (`builtin`).
 """
 
-from fastervlm.methods.base import EncodedVideo, LLMPruner, Pruner, VisionPruner, VisualSelection
+from fastervlm.methods.base import VisualTokens, LLMPruner, Pruner, VisionPruner, Selection
 from fastervlm.methods.registry import (baseline_method, create_pruner, default_method, featured_methods, get_method,
-                                       has_setting, is_baseline, list_methods, method_settings, register)
+                                       has_setting, is_baseline, list_methods, method_settings, no_cls_error, register)
 from fastervlm.methods import builtin  # noqa: E402,F401  (registers the built-in methods)
 
 __all__ = [
-    "EncodedVideo", "LLMPruner", "Pruner", "VisionPruner", "VisualSelection", "baseline_method", "create_pruner",
+    "VisualTokens", "LLMPruner", "Pruner", "VisionPruner", "Selection", "baseline_method", "create_pruner",
     "default_method", "featured_methods", "get_method", "has_setting", "is_baseline", "list_methods", "method_settings", "register",
 ]

@@ -16,6 +16,7 @@ Methods never import a model adapter or the engine.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, fields
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import torch
 
 from fastervlm.errors import BudgetError, UnsupportedModelError
-from fastervlm.selection import resolve_keep
+from fastervlm.selection import gather_tokens, resolve_keep
 
 if TYPE_CHECKING:
     from fastervlm.flops import LLMGeometry
@@ -41,7 +42,7 @@ PATCH_KEYS = "patch_keys"
 """Input: the feature layer's keys of the patches, per head, (T, H, N, D) (VisionZip merges by them)."""
 PROJECTED = "projected"
 """Input: every candidate token after the projector, in the LLM's embedding space, (T, N, C_llm) (DivPrune compares
-them). A method that reads it returns rows of it (`VisualSelection.projected`), which the engine does not project
+them). A method that reads it returns rows of it (`Selection.projected`), which the engine does not project
 again."""
 ENCODER_INPUTS = (CLS_SCORES, RECEIVED_SCORES, PATCH_KEYS, PROJECTED)
 """Every input the engine can hand a vision-stage method besides the features."""
@@ -62,11 +63,17 @@ def setting(default: Any, help: str, *, recorded_at_default: bool = True) -> Any
 
 
 @dataclass
-class EncodedVideo:
-    """What the vision encoder hands a vision-stage method for one sample (a video, or an image as one frame).
+class VisualTokens:
+    """One visual input (a video, or an image as one frame) as the engine hands it to a method: its candidate tokens
+    on a grid, what the method asked the encoder for, and where each token sits in the LLM's positions.
 
-    features: (T, N, C) the feature layer's candidate tokens per frame ([CLS] excluded).
-    The others are present when the method's `required_inputs()` ask for them (see the input names above).
+    A "frame" is the model's temporal unit: an input frame for the LLaVA families, a temporal patch (two input
+    frames) for Qwen-VL. Every frame of one input has the same rows x cols grid of candidates (N = rows x cols, the
+    N of `reduction`), but N differs between inputs of a model that picks its resolution per video (Qwen-VL).
+    Flat index k = frame x N + row x cols + col names a candidate everywhere (`Selection.source`, `groups`).
+
+    features: (T, N, C) the candidate tokens per frame ([CLS] excluded).
+    cls_scores .. projected: present when the method's `required_inputs()` ask for them (the input names above).
     """
 
     features: torch.Tensor
@@ -74,6 +81,51 @@ class EncodedVideo:
     received_scores: torch.Tensor | None = None
     patch_keys: torch.Tensor | None = None
     projected: torch.Tensor | None = None
+    grid: tuple[int, int] | None = None
+    """(rows, cols) of each frame's candidates; None means a square grid (N a perfect square)."""
+    positions: torch.Tensor | None = None
+    """(T, N, P) each candidate's position in the LLM relative to the first position of the prompt slot that holds
+    its frame (the family's prompt decides the slots: one per input, or one per frame), for a model with multi-axis
+    positions (M-RoPE: P = 3, (t, h, w)); None: 1-D positions, consecutive over the prompt as it is after pruning."""
+    position_span: int = 0
+    """With `positions`: how far a slot shifts the positions of what follows it (the stock prompt's; pruning never
+    changes it)."""
+    side_features: tuple[torch.Tensor, ...] = ()
+    """Per-token features the LLM takes besides the embeddings, (T, N, D) each (Qwen3-VL's DeepStack): a kept or
+    merged token takes those of its `source`."""
+    cls_tokens: torch.Tensor | None = None
+    """(T, C) each frame's [CLS] token, fed in front of the frame's kept tokens where the family does (keep_cls)."""
+    frame_indices: list[int] | None = None
+    """The decoded frame numbers the input was sampled at (None for pixels given directly)."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Wall seconds of the work that made these tokens (decoding, the tower), for whoever shares it out."""
+
+    @property
+    def frames(self) -> int:
+        return self.features.shape[0]
+
+    @property
+    def patches(self) -> int:
+        """N: candidate tokens per frame."""
+        return self.features.shape[1]
+
+    @property
+    def rows_cols(self) -> tuple[int, int]:
+        """(rows, cols) of a frame's candidate grid; an error for a non-square N without a declared grid."""
+        if self.grid is not None:
+            return self.grid
+        side = math.isqrt(self.patches)
+        if side * side != self.patches:
+            raise UnsupportedModelError(f"{self.patches} candidates per frame form no square grid, and the model "
+                                        "declares none.")
+        return side, side
+
+    def coords(self) -> torch.Tensor:
+        """(T x N, 3) long: (frame, row, col) of every candidate, in flat-index order."""
+        rows, cols = self.rows_cols
+        flat = torch.arange(self.frames * self.patches, device=self.features.device)
+        within = flat % self.patches
+        return torch.stack([flat // self.patches, within // cols, within % cols], dim=1)
 
     def require(self, name: str, method: str) -> torch.Tensor:
         """The input `name` (one of ENCODER_INPUTS), or a clear error when the engine did not hand it over."""
@@ -85,7 +137,7 @@ class EncodedVideo:
             )
         return value
 
-    def whole_video(self, inputs: Collection[str] = ENCODER_INPUTS) -> EncodedVideo:
+    def whole_video(self, inputs: Collection[str] = ENCODER_INPUTS) -> VisualTokens:
         """The video as one frame of T x N tokens, frame after frame: what a budget over the whole video ranks.
         Only `inputs` (those the method reads) are carried over."""
 
@@ -97,39 +149,74 @@ class EncodedVideo:
                 return tensor.transpose(0, 1).reshape(1, tensor.shape[1], -1, tensor.shape[3])
             return tensor.reshape(1, -1, *tensor.shape[2:])
 
-        return EncodedVideo(self.features.reshape(1, -1, self.features.shape[-1]),
-                            **{name: flat(name) for name in ENCODER_INPUTS})
+        return VisualTokens(self.features.reshape(1, -1, self.features.shape[-1]),
+                            **{name: flat(name) for name in ENCODER_INPUTS}, grid=(1, self.frames * self.patches))
 
 
 @dataclass
-class VisualSelection:
-    """The visual tokens a vision-stage method hands to the projector.
+class Selection:
+    """What a vision-stage method hands to the projector for one input: its tokens, and for each the candidate whose
+    place it takes. Coordinates, LLM positions and side features of the tokens follow from `source`; callers
+    never recompute them.
 
-    features: (K, C) kept tokens, frame after frame. kept_indices: one ascending tensor of patch indices per
-    frame ([CLS] excluded), or None for methods that merge patches instead of selecting them (pool).
-    tokens_per_frame: the tokens of each frame in `features`; they may differ between frames (a global budget).
-
-    A method that both selects and merges (VisionZip) puts each frame's selected patches first (their indices in
-    `kept_indices`) and its merged tokens after them (`merged_per_frame`); `merge_groups` says which patches each
-    merged token averages, so that a picture can draw them (docs/methods.md).
+    A token is either a candidate kept as itself, or a merge of several candidates (VisionZip's contextual tokens,
+    pool's rectangles, temporal merges across frames), which takes the place of one of them (`source`: the token it
+    was merged into, or a representative one). Tokens come frame after frame by their source's frame; within a
+    frame, in the method's order.
     """
 
     features: torch.Tensor
-    kept_indices: list[torch.Tensor] | None
-    tokens_per_frame: list[int]
-    merge_groups: list[torch.Tensor] | None = None
-    """Per frame, an (N,) int64 tensor: for each patch, the frame's merged token it went into (0, 1, ... in the
-    order of those tokens), -1 for a patch kept as itself or dropped. None when no token is merged this way."""
+    """(K, C) the tokens, in prompt order."""
+    source: torch.Tensor
+    """(K,) long: the flat candidate index (frame x N + patch) whose coordinates and positions each token takes."""
+    frames: int
+    patches: int
+    """T and N of the input the selection was made from."""
+    merged: torch.Tensor | None = None
+    """(K,) bool: True for a token that merges several candidates; None when every token is a single candidate."""
+    groups: torch.Tensor | None = None
+    """(T x N,) long: for each candidate, the token (0 .. K-1) it was merged into, -1 for one kept as itself or
+    dropped; None when nothing was merged."""
     projected: bool = False
-    """The features are already in the LLM's embedding space (rows of `EncodedVideo.projected`): do not project."""
+    """The features are already in the LLM's embedding space (rows of `VisualTokens.projected`): do not project."""
+    keeps_patches: bool = True
+    """Some tokens may be candidates kept as themselves (`kept_indices`); False for a method whose tokens are all
+    merges by construction (pool), whose `kept_indices` is then None."""
+
+    def __post_init__(self) -> None:
+        frame_of = self.source // self.patches
+        if len(frame_of) > 1 and bool((frame_of.diff() < 0).any()):
+            raise ValueError("a selection's tokens must come frame after frame (by their source's frame)")
+
+    @property
+    def tokens_per_frame(self) -> list[int]:
+        """Tokens of each frame (by source): they may differ between frames (global or frame-adaptive budgets)."""
+        return torch.bincount(self.source // self.patches, minlength=self.frames).tolist()
+
+    @property
+    def kept_indices(self) -> list[torch.Tensor] | None:
+        """Per frame, the ascending patch indices of the candidates kept as themselves; None for a method whose
+        tokens are all merges (pool)."""
+        if not self.keeps_patches:
+            return None
+        single = self.source if self.merged is None else self.source[~self.merged]
+        single = torch.sort(single).values
+        return [single[(single // self.patches) == frame] % self.patches for frame in range(self.frames)]
 
     @property
     def merged_per_frame(self) -> list[int]:
-        """Tokens per frame that are not a single patch: all of them without kept_indices (pool), else those past
-        the frame's kept indices (VisionZip's contextual tokens), else 0."""
-        if self.kept_indices is None:
-            return list(self.tokens_per_frame)
-        return [count - len(kept) for count, kept in zip(self.tokens_per_frame, self.kept_indices)]
+        """Tokens per frame that merge several candidates (all of them for pool, VisionZip's contextual tokens)."""
+        if self.merged is None:
+            return [0] * self.frames
+        frame_of = self.source[self.merged] // self.patches
+        return torch.bincount(frame_of, minlength=self.frames).tolist()
+
+
+def select_candidates(candidates: torch.Tensor, indices: list[torch.Tensor], *, projected: bool = False) -> Selection:
+    """(T, N, C) candidates and one ascending index tensor per frame -> the selection of those candidates."""
+    frames, patches, _ = candidates.shape
+    source = torch.cat([index + frame * patches for frame, index in enumerate(indices)])
+    return Selection(gather_tokens(candidates, indices), source, frames, patches, projected=projected)
 
 
 @dataclass
@@ -167,9 +254,12 @@ class Pruner:
         """L for a model with `num_patches` patches per frame (all of them when no budget is set)."""
         return resolve_keep(num_patches, self.keep, self.reduction)
 
-    def check_model(self, *, num_patches: int, llm_layers: int) -> None:
+    def check_model(self, *, num_patches: int | None, llm_layers: int) -> None:
         """Refuse, before any work, a configuration this model cannot run: a budget above its `num_patches` per frame
-        (LLM-stage methods also check their layer against `llm_layers`)."""
+        (LLM-stage methods also check their layer against `llm_layers`). With num_patches None (the model picks N
+        per input) only the budget's form is checked here; its bound is checked as each input is selected."""
+        if num_patches is None:  # any whole keep >= 0 fits some N: check the form against N = keep
+            num_patches = self.keep if type(self.keep) is int and self.keep >= 0 else 0
         self.per_frame_budget(num_patches)
 
     def settings(self) -> dict[str, Any]:
@@ -206,8 +296,8 @@ class VisionPruner(Pruner):
 
     stage: ClassVar[Stage] = "vision"
 
-    def select(self, encoded: EncodedVideo) -> VisualSelection:
-        """The tokens of one sample that reach the projector."""
+    def select(self, tokens: VisualTokens) -> Selection:
+        """The tokens of one input that reach the projector."""
         raise NotImplementedError
 
 
@@ -258,8 +348,8 @@ def check_flag(value: Any, setting_name: str, example: str) -> None:
         raise BudgetError(f"{setting_name} must be true or false (got {value!r}), e.g. {example}.")
 
 
-def keep_all_tokens(features: torch.Tensor) -> VisualSelection:
-    """Every patch of every frame, in order: the selection of no pruning (and of LLM-stage methods)."""
+def keep_all_tokens(features: torch.Tensor) -> Selection:
+    """Every candidate of every frame, in order: the selection of no pruning (and of LLM-stage methods)."""
     frames, patches, width = features.shape
-    every = torch.arange(patches, device=features.device)
-    return VisualSelection(features.reshape(-1, width), [every] * frames, [patches] * frames)
+    source = torch.arange(frames * patches, device=features.device)
+    return Selection(features.reshape(-1, width), source, frames, patches)

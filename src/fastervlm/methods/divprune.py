@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fastervlm.methods.base import PROJECTED, EncodedVideo
+from fastervlm.methods.base import PROJECTED, VisualTokens
 from fastervlm.methods.ranking import PatchSelector
 from fastervlm.methods.registry import register
 
@@ -49,5 +49,5 @@ class DivPrune(PatchSelector):
     summary = "greedy max-min cosine diversity over the projected visual tokens, L per frame (no attention needed)"
     reference = "DivPrune, arXiv 2503.02175 (github.com/ModelTC/LightCompress, token_reduction/divprune.py)"
 
-    def choose(self, pools: EncodedVideo, keep: int) -> torch.Tensor:
+    def choose(self, pools: VisualTokens, keep: int) -> torch.Tensor:
         return max_min_diverse(pools.require(PROJECTED, self.name), keep)

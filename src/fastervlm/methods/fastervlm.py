@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fastervlm.methods.base import CLS_SCORES, EncodedVideo
+from fastervlm.methods.base import CLS_SCORES, VisualTokens
 from fastervlm.methods.ranking import ImportanceScored, PatchSelector
 from fastervlm.methods.registry import register
 from fastervlm.selection import topk_per_frame
@@ -22,5 +22,5 @@ class FasterVLM(ImportanceScored, PatchSelector):
     summary = "[CLS] attention in the vision encoder ranks patches; top-L per frame (or 8L over the video) reach the LLM"
     reference = "FasterVLM, arXiv 2412.01818 (github.com/Theia-4869/FasterVLM)"
 
-    def choose(self, pools: EncodedVideo, keep: int) -> torch.Tensor:
+    def choose(self, pools: VisualTokens, keep: int) -> torch.Tensor:
         return topk_per_frame(self.importance(pools), keep)

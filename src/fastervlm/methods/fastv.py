@@ -65,7 +65,7 @@ class FastV(LLMPruner):
     def __post_init__(self) -> None:
         check_whole_number(self.layer, "fastv's {layer} K", "{layer}=2", minimum=1)
 
-    def check_model(self, *, num_patches: int, llm_layers: int) -> None:
+    def check_model(self, *, num_patches: int | None, llm_layers: int) -> None:
         super().check_model(num_patches=num_patches, llm_layers=llm_layers)
         check_layer(self.layer, llm_layers)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fastervlm.errors import BudgetError
-from fastervlm.methods.base import EncodedVideo, VisionPruner, VisualSelection, keep_all_tokens
+from fastervlm.methods.base import VisualTokens, VisionPruner, Selection, keep_all_tokens
 from fastervlm.methods.registry import register
 
 
@@ -21,5 +21,5 @@ class NoPruning(VisionPruner):
         if self.prunes:
             raise BudgetError("method 'none' keeps every token: drop {keep}/{reduction} or choose another method.")
 
-    def select(self, encoded: EncodedVideo) -> VisualSelection:
+    def select(self, encoded: VisualTokens) -> Selection:
         return keep_all_tokens(encoded.features)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fastervlm.methods.base import EncodedVideo, check_whole_number, setting
+from fastervlm.methods.base import VisualTokens, check_whole_number, setting
 from fastervlm.methods.ranking import PatchSelector
 from fastervlm.methods.registry import register
 from fastervlm.selection import topk_per_frame
@@ -24,7 +24,7 @@ class RandomTokens(PatchSelector):
         super().__post_init__()
         check_whole_number(self.seed, "random's {seed}", "{seed}=1")
 
-    def choose(self, pools: EncodedVideo, keep: int) -> torch.Tensor:
+    def choose(self, pools: VisualTokens, keep: int) -> torch.Tensor:
         # One draw of T x N scores on the CPU, the same on every device: per frame it ranks each frame's patches,
         # as one pool (a global budget) the same numbers rank the whole video.
         generator = torch.Generator().manual_seed(self.seed)

@@ -20,14 +20,15 @@ from fastervlm.methods.base import (
     CLS_SCORES,
     PROJECTED,
     RECEIVED_SCORES,
-    EncodedVideo,
+    VisualTokens,
     VisionPruner,
-    VisualSelection,
+    Selection,
+    select_candidates,
     check_choice,
     check_flag,
     setting,
 )
-from fastervlm.selection import gather_tokens, indices_per_frame
+from fastervlm.selection import indices_per_frame
 
 SCORES = {"cls": CLS_SCORES, "received": RECEIVED_SCORES}
 """The values of the `score` setting and the input each one reads."""
@@ -43,15 +44,15 @@ class PatchSelector(VisionPruner):
         super().__post_init__()
         check_flag(self.global_budget, f"{self.name}'s {{global_budget}}", "{global_budget}=true")
 
-    def choose(self, pools: EncodedVideo, keep: int) -> torch.Tensor:
+    def choose(self, pools: VisualTokens, keep: int) -> torch.Tensor:
         """(P, keep) ascending indices: the `keep` tokens kept in each of the P pools of `pools` (its frames).
 
         Called only with 0 < keep < tokens per pool (keeping none or all needs no choice)."""
         raise NotImplementedError
 
-    def select(self, encoded: EncodedVideo) -> VisualSelection:
+    def select(self, tokens: VisualTokens) -> Selection:
         projected = PROJECTED in self.required_inputs()  # kept rows come from the projected tokens (DivPrune)
-        candidates = encoded.require(PROJECTED, self.name) if projected else encoded.features
+        candidates = tokens.require(PROJECTED, self.name) if projected else tokens.features
         frames, patches, _ = candidates.shape
         keep = self.per_frame_budget(patches)
         if keep == patches:
@@ -59,12 +60,11 @@ class PatchSelector(VisionPruner):
         elif keep == 0:
             indices = [torch.zeros(0, dtype=torch.long, device=candidates.device)] * frames
         elif self.global_budget:
-            whole = encoded.whole_video(self.required_inputs())
+            whole = tokens.whole_video(self.required_inputs())
             indices = indices_per_frame(self.choose(whole, frames * keep)[0], frames, patches)
         else:
-            indices = list(self.choose(encoded, keep).unbind(0))
-        return VisualSelection(gather_tokens(candidates, indices), indices, [len(i) for i in indices],
-                               projected=projected)
+            indices = list(self.choose(tokens, keep).unbind(0))
+        return select_candidates(candidates, indices, projected=projected)
 
 
 @dataclass
@@ -83,6 +83,6 @@ class ImportanceScored(VisionPruner):
         """The class's inputs with its [CLS] scores replaced by the score this configuration ranks by."""
         return (super().required_inputs() - {CLS_SCORES}) | {SCORES[self.score]}
 
-    def importance(self, encoded: EncodedVideo) -> torch.Tensor:
+    def importance(self, tokens: VisualTokens) -> torch.Tensor:
         """(T, N) the scores that rank the patches, higher is more important."""
-        return encoded.require(SCORES[self.score], self.name)
+        return tokens.require(SCORES[self.score], self.name)

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
-from fastervlm.errors import BudgetError
-from fastervlm.methods.base import BUDGET_PARAMETERS, Pruner
+from fastervlm.errors import BudgetError, UnsupportedModelError
+from fastervlm.methods.base import BUDGET_PARAMETERS, CLS_SCORES, Pruner
 
 _METHODS: dict[str, type[Pruner]] = {}
 
@@ -101,3 +101,14 @@ def has_setting(method: str | None, name: str) -> bool:
     """Whether a registered method takes the setting `name` (False for an unknown method)."""
     cls = _METHODS.get(method or "")
     return cls is not None and any(f.name == name for f in fields(cls))
+
+
+def no_cls_error(model: str, encoder: str, method: str) -> UnsupportedModelError:
+    """The error for a [CLS]-based method on an encoder without [CLS]: says why, and which methods do apply."""
+    free = [name for name, cls in _METHODS.items() if CLS_SCORES not in cls.inputs]
+    instead = (f" Or let {method} rank patches by the attention they receive: score=received (on the command "
+               "line: --method-option score=received)." if has_setting(method, "score") else "")
+    return UnsupportedModelError(
+        f"{model}'s vision encoder ({encoder}) has no [CLS] token, so method {method!r}, which ranks patches by "
+        f"the [CLS] token's attention, cannot run on it. Methods that need no [CLS] token: {', '.join(free)}.{instead}"
+    )

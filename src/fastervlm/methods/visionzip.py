@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from fastervlm.methods.base import (
     CLS_SCORES,
     PATCH_KEYS,
-    EncodedVideo,
-    VisualSelection,
+    Selection,
+    VisualTokens,
     check_fraction,
     keep_all_tokens,
+    select_candidates,
     setting,
 )
 from fastervlm.methods.ranking import ImportanceScored
@@ -33,13 +34,17 @@ from fastervlm.methods.registry import register
 from fastervlm.selection import descending_order, take_rows
 
 
+def target_positions(remaining: int, contextual: int, device: torch.device) -> torch.Tensor:
+    """Positions 0, step, 2 step, ... (the first `contextual`) in the list of remaining tokens: the targets."""
+    return torch.arange(0, remaining, max(1, remaining // contextual), device=device)[:contextual]
+
+
 def merge_contextual(features: torch.Tensor, keys: torch.Tensor, contextual: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(T, R, C) remaining tokens and their (T, R, D) unit keys -> (T, contextual, C) contextual tokens and (T, R)
     the contextual token each remaining token went into."""
     frames, remaining, _ = features.shape
-    step = max(1, remaining // contextual)
     is_target = torch.zeros(remaining, dtype=torch.bool, device=features.device)
-    is_target[torch.arange(0, remaining, step, device=features.device)[:contextual]] = True
+    is_target[target_positions(remaining, contextual, features.device)] = True
     similarity = keys[:, ~is_target] @ keys[:, is_target].transpose(1, 2)  # (T, members, contextual)
     joins = similarity.argmax(dim=-1)
     sums = torch.zeros(frames, contextual, features.shape[-1], dtype=features.dtype, device=features.device)
@@ -72,24 +77,28 @@ class VisionZip(ImportanceScored):
         dominant = math.floor(keep * self.dominant_ratio + 0.5)
         return dominant, keep - dominant
 
-    def select(self, encoded: EncodedVideo) -> VisualSelection:
-        features = encoded.features
+    def select(self, tokens: VisualTokens) -> Selection:
+        features = tokens.features
         frames, patches, width = features.shape
         keep = self.per_frame_budget(patches)
         if keep == patches:
             return keep_all_tokens(features)
         dominant, contextual = self.split(keep)
-        order = descending_order(self.importance(encoded))
+        order = descending_order(self.importance(tokens))
         kept = torch.sort(order[:, :dominant], dim=1).values
-        rest = torch.sort(order[:, dominant:], dim=1).values  # (T, R) raster order
-        tokens = take_rows(features, kept)
         if contextual == 0:
-            return VisualSelection(tokens.reshape(-1, width), list(kept.unbind(0)), [keep] * frames)
-        groups = torch.full((frames, patches), -1, dtype=torch.long, device=features.device)
-        keys = encoded.require(PATCH_KEYS, self.name).float().mean(dim=1)  # (T, N, D) head mean
+            return select_candidates(features, list(kept.unbind(0)))
+        rest = torch.sort(order[:, dominant:], dim=1).values  # (T, R) raster order
+        keys = tokens.require(PATCH_KEYS, self.name).float().mean(dim=1)  # (T, N, D) head mean
         merged, rest_groups = merge_contextual(take_rows(features.float(), rest),
                                                F.normalize(take_rows(keys, rest), dim=-1), contextual)
-        tokens = torch.cat([tokens, merged.to(features.dtype)], dim=1)
-        groups.scatter_(1, rest, rest_groups)
-        return VisualSelection(tokens.reshape(-1, width), list(kept.unbind(0)), [keep] * frames,
-                               merge_groups=list(groups.unbind(0)))
+        frame_tokens = torch.cat([take_rows(features, kept), merged.to(features.dtype)], dim=1)  # (T, L, C)
+        # a contextual token takes the place of its target, the first of its group in raster order
+        targets = rest[:, target_positions(rest.shape[1], contextual, rest.device)]
+        offsets = patches * torch.arange(frames, device=features.device)[:, None]
+        source = (torch.cat([kept, targets], dim=1) + offsets).flatten()
+        groups = torch.full((frames, patches), -1, dtype=torch.long, device=features.device)
+        groups.scatter_(1, rest, rest_groups + dominant + keep * torch.arange(frames, device=features.device)[:, None])
+        is_merged = torch.arange(keep, device=features.device) >= dominant
+        return Selection(frame_tokens.reshape(-1, width), source, frames, patches,
+                         merged=is_merged.repeat(frames), groups=groups.flatten())

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fastervlm.methods.base import CLS_SCORES, EncodedVideo, check_fraction, setting
+from fastervlm.methods.base import CLS_SCORES, VisualTokens, check_fraction, setting
 from fastervlm.methods.ranking import ImportanceScored, PatchSelector
 from fastervlm.methods.registry import register
 from fastervlm.selection import descending_order, take_rows
@@ -58,7 +58,7 @@ class VisPruner(ImportanceScored, PatchSelector):
         super().__post_init__()
         check_fraction(self.important_ratio, "vispruner's {important_ratio}", "{important_ratio}=0.5")
 
-    def choose(self, pools: EncodedVideo, keep: int) -> torch.Tensor:
+    def choose(self, pools: VisualTokens, keep: int) -> torch.Tensor:
         important = int(keep * self.important_ratio)
         order = descending_order(self.importance(pools))
         unit = F.normalize(pools.features.float(), dim=-1)

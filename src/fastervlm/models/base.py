@@ -1,12 +1,13 @@
 """The contract between the engine and a model family, and the registry that picks a family from a config.
 
 A family fills two small interfaces and nothing else:
-- `VisualStream`: one kind of visual input (a model's videos, or its images): the tower run to its feature layer,
-  that layer's attention module (whose q/k the engine reads for [CLS] and other scores), the candidate tokens a
-  method chooses from (the [CLS] token dropped, pooled where the family pools), and the projector;
+- `VisualStream`: one kind of visual input (a model's videos, or its images): `encode` (the tower to its feature
+  layer, giving the candidate tokens a method chooses among, with their grid, LLM positions and the scores or keys
+  the method asked for; `models/grid_stream.py` does this for every tower with a q_proj/k_proj feature layer),
+  what it `provides`, and the projector;
 - `ModelAdapter`: loading and detection, preprocessing (the family's transform and pixel statistics), the prompt
-  (text ids with `VisualSlot`s where the kept tokens go), the tokenizer and the LLM (generate on input
-  embeddings; a Llama-style decoder for methods that act inside it).
+  (text ids with `VisualSlot`s where the kept tokens go), the tokenizer and the LLM (`forward_llm` on input
+  embeddings with explicit positions and a cache; a Llama-style decoder for methods that act inside it).
 The engine (`fastervlm.engine`) runs encode -> select -> project -> prompt -> generate on any adapter. Adapters
 never import each other, cli, eval, bench, show or web. A new family is one file with a registered subclass.
 """
@@ -17,13 +18,17 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import nn
 
 from fastervlm.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from fastervlm.methods.base import VisualTokens
+    from fastervlm.timing import StageTimer
 
 Modality = Literal["video", "image"]
 
@@ -69,55 +74,44 @@ class EagerExtraction:
     layers_run: int
 
 
+@runtime_checkable
+class SupportsEagerReference(Protocol):
+    """A stream that can also reach its [CLS] scores the original code's way (`fastervlm bench`'s reference row)."""
+
+    def eager_extraction(self, pixels: torch.Tensor) -> EagerExtraction: ...
+
+
 class VisualStream(ABC):
-    """One kind of visual input of a model: tower to the feature layer, candidates, projector."""
+    """One kind of visual input of a model (its videos, or its images): the tower to its feature layer, the candidate
+    tokens a method chooses among, the inputs methods read, and the projector into the LLM's space.
+
+    What a stream can compute for methods is declared in `provides` (input names of fastervlm.methods.base, plus
+    FRAME_CLS), so that a method it cannot serve is refused before any work; tests hold every family to what it
+    declares.
+    """
 
     modality: Modality
-    feeds_cls: bool = False
-    """The stock model feeds each frame's [CLS] token to the LLM in front of its patches (Video-LLaVA-hf)."""
-    has_eager_extraction: bool = False
-    """`eager_extraction` gives the original code's way to the [CLS] scores (the benchmark's reference row)."""
 
     @property
     @abstractmethod
-    def has_cls(self) -> bool:
-        """Whether the feature layer's first token is a [CLS] token (CLIP) rather than a patch (SigLIP)."""
+    def provides(self) -> frozenset[str]:
+        """The method inputs `encode` computes on request, and FRAME_CLS when it can feed each frame's [CLS]."""
 
     @property
     @abstractmethod
-    def tokens_per_frame(self) -> int:
-        """Candidate tokens per frame a method chooses from (after any pooling): the N of `reduction`."""
+    def tokens_per_frame(self) -> int | None:
+        """Candidate tokens per frame (the N of `reduction`) when the model fixes them; None when they depend on the
+        input (a model that picks its resolution per video)."""
 
     @abstractmethod
-    def feature_attention(self) -> nn.Module:
-        """The feature layer's self-attention (q_proj, k_proj, num_heads, head_dim, scale): its q/k give the scores."""
+    def encode(self, pixels: list[torch.Tensor], inputs: frozenset[str], timer: StageTimer | None = None, *,
+               keep_cls: bool = False) -> list[VisualTokens]:
+        """Preprocessed pixels of each input, (T, 3, H, W) each, -> its candidate tokens with the requested
+        `inputs`; the [CLS] tokens too with `keep_cls`. Times "vision_encoder", "cls_scoring" and "projector"."""
 
     @abstractmethod
-    def hidden_states(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, T, 3, S, S) pixels -> (B, T, tokens, C) output of the feature layer ([CLS] first when it has one)."""
-
-    def candidates(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(B, T, tokens, C) feature-layer output -> (B, T, N, C) candidate tokens (here: the [CLS] token dropped)."""
-        return hidden[:, :, 1:] if self.has_cls else hidden
-
-    def candidate_scores(self, scores: torch.Tensor) -> torch.Tensor:
-        """(B, T, patches) per-patch scores -> (B, T, N) per candidate, matching `candidates` (pooling families)."""
-        return scores
-
-    @property
-    def has_candidate_keys(self) -> bool:
-        """Whether `candidate_keys` gives every candidate a key. False for a family that merges patches into its
-        candidates without defining the merged token's key: methods that read keys are then refused."""
-        return True
-
-    def candidate_keys(self, keys: torch.Tensor) -> torch.Tensor:
-        """(B*T, H, patches, D) per-patch keys of the feature layer ([CLS] dropped) -> (B*T, H, N, D) per
-        candidate, matching `candidates` (pooling families pool them as they pool the tokens)."""
-        return keys
-
-    candidates_projected: bool = False
-    """`candidates` are already in the LLM's space (the family projects before it pools, LLaVA-OneVision): then
-    `project` is the identity and the engine times `candidates` as the projector."""
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(K, C) kept tokens -> (K, D) LLM input embeddings (the identity when candidates are projected already)."""
 
     def trailing_tokens(self) -> torch.Tensor | None:
         """(E, D) tokens in the LLM's space that the stock model appends after each item's visual tokens (LLaVA-
@@ -126,18 +120,20 @@ class VisualStream(ABC):
         them as text, so never drop them."""
         return None
 
-    @abstractmethod
-    def project(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(K, C) kept tokens -> (K, D) LLM input embeddings."""
-
     @property
     @abstractmethod
     def layers_run(self) -> int:
         """Encoder layers that run to reach the feature layer (the layers after it never run)."""
 
-    def eager_extraction(self, pixels: torch.Tensor) -> EagerExtraction | None:
-        """The original code's way to the [CLS] scores, where this family has one (None: no reference)."""
-        return None
+
+FRAME_CLS = "frame_cls"
+"""A stream capability: it can feed each frame's [CLS] token to the LLM in front of the frame's tokens, as the stock
+model does (Video-LLaVA-hf videos: `keep_cls`)."""
+
+
+def missing_capability(stream: VisualStream, wanted: frozenset[str]) -> frozenset[str]:
+    """What of `wanted` the stream does not provide."""
+    return wanted - stream.provides
 
 
 class ModelAdapter(ABC):
@@ -152,12 +148,13 @@ class ModelAdapter(ABC):
     """The per-channel normalisation `preprocess` applies (OpenAI CLIP's; override for other statistics)."""
 
     num_frames: int
-    """Frames per sample (1 for image models)."""
+    """Input frames sampled per video (1 for image models)."""
     stream: VisualStream
     """The visual input the pipeline answers about (the family's `media`)."""
     tokenizer: Any
     llm: nn.Module
-    """A causal LM whose `generate` takes `inputs_embeds` and `attention_mask`."""
+    """The causal LM (or the whole VLM) whose forward takes `inputs_embeds`, `attention_mask`, `position_ids` and a
+    cache, and returns logits: `forward_llm` calls it."""
     decoder: nn.Module
     """The LLM's Llama-style decoder (`.layers`), where LLM-stage methods attach."""
     llm_config: Any
@@ -165,13 +162,14 @@ class ModelAdapter(ABC):
     generation_defaults: Any
     """The checkpoint's generation_config.json (top_p/top_k for sampling), or transformers' defaults."""
     keep_cls: bool = False
-    """Feed each frame's [CLS] token in front of its kept tokens, where the stock model does (`feeds_cls`)."""
+    """Feed each frame's [CLS] token in front of its kept tokens, where the stream provides FRAME_CLS."""
     device: torch.device
     dtype: torch.dtype
 
     @property
-    def num_patches(self) -> int:
-        """Candidate tokens per frame without [CLS]: the N that `reduction` is a fraction of."""
+    def num_patches(self) -> int | None:
+        """Candidate tokens per frame without [CLS] (the N that `reduction` is a fraction of), or None when the
+        model picks it per input."""
         return self.stream.tokens_per_frame
 
     @property
@@ -187,19 +185,31 @@ class ModelAdapter(ABC):
     @classmethod
     @abstractmethod
     def load(cls, path: Path, *, device: torch.device, dtype: torch.dtype | None, **options: Any) -> ModelAdapter:
-        """Load the checkpoint at `path`; dtype None means the default of conventions.md (fp32 on CPU)."""
+        """Load the checkpoint at `path`; dtype None means fp32 on CPU, the checkpoint's dtype on CUDA."""
 
     @abstractmethod
     def preprocess(self, frames: np.ndarray, *, flip: bool = False) -> torch.Tensor:
-        """uint8 (T, H, W, 3) frames -> float pixels (T, 3, S, S) as this model's checkpoint expects."""
+        """uint8 (T, H, W, 3) frames -> float pixels (T, 3, H', W') as this model's checkpoint expects."""
 
     @abstractmethod
-    def prompt(self, question: str) -> list[PromptPiece]:
-        """The prompt for one question: text ids and, where the visual tokens go, `VisualSlot`s over the frames."""
+    def prompt(self, question: str, visual: Any = None) -> list[PromptPiece]:
+        """The prompt for one question: text ids and, where the visual tokens go, `VisualSlot`s over the frames.
+        `visual`, the input's `KeptTokens` when known, is for families whose prompt text depends on the input
+        (frame timestamps). Everything up to the last slot must not depend on the question: it is the prefix that
+        questions on one input share."""
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Token ids -> the LLM's input embeddings."""
         return self.llm.get_input_embeddings()(ids)
+
+    def forward_llm(self, embeds: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor, cache: Any,
+                    side: LLMSideInputs | None = None) -> torch.Tensor:
+        """One forward pass of the LLM over `embeds` (B, S, D) after what `cache` holds: positions (B, S), or
+        (P, B, S) for multi-axis positions; attention_mask (B, cached + S). Returns the logits of the last
+        position, (B, V). `side`: per-token inputs besides the embeddings (families that take them override)."""
+        out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions, cache=cache,
+                       use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1]
 
     def decode(self, ids: list[int]) -> str:
         """Generated ids -> the answer text."""
@@ -212,6 +222,17 @@ class ModelAdapter(ABC):
         std = torch.tensor(self.pixel_std).view(1, 3, 1, 1)
         rgb = (pixels.detach().float().cpu() * std + mean).clamp(0.0, 1.0)
         return (rgb * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+@dataclass
+class LLMSideInputs:
+    """Per-token inputs an LLM takes besides the embeddings, for the visual tokens of a prefill (Qwen3-VL's
+    DeepStack: features added to the hidden states of its first layers at the visual positions)."""
+
+    visual_mask: torch.Tensor
+    """(B, S) True at the visual tokens of the embeddings passed."""
+    features: tuple[torch.Tensor, ...]
+    """One (V, D) tensor per extra feature set, V = visual tokens of the batch in reading order."""
 
 
 def feature_layer_index(num_layers: int, feature_layer: int, setting: str) -> int:

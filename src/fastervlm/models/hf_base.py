@@ -23,7 +23,8 @@ from transformers import AutoImageProcessor
 
 from fastervlm.errors import CheckpointError, FasterVLMError, UnsupportedModelError
 from fastervlm.models import base
-from fastervlm.models.base import Modality, ModelAdapter, PromptPiece, VisualSlot, VisualStream, feature_layer_index
+from fastervlm.models.base import Modality, ModelAdapter, PromptPiece, VisualSlot, feature_layer_index
+from fastervlm.models.grid_stream import GridStream
 from fastervlm.models.loading import (generation_defaults, load_tokenizer, neutral_generation_config, placement,
                                       quiet_transformers)
 from fastervlm.models.weights import weight_files
@@ -50,7 +51,7 @@ def vision_body(tower: nn.Module) -> nn.Module:
 
 
 @dataclass
-class HFStream(VisualStream):
+class HFStream(GridStream):
     """One kind of visual input of a transformers VLM (its videos, or its images) and where its pieces live.
 
     first_token_fed: the stock model feeds the feature layer's first token to the LLM (Video-LLaVA-hf videos,
@@ -70,10 +71,6 @@ class HFStream(VisualStream):
     @property
     def has_cls(self) -> bool:
         return hasattr(vision_body(self.tower).embeddings, "class_embedding")
-
-    @property
-    def feeds_cls(self) -> bool:  # type: ignore[override]
-        return self.has_cls and self.first_token_fed
 
     @property
     def grid(self) -> int:
@@ -105,7 +102,8 @@ class HFStream(VisualStream):
     def stock_tokens(self, frames: int) -> int:
         """Placeholders per item in a stock prompt (what the model's processor expands one placeholder to)."""
         trailing = self.trailing_tokens()
-        return frames * (self.tokens_per_frame + int(self.feeds_cls)) + (0 if trailing is None else len(trailing))
+        feeds_cls = self.has_cls and self.first_token_fed
+        return frames * (self.tokens_per_frame + int(feeds_cls)) + (0 if trailing is None else len(trailing))
 
     def package(self, items: list[torch.Tensor]) -> Any:
         """Projected tokens per item -> the `pooler_output` the model's forward reads."""
@@ -252,7 +250,7 @@ class HFAdapter(ModelAdapter):
             messages, chat_template=self.chat_template, add_generation_prompt=True, tokenize=False
         )
 
-    def prompt(self, question: str) -> list[PromptPiece]:
+    def prompt(self, question: str, visual: Any = None) -> list[PromptPiece]:
         """The prompt's ids with its one placeholder token as a slot for every frame's kept tokens."""
         text = self.prompt_text(question)
         bos = self.tokenizer.bos_token

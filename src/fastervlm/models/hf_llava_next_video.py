@@ -42,7 +42,7 @@ class PooledVideoStream(HFStream):
         return (self.side // self.stride) ** 2
 
     @property
-    def has_candidate_keys(self) -> bool:  # the pooled token's key is not defined here
+    def keys_defined(self) -> bool:  # the pooled token's key is not defined here
         return False
 
     def candidates(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -76,8 +76,7 @@ class WithoutClsEncoder(ModelAdapter):
 
     @classmethod
     def load(cls, path: Path, *, device: torch.device, dtype: torch.dtype | None) -> ModelAdapter:
-        from fastervlm.engine import no_cls_error
-        from fastervlm.methods import default_method
+        from fastervlm.methods import default_method, no_cls_error
 
         config = read_config(path)
         name = (config.get("architectures") or [config.get("model_type")])[0]
@@ -89,5 +88,5 @@ class WithoutClsEncoder(ModelAdapter):
     def preprocess(self, frames: np.ndarray, *, flip: bool = False) -> torch.Tensor:
         raise NotImplementedError  # never loaded
 
-    def prompt(self, question: str) -> list[PromptPiece]:
+    def prompt(self, question: str, visual: Any = None) -> list[PromptPiece]:
         raise NotImplementedError  # never loaded

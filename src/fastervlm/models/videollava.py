@@ -22,7 +22,8 @@ from transformers.models.clip.modeling_clip import CLIPAttention
 
 from fastervlm.errors import CheckpointError
 from fastervlm.models.base import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, EagerExtraction, ModelAdapter, PromptPiece,
-                                   VisualSlot, VisualStream, read_config, register_adapter)
+                                   VisualSlot, read_config, register_adapter)
+from fastervlm.models.grid_stream import GridStream
 from fastervlm.models.languagebind import LanguageBindVideoTower, load_video_tower
 from fastervlm.models.languagebind_reference import eager_tower_pass, feature_select
 from fastervlm.models.loading import (default_dtype, generation_defaults, load_tokenizer, neutral_generation_config,
@@ -86,12 +87,13 @@ def build_projector(config: dict[str, Any]) -> nn.Module:
     return nn.Sequential(nn.Linear(vision, hidden), nn.GELU(), nn.Linear(hidden, hidden))
 
 
-class LanguageBindStream(VisualStream):
-    """The videos of an original checkpoint: the LanguageBind tower to mm_vision_select_layer, then the projector."""
+class LanguageBindStream(GridStream):
+    """The videos of an original checkpoint: the LanguageBind tower to mm_vision_select_layer, then the projector.
+    It also reaches its [CLS] scores the original's way (`eager_extraction`, bench's reference row)."""
 
     modality = "video"
     has_cls = True
-    has_eager_extraction = True
+    first_token_fed = False
 
     def __init__(self, tower: LanguageBindVideoTower, projector: nn.Module, select_layer: int) -> None:
         self.tower, self.projector, self.select_layer = tower, projector, select_layer
@@ -177,7 +179,7 @@ class VideoLlavaAdapter(ModelAdapter):
     def preprocess(self, frames: np.ndarray, *, flip: bool = False) -> torch.Tensor:
         return languagebind_transform(frames, size=self.tower.config.image_size, flip=flip)
 
-    def prompt(self, question: str) -> list[PromptPiece]:
+    def prompt(self, question: str, visual: Any = None) -> list[PromptPiece]:
         """llava_v1, each text chunk tokenised on its own, one slot per frame where the original has <image>."""
         pieces: list[PromptPiece] = [[]]
         for token in tokenize_with_placeholders(self.tokenizer, llava_v1_prompt(question, self.num_frames)):

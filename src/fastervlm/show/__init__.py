@@ -3,7 +3,7 @@ pruned ones greyed, each frame's [CLS] attention as a heatmap panel below it, an
 
     from fastervlm.show import render_answer
     frames = pipeline.frames(video="clip.mp4")
-    answer = pipeline.answer_frames([frames], [question], pipeline.pruner("fastervlm", reduction=0.9))[0]
+    answer = pipeline.run([frames], [question], pipeline.pruner("fastervlm", reduction=0.9))[0]
     render_answer(pipeline, frames, answer).save("kept.png")
 
 - `layout.py`: where everything goes (`Layout`), the header's lines in whole phrases;

@@ -137,11 +137,11 @@ def heatmap_scores(pipeline: Pipeline, frames: Frames) -> torch.Tensor:
     from fastervlm.methods.base import CLS_SCORES, RECEIVED_SCORES
 
     adapter = pipeline.adapter
-    score = CLS_SCORES if adapter.stream.has_cls else RECEIVED_SCORES
+    score = CLS_SCORES if CLS_SCORES in adapter.stream.provides else RECEIVED_SCORES
     with torch.inference_mode():
-        pixels = frames.pixels[None].to(device=adapter.device, dtype=adapter.dtype)
-        (encoded,) = engine.encode(adapter.stream, pixels, frozenset({score}))
-    return getattr(encoded.video, score).float().cpu()
+        pixels = frames.pixels.to(device=adapter.device, dtype=adapter.dtype)
+        (tokens,) = engine.encode(adapter.stream, [pixels], frozenset({score}))
+    return getattr(tokens, score).float().cpu()
 
 
 def _notes(pipeline: Pipeline, answer: Answer, scores: torch.Tensor | None) -> list[str]:

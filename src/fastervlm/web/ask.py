@@ -1,7 +1,7 @@
 """One question about one uploaded video under one or two pruning configurations, on the same decoded frames.
 
 Everything here is the library's: `Pipeline.frames` decodes, `Pipeline.pruner` builds the method from the
-registry, `Pipeline.answer_frames` prompts and generates, `fastervlm.show` draws the kept tokens. This module
+registry, `Pipeline.run` prompts and generates, `fastervlm.show` draws the kept tokens. This module
 only checks the page's limits, turns form values into method settings and lays the results out as text.
 No gradio import: the handlers in app.py call `ask` and the tests call it directly.
 """
@@ -178,7 +178,7 @@ def ask(
 ) -> list[Outcome]:
     """Decode the video once, then answer under each configuration in turn (one generation at a time).
 
-    The question's length and the settings are checked before decoding; an empty question by `answer_frames`.
+    The question's length and the settings are checked before decoding; an empty question by `run`.
     """
     report = progress or (lambda fraction, text: None)
     check_question(question, settings)
@@ -195,7 +195,7 @@ def ask(
     outcomes = []
     for n, (configuration, pruner) in enumerate(zip(configurations, pruners)):
         report(0.1 + 0.8 * n / len(pruners), f"answering with {configuration.label()}")
-        answer = pipeline.answer_frames([frames], [question], pruner, generation)[0]
+        answer = pipeline.run([frames], [question], pruner, generation)[0]
         outcomes.append(Outcome(configuration, answer))
     report(0.95, "drawing the kept tokens")
     _draw(pipeline, frames, outcomes)
