@@ -5,7 +5,8 @@ engine) ever compares a method's name:
 - `stage`: "vision" (chooses visual tokens before the projector, from the encoder's output) or "llm" (drops
   visual tokens inside the language model, FastV);
 - `inputs`: what a vision-stage method reads from the encoder besides the patch features (`CLS_SCORES`, ...);
-- `budget`: "per_frame" (L per frame, frames x L in all) or "unbudgeted" (the method takes no budget);
+- `budget`: "per_frame" (L per frame, frames x L in all), "video" (frames x L in all, which the method itself
+  spreads over the frames and may merge across them: the temporal methods), or "unbudgeted" (no budget);
 - `baseline`: the method keeps every token (the unpruned row of every table);
 - `default`: the method that a budget alone selects (`--reduction 0.9` without `--method`);
 - `selects_patches`: kept tokens are patches of the frame (`kept_indices` defined) rather than merged ones;
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from fastervlm.flops import LLMGeometry
 
 Stage = Literal["vision", "llm"]
-Budget = Literal["per_frame", "unbudgeted"]
+Budget = Literal["per_frame", "video", "unbudgeted"]
 
 CLS_SCORES = "cls_scores"
 """Input: the [CLS] query's attention over each frame's patches at the feature layer, head mean, (T, N)."""
