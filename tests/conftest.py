@@ -22,8 +22,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 SHARED_BENCHMARKS_ENV = "FASTERVLM_SHARED_BENCHMARKS"
 """Opt-in: a folder with the seed's real 1K question/answer files (TGIF_Zero_Shot_QA/, ...); tests marked
-shared_data(SHARED_BENCHMARKS_ENV) run only when it is set. `.ci/run` sets it when ../shared/benchmarks is beside
-the checkout."""
+shared_data(SHARED_BENCHMARKS_ENV) run only when it is set. `.ci/run` sets it when those files are beside the
+checkout."""
 SHARED_SPEC_ENV = "FASTERVLM_SHARED_SPEC"
 """Opt-in: the path of fastervlm-video-spec.md, to compare the judge prompt with the spec's text."""
 

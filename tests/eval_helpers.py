@@ -149,7 +149,7 @@ def write_benchmark(data_root: Path, ids: list[str], folder: str = "MSVD_Zero_Sh
             (root / video_dir / f"{prefix}vid_{i}.mp4").write_bytes(b"bad" if i in bad else b"ok")
 
 
-# A handful of made-up items per built-in benchmark, in the real files' schema (spec 6.1): test_q entries
+# A handful of made-up items per built-in benchmark, in the real files' schema: test_q entries
 # {video_name, question, question_id}, test_a entries {answer, type, question_id}; question ids "v_<video>_<n>";
 # several questions per video where the real subsets have them. (video, n, question, answer, type)
 SAMPLE_ITEMS: dict[str, list[tuple[str, int, str, str, int]]] = {

@@ -144,3 +144,16 @@ def test_importing_the_library_loads_no_heavy_optional_package(module: str) -> N
             "print([m for m in heavy if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_code_and_docs_cite_nothing_outside_the_repository() -> None:
+    """A user's clone has only the repository: no comment or page may send a reader to notes it does not have."""
+    import re
+
+    root = SRC.parent.parent
+    files = [*SRC.rglob("*.py"), *SRC.rglob("*.toml"), *(root / "docs").glob("*.md"), root / "README.md",
+             root / "ARCHITECTURE.md"]
+    pattern = re.compile(r"\.\./shared|conventions\.md|spec section|\(spec \d|spec \d+\.\d+")
+    cited = [f"{path.relative_to(root)}: {match.group(0)}" for path in files
+             for match in pattern.finditer(path.read_text())]
+    assert not cited, cited

@@ -17,8 +17,9 @@ from fastervlm.cli import main
 
 SMALL = ["--size", "64x48", "--duration", "1", "--fps", "10", "--max-new-tokens", "3", "--device", "cpu",
          "--no-progress"]
-EVAL_HEADER = ("| run | items | seconds | items/s | speedup | video encodings | decode video | vision encoder | "
-               "[CLS] scoring | selection | projector | llm prefill | llm decode | identical to the loop |")
+EVAL_HEADER = ("| run | items | seconds (rounds) | items/s | speedup (min-max) | video encodings | decode video | "
+               "vision encoder | [CLS] scoring | selection | projector | llm prefill | llm decode | "
+               "identical to the loop |")
 
 
 def _rows(markdown: str) -> dict[str, list[str]]:
@@ -92,13 +93,41 @@ def test_a_differing_prediction_is_reported(tiny_pipeline) -> None:
     ours = harness.EvalRunRow(harness.HARNESS, 2, 0.5, 1, {}, "harness summary")
     answers = {("c", "a"): harness._Prediction("yes", [1, 2]), ("c", "b"): harness._Prediction("no", [3])}
     predictions = {("c", "a"): harness._Prediction("yes", [1, 2]), ("c", "b"): harness._Prediction("no", [4])}
-    harness._compare(ours, answers, predictions, loop)
-    assert ours.identical == 1 and ours.speedup == pytest.approx(2.0)
+    harness._compare(ours, answers, predictions)
+    assert ours.identical == 1
     result = harness.EvalBenchResult("m", "cpu", "float32", 1, "t", "d", ["c"], 3, [loop, ours])
     assert result.all_identical is False
     predictions[("c", "b")] = harness._Prediction("no", None)  # records without output ids: the text decides
-    harness._compare(ours, answers, predictions, loop)
+    harness._compare(ours, answers, predictions)
     assert ours.identical == 2
+
+
+def test_rounds_alternate_and_the_speedup_is_the_median_of_each_rounds_ratio(monkeypatch, tiny_checkpoint) -> None:
+    """Round 1 loop first, round 2 harness first, ...; a load that slows one whole round cannot make the ratio."""
+    order: list[str] = []
+    loop_seconds, harness_seconds = iter([4.0, 8.0, 4.0]), iter([1.0, 8.0, 2.0])  # round 2 ran under load
+
+    def loop(*args, **kwargs):
+        order.append("loop")
+        return harness.EvalRunRow(harness.LOOP, 4, next(loop_seconds), 4, {}, "answers"), {}
+
+    def harnessed(*args, **kwargs):
+        order.append("harness")
+        return harness.EvalRunRow(harness.HARNESS, 4, next(harness_seconds), 1, {}, "harness summary"), {}
+
+    monkeypatch.setattr(harness, "_per_item_loop", loop)
+    monkeypatch.setattr(harness, "_harness", harnessed)
+    monkeypatch.setattr(harness, "_warm_up", lambda *args: None)
+    from fastervlm.bench.configs import BenchConfig, ModelSource
+
+    result = harness.run_eval_benchmark(ModelSource(checkpoint=str(tiny_checkpoint), device="cpu"), [BenchConfig("fastervlm", {})],
+                                        videos=1, questions=1, shape=VideoShape(64, 48, 1.0, 10), rounds=3,
+                                        progress=False)
+    assert order == ["loop", "harness", "harness", "loop", "loop", "harness"]
+    loop_row, ours = result.rows
+    assert ours.speedup == pytest.approx(2.0) and ours.speedup_range == pytest.approx((1.0, 4.0))  # ratios 4, 1, 2
+    assert loop_row.round_seconds == [4.0, 8.0, 4.0] and ours.round_seconds == [1.0, 8.0, 2.0]
+    assert ours.seconds == 2.0 and len(result.round_loads) == 3
 
 
 def test_video_encodings_count_samples_and_the_hook_goes_away(tiny_pipeline) -> None:
@@ -111,7 +140,7 @@ def test_video_encodings_count_samples_and_the_hook_goes_away(tiny_pipeline) -> 
         tiny_pipeline.run(frames, ["what?"] * 3, pruner, GenerationSettings(max_new_tokens=1))
         tiny_pipeline.run(frames[:1], ["what?"], pruner, GenerationSettings(max_new_tokens=1))
     assert count[0] == 4
-    assert "hidden_states" not in vars(tiny_pipeline.adapter.stream)
+    assert "encode" not in vars(tiny_pipeline.adapter.stream)
 
 
 @pytest.mark.parametrize(("argv", "message"), [

@@ -9,6 +9,7 @@ import torch
 from test_languagebind import reference_tower
 
 from fastervlm import engine
+from fastervlm.llm import TransformersLLM
 from fastervlm.methods import baseline_method, create_pruner, list_methods
 from fastervlm.methods.base import CLS_SCORES, PATCH_KEYS, PROJECTED, RECEIVED_SCORES
 from fastervlm.models.base import GenerationSettings
@@ -56,7 +57,7 @@ def test_stages_reuse_one_encoding_for_many_questions_and_budgets(tiny_pipeline)
             pruner = create_pruner("fastervlm", keep=keep)
             (visual,) = engine.project(adapter.stream, encoded, engine.select(encoded, pruner))
             prompts = engine.build_prompts(adapter, QUESTIONS, [visual, visual])
-            outputs = engine.generate(adapter, prompts, pruner, SHORT).ids
+            outputs = TransformersLLM(adapter).generate(prompts, pruner, SHORT).ids
             direct = [tiny_pipeline.answer(q, pixels=pixels, method="fastervlm", keep=keep, generation=SHORT)
                       for q in QUESTIONS]
             assert outputs == [answer.output_ids for answer in direct]
@@ -90,3 +91,18 @@ def test_an_encoding_holds_only_what_the_method_asks_for(tiny_pipeline) -> None:
     assert plain.cls_scores is None and plain.patch_keys is None and plain.projected is None
     assert scored.cls_scores.shape == (tiny_pipeline.num_frames, tiny_pipeline.num_patches)
     assert torch.equal(plain.features, scored.features)  # reading q/k changes nothing downstream
+
+
+@pytest.mark.parametrize("method", ["fastervlm", "visionzip"])
+def test_a_static_cache_decodes_the_same_tokens(tiny_pipeline, method: str) -> None:
+    """The CUDA default (a StaticCache, the step compiled there) forced on the CPU: the same greedy tokens, for
+    prompts of different lengths from two videos."""
+    from fastervlm.llm import TransformersLLM
+    from fastervlm.pipeline import Pipeline
+
+    static = Pipeline(tiny_pipeline.adapter, tiny_pipeline.path, TransformersLLM(tiny_pipeline.adapter, static_cache=True))
+    frames = [tiny_pipeline.frames(pixels=_pixels(tiny_pipeline, seed)) for seed in (6, 7)]
+    pruner = create_pruner(method, keep=4)
+    longer = GenerationSettings(max_new_tokens=10)
+    assert ([a.output_ids for a in static.run(frames, QUESTIONS, pruner, longer)]
+            == [a.output_ids for a in tiny_pipeline.run(frames, QUESTIONS, pruner, longer)])

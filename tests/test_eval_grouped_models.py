@@ -1,5 +1,5 @@
 """The grouped, batched harness on real tiny checkpoints (original-format Video-LLaVA and transformers'
-Video-LLaVA): for every registered method, its records (text and output ids) equal answering each item alone
+Video-LLaVA, LLaVA-OneVision): for every registered method, its records (text and output ids) equal answering each item alone
 through the straight-down engine path; a sweep's cells equal their runs alone, with one tower run per video."""
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import torch
 from fastervlm.eval.benchmarks import BENCHMARKS, load_items, video_path
 from fastervlm.eval.predict import predict_items, prepare_run
 from fastervlm.eval.sweep import Cell, sweep_predict
-from fastervlm.methods import create_pruner, list_methods
+from fastervlm.flops import LLMGeometry, prefill_flops
+from fastervlm.methods import create_pruner, has_setting, list_methods
+from fastervlm.methods.base import CLS_SCORES
 from fastervlm.models.base import GenerationSettings
 
 SHORT = GenerationSettings(max_new_tokens=4)
@@ -31,8 +33,13 @@ QUESTIONS = [
 ]
 
 
-def _method_pruner(name: str):
-    return create_pruner(name) if list_methods()[name].budget == "unbudgeted" else create_pruner(name, keep=KEEP)
+def _method_pruner(name: str, pipeline, **settings):
+    """The method with a small budget; on an encoder without [CLS], ranked by received attention where it can be."""
+    if CLS_SCORES not in pipeline.adapter.stream.provides and has_setting(name, "score"):
+        settings["score"] = "received"
+    if list_methods()[name].budget != "unbudgeted":
+        settings.setdefault("keep", KEEP)
+    return pipeline.pruner(name, **settings)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +58,7 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module", params=["videollava", "video_llava_hf"])
+@pytest.fixture(scope="module", params=["videollava", "video_llava", "llava_onevision"])
 def pipeline(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     import fastervlm
 
@@ -62,7 +69,7 @@ def pipeline(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     else:
         from hf_tiny import checkpoint
 
-        path = checkpoint("video_llava", tmp_path_factory)
+        path = checkpoint(request.param, tmp_path_factory)
     return fastervlm.load(path, device="cpu")
 
 
@@ -78,33 +85,51 @@ def _alone(pipeline, data_root: Path, pruner) -> dict[str, tuple[str, list[int]]
     return found
 
 
+def _whole_prompts(pipeline):
+    """The same model with every prompt prefilled whole: no prefix shared between the questions on a video."""
+    from fastervlm.llm import TransformersLLM
+    from fastervlm.pipeline import Pipeline
+
+    return Pipeline(pipeline.adapter, pipeline.path, TransformersLLM(pipeline.adapter, share_prefix=False))
+
+
 def _predicted(run) -> dict[str, tuple[str, list[int]]]:
     return {i: (r["pred"], r["output_ids"]) for i, r in run.predictions().items() if "error" not in r}
 
 
 @pytest.mark.parametrize("method", sorted(list_methods()))
 def test_grouped_batches_answer_as_each_item_alone(pipeline, data_root: Path, tmp_path: Path, method: str) -> None:
-    pruner = _method_pruner(method)
-    try:
-        pipeline.check_method(pruner)
-    except Exception as err:  # noqa: BLE001
-        pytest.skip(f"{method} does not run on this family: {err}")
+    """Grouped by video, batched across videos, each video's prompt prefix computed once: the same answers as each
+    item alone with its prompt prefilled whole; the records say what was shared and what was computed."""
+    pruner = _method_pruner(method, pipeline)
     loaded = load_items(BENCHMARKS["msvd"], data_root)
     run = prepare_run(pipeline, loaded, data_root, pruner, SHORT, out=tmp_path)
     summary = predict_items(pipeline, run, loaded, data_root, pruner, SHORT, batch_size=3, progress=False)
-    assert _predicted(run) == _alone(pipeline, data_root, pruner)
+    assert _predicted(run) == _alone(_whole_prompts(pipeline), data_root, pruner)
     assert (summary.done, summary.errors, summary.tower_runs) == (7, 1, 3)  # one tower run per video
     assert summary.batches == 3  # 7 questions in batches of 3 across videos
     assert "no video gone.*" in run.predictions()["v_gone_5"]["error"]
     record = run.predictions()["v_clipA_0"]
     assert sum(record["tokens_per_frame"]) == record["visual_tokens"] or list_methods()[method].stage == "llm"
     assert record["llm_prefill_flops"] > 0
+    records = [r for r in run.predictions().values() if "error" not in r]
+    shared = list_methods()[method].stage == "vision"
+    assert all((r["prefix_tokens"] > 0) == shared for r in records)
+    if shared:  # the prefix of each video is computed once, counted for the first of its questions
+        geometry = LLMGeometry.from_config(pipeline.adapter.llm_config)
+        for video in ("clipA", "clipB", "clipC"):
+            own = [r for r in records if r["video"] == video]
+            paid = [r["computed_prefill_flops"] - prefill_flops(geometry, r["prompt_tokens"], cached=r["prefix_tokens"])
+                    for r in own]
+            assert sorted(paid) == [0] * (len(paid) - 1) + [prefill_flops(geometry, own[0]["prefix_tokens"])]
 
 
 def test_a_sweep_predicts_every_cell_as_alone_with_one_tower_run_per_video(pipeline, data_root: Path,
                                                                            tmp_path: Path) -> None:
     n = pipeline.num_patches
-    cells = [Cell("none", {}), *(Cell("fastervlm", {"keep": k}) for k in (1, KEEP, n // 2)), Cell("fastv", {"keep": KEEP})]
+    score = {} if CLS_SCORES in pipeline.adapter.stream.provides else {"score": "received"}
+    cells = [Cell("none", {}), *(Cell("fastervlm", {"keep": k, **score}) for k in (1, KEEP, n // 2)),
+             Cell("fastv", {"keep": KEEP})]
     loaded = load_items(BENCHMARKS["msvd"], data_root)
     runs, summaries = sweep_predict(pipeline, [loaded], data_root, cells, SHORT, out=tmp_path, progress=False,
                                     batch_size=4)

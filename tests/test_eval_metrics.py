@@ -19,7 +19,7 @@ from fastervlm.eval.metrics import (
     wilson_interval,
 )
 
-# Judge replies as the judge wrote them, with the original's pitfalls (spec 6.2 and 9.10).
+# Judge replies as the judge wrote them, with the original's pitfalls.
 REPLIES = {
     "a": "{'pred': 'yes', 'score': 4.8}",  # compat truncates 4.8 -> 4
     "b": "{'pred': 'no', 'score': 2}",
@@ -38,7 +38,7 @@ REPLIES = {
 
 
 def original_loop(replies: dict[str, str]) -> tuple[int, int, int, int]:
-    """The original's two steps (spec 6.2) as the oracle: annotate() keeps a reply when ast.literal_eval reads
+    """The original's two steps as the oracle: annotate() keeps a reply when ast.literal_eval reads
     it and json.dump stores it; the aggregation re-reads the JSON and counts. (count, score_sum, yes, no).
     Only the code-fence unwrapping is ours (the original retried fenced replies forever)."""
     import ast

@@ -24,7 +24,7 @@ def eager_attention(attention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 
 def reference_tower(tower, pixels: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Every layer's hidden state and spatial attention map, as the original computes them (spec 1.3-1.4)."""
+    """Every layer's hidden state and spatial attention map, as the original computes them."""
     vm = tower.vision_model
     frames = pixels.shape[1]
     x = vm.pre_layrnorm(vm.embeddings(pixels.flatten(0, 1)))

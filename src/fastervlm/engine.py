@@ -4,7 +4,7 @@
     select(tokens, pruner)                       -> [Selection]     what each input keeps (or merges)
     project(stream, tokens, selections)          -> [KeptTokens]    those tokens in the LLM's space, with positions
     build_prompts(adapter, questions, kept)      -> [Prompt]        text around them (fastervlm.prompts)
-    generate(adapter, prompts, pruner, settings) -> LLMOutput       prefill + decode (fastervlm.llm)
+    llm.generate(prompts, pruner, settings)      -> LLMOutput       prefill + decode (fastervlm.llm backends)
 
 `run` goes straight down from pixels to `Answer`s; `ask` runs the last two on kept tokens made earlier (one
 encoding asked many questions, several budgets selected from one encoding, questions of several videos batched).
@@ -20,7 +20,7 @@ import torch
 
 from fastervlm.errors import UnsupportedModelError
 from fastervlm.flops import LLMGeometry, prefill_flops
-from fastervlm.llm import LLMOutput, generate
+from fastervlm.llm import LLMBackend, LLMOutput, TransformersLLM
 from fastervlm.methods.registry import no_cls_error
 from fastervlm.methods.base import CLS_SCORES, PATCH_KEYS, Pruner, Selection, VisionPruner, VisualTokens, \
     keep_all_tokens
@@ -145,8 +145,9 @@ def project(stream: VisualStream, tokens: list[VisualTokens], selections: list[S
 
 
 def ask(adapter: ModelAdapter, kept: list[KeptTokens], questions: list[str], pruner: Pruner,
-        settings: GenerationSettings, timer: StageTimer | None = None) -> list[Answer]:
-    """The last two stages for a batch of prepared inputs, one question each: prompts, then one `generate`.
+        settings: GenerationSettings, timer: StageTimer | None = None, llm: LLMBackend | None = None) -> list[Answer]:
+    """The last two stages for a batch of prepared inputs, one question each: prompts, then one `generate` of the
+    LLM backend (the adapter's transformers model by default).
 
     The inputs may be one input asked several questions (the same KeptTokens more than once) or several inputs.
     Each answer's timings are its share of this call (the batch's stages divided evenly); the work that made the
@@ -154,14 +155,14 @@ def ask(adapter: ModelAdapter, kept: list[KeptTokens], questions: list[str], pru
     timer = timer or StageTimer(adapter.device)
     with torch.inference_mode():
         prompts = build_prompts(adapter, questions, kept)
-        output = generate(adapter, prompts, pruner, settings, timer)
+        output = (llm or TransformersLLM(adapter)).generate(prompts, pruner, settings, timer)
     share = {stage: seconds / len(prompts) for stage, seconds in timer.seconds.items()}
     return [_answer(adapter, pruner, output, row, prompt.length, prompt.kept, share)
             for row, prompt in enumerate(prompts)]
 
 
 def run(adapter: ModelAdapter, pixels: list[torch.Tensor] | torch.Tensor, questions: list[str], pruner: Pruner,
-        settings: GenerationSettings, timer: StageTimer | None = None) -> list[Answer]:
+        settings: GenerationSettings, timer: StageTimer | None = None, llm: LLMBackend | None = None) -> list[Answer]:
     """Answer a batch, one question per input: the whole path, straight down."""
     timer = timer or StageTimer(adapter.device)
     check_method(adapter, pruner)
@@ -169,7 +170,7 @@ def run(adapter: ModelAdapter, pixels: list[torch.Tensor] | torch.Tensor, questi
         pixels = [p.to(device=adapter.device, dtype=adapter.dtype) for p in pixels]
         tokens = encode(adapter.stream, pixels, encoder_inputs(pruner), timer, keep_cls=adapter.keep_cls)
         kept = project(adapter.stream, tokens, select(tokens, pruner, timer), timer)
-    return ask(adapter, kept, questions, pruner, settings, timer)
+    return ask(adapter, kept, questions, pruner, settings, timer, llm)
 
 
 def _answer(adapter: ModelAdapter, pruner: Pruner, output: LLMOutput, row: int, length: int, kept: KeptTokens,

@@ -20,13 +20,14 @@ question: its prompts are left-padded and prefilled whole, with the method attac
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache
+from transformers import DynamicCache, StaticCache
 from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper,
                                                     TopKLogitsWarper, TopPLogitsWarper)
 
@@ -67,27 +68,67 @@ def llm_stage(pruner: Pruner, decoder: torch.nn.Module, visual_mask: torch.Tenso
     return pruner.attach(decoder, visual_mask, frames=frames, num_patches=num_patches)
 
 
-def generate(adapter: ModelAdapter, prompts: list[Prompt], pruner: Pruner, settings: GenerationSettings,
-             timer: StageTimer | None = None) -> LLMOutput:
-    """Answer the prompts in one batch: prefill (shared prefixes once), then decode."""
-    timer = timer or StageTimer(adapter.device)
-    torch.manual_seed(settings.seed)
-    with torch.inference_mode():
-        if shares_prefix(adapter, pruner):
-            computed = _prefill_prefixes(adapter, prompts, timer)
-            with timer("llm_prefill"):
-                logits, cache, mask = _extend(adapter, prompts)
-            ids = _decode(adapter, logits, cache, mask, prompts, settings, timer)
-            return LLMOutput(ids, None, computed, [_prefix_length(p) for p in prompts])
-        batch = _left_padded(adapter, prompts)
-        selection = prompts[0].kept.selection
-        with llm_stage(pruner, adapter.decoder, batch.visual_mask, selection.frames, selection.patches) as run:
-            with timer("llm_prefill"):
-                cache = DynamicCache()
-                logits = adapter.forward_llm(batch.embeds, batch.attention_mask, batch.positions, cache, batch.side)
-            ids = _decode(adapter, logits, cache, batch.attention_mask, prompts, settings, timer)
-        zero = [0] * len(prompts)
-        return LLMOutput(ids, getattr(run, "kept_visual", None), zero, zero)
+class LLMBackend(Protocol):
+    """What runs the LLM stage: prompts (embeddings with positions) in, generated ids out. `TransformersLLM` (here)
+    is the default; `fastervlm.backends` holds the others."""
+
+    name: str
+
+    def generate(self, prompts: list[Prompt], pruner: Pruner, settings: GenerationSettings,
+                 timer: StageTimer | None = None) -> LLMOutput: ...
+
+
+@dataclass
+class TransformersLLM:
+    """The LLM stage on the adapter's transformers model, in this module's own prefill/decode loop.
+
+    share_prefix=False prefills every prompt whole (left-padded), as LLM-stage methods always are: the same answers,
+    only slower when several questions share an input (tests hold the two equal).
+    static_cache: decode on transformers' StaticCache with the step compiled (torch.compile, CUDA graphs), so that a
+    decoding step costs what the GPU needs rather than Python's overhead; None (default) means on for CUDA, off on
+    the CPU (where the dynamic cache is faster). Never for LLM-stage methods, whose cache shrinks at layer K."""
+
+    adapter: ModelAdapter
+    share_prefix: bool = True
+    static_cache: bool | None = None
+    name: str = "transformers"
+    _compiled: Any = field(default=None, repr=False)
+
+    def _steps(self, cache: DynamicCache, mask: torch.Tensor, settings: GenerationSettings) -> Step:
+        """The decoding steps after a shared-prefix prefill: on a static cache with a compiled step where chosen."""
+        static = self.static_cache if self.static_cache is not None else self.adapter.device.type == "cuda"
+        if not static:
+            return _dynamic_steps(self.adapter, cache, mask)
+        if self._compiled is None:
+            forward = self.adapter.forward_llm
+            self._compiled = (torch.compile(forward, mode="reduce-overhead")
+                              if self.adapter.device.type == "cuda" else forward)
+        return _static_steps(self.adapter, cache, mask, settings.max_new_tokens, self._compiled)
+
+    def generate(self, prompts: list[Prompt], pruner: Pruner, settings: GenerationSettings,
+                 timer: StageTimer | None = None) -> LLMOutput:
+        """Answer the prompts in one batch: prefill (shared prefixes once), then decode."""
+        adapter = self.adapter
+        timer = timer or StageTimer(adapter.device)
+        torch.manual_seed(settings.seed)
+        with torch.inference_mode():
+            if self.share_prefix and shares_prefix(adapter, pruner):
+                computed = _prefill_prefixes(adapter, prompts, timer)
+                with timer("llm_prefill"):
+                    logits, cache, mask = _extend(adapter, prompts)
+                ids = _decode(adapter, logits, self._steps(cache, mask, settings), prompts, settings, timer)
+                return LLMOutput(ids, None, computed, [_prefix_length(p) for p in prompts])
+            batch = _left_padded(adapter, prompts)
+            selection = prompts[0].kept.selection
+            with llm_stage(pruner, adapter.decoder, batch.visual_mask, selection.frames, selection.patches) as run:
+                with timer("llm_prefill"):
+                    cache = DynamicCache()
+                    logits = adapter.forward_llm(batch.embeds, batch.attention_mask, batch.positions, cache,
+                                                 batch.side)
+                ids = _decode(adapter, logits, _dynamic_steps(adapter, cache, batch.attention_mask), prompts,
+                              settings, timer)
+            zero = [0] * len(prompts)
+            return LLMOutput(ids, getattr(run, "kept_visual", None), zero, zero)
 
 
 # ----- prefill ------------------------------------------------------------------------------------------------------
@@ -174,8 +215,42 @@ def _batch_positions(rows: list[torch.Tensor]) -> torch.Tensor:
 
 
 # ----- decode -------------------------------------------------------------------------------------------------------
-def _decode(adapter: ModelAdapter, logits: torch.Tensor, cache: DynamicCache, mask: torch.Tensor,
-            prompts: list[Prompt], settings: GenerationSettings, timer: StageTimer) -> list[list[int]]:
+Step = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+"""One decoding step: (chosen ids (B,), positions, step index) -> the next logits (B, V)."""
+
+
+def _dynamic_steps(adapter: ModelAdapter, cache: DynamicCache, mask: torch.Tensor) -> Step:
+    """Decoding on the prefill's DynamicCache: the mask and the cache grow by one column per step."""
+    state = {"mask": mask}
+
+    def step(chosen: torch.Tensor, positions: torch.Tensor, index: int) -> torch.Tensor:
+        ones = torch.ones(len(chosen), 1, dtype=mask.dtype, device=mask.device)
+        state["mask"] = torch.cat([state["mask"], ones], dim=1)
+        return adapter.forward_llm(adapter.embed(chosen[:, None]), state["mask"], positions, cache)
+
+    return step
+
+
+def _static_steps(adapter: ModelAdapter, cache: DynamicCache, mask: torch.Tensor, new_tokens: int,
+                  forward: Callable[..., torch.Tensor]) -> Step:
+    """Decoding on a StaticCache filled with the prefill's keys and values: every step has the same shapes (the mask
+    is one buffer of the final length), which is what a compiled step with CUDA graphs needs."""
+    length = mask.shape[1]
+    static = StaticCache(config=adapter.llm_config, max_cache_len=length + new_tokens)
+    for index, (keys, values, _) in enumerate(cache):
+        static.update(keys, values, index)
+    buffer = torch.zeros(mask.shape[0], length + new_tokens, dtype=mask.dtype, device=mask.device)
+    buffer[:, :length] = mask
+
+    def step(chosen: torch.Tensor, positions: torch.Tensor, index: int) -> torch.Tensor:
+        buffer[:, length + index] = 1
+        return forward(adapter.embed(chosen[:, None]), buffer, positions, static)
+
+    return step
+
+
+def _decode(adapter: ModelAdapter, logits: torch.Tensor, step: Step, prompts: list[Prompt],
+            settings: GenerationSettings, timer: StageTimer) -> list[list[int]]:
     """Tokens one step at a time for every row until each has ended (EOS) or `max_new_tokens`."""
     eos = adapter.tokenizer.eos_token_id
     pad = adapter.tokenizer.pad_token_id if adapter.tokenizer.pad_token_id is not None else 0
@@ -186,18 +261,17 @@ def _decode(adapter: ModelAdapter, logits: torch.Tensor, cache: DynamicCache, ma
     finished = torch.zeros(len(prompts), dtype=torch.bool, device=adapter.device)
     synchronize(adapter.device)
     started = time.perf_counter()
-    for step in range(settings.max_new_tokens):
+    for index in range(settings.max_new_tokens):
         chosen = choose(torch.stack(tokens, 1) if tokens else None, logits.float())
         chosen = torch.where(finished, torch.full_like(chosen, pad), chosen)
         tokens.append(chosen)
         finished |= chosen == eos
-        if bool(finished.all()) or step == settings.max_new_tokens - 1:
+        if bool(finished.all()) or index == settings.max_new_tokens - 1:
             break
-        mask = torch.cat([mask, torch.ones(len(prompts), 1, dtype=mask.dtype, device=mask.device)], dim=1)
-        positions = (next_position + step)[:, None]
+        positions = (next_position + index)[:, None]
         if multi_axis:
             positions = positions[None].expand(prompts[0].positions.shape[0], -1, -1)
-        logits = adapter.forward_llm(adapter.embed(chosen[:, None]), mask, positions, cache)
+        logits = step(chosen, positions, index)
     synchronize(adapter.device)
     timer.add("llm_decode", time.perf_counter() - started)
     out = torch.stack(tokens, 1).tolist() if tokens else [[] for _ in prompts]

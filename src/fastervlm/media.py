@@ -1,7 +1,7 @@
 """Media in, arrays out: video/image decoding (PyAV, decord optional) and frame sampling; no model code (each
 model adapter preprocesses the frames its own way).
 
-Frames are sampled as the original (spec 1.2): `floor(linspace(0, n-1, F))` over frames numbered in decode order,
+Frames are sampled as the original Video-LLaVA code samples them: `floor(linspace(0, n-1, F))` over frames numbered in decode order,
 as decord numbers them, and converted to rgb24 exactly as decord does. Decoding keeps only the sampled frames, so
 a long video never sits in memory. Every unusable file raises `MediaError` naming the file and the fix.
 

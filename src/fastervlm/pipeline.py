@@ -25,6 +25,7 @@ from fastervlm.engine import Answer
 from fastervlm.errors import FasterVLMError
 from fastervlm.methods import Pruner, VisualTokens, create_pruner, default_method
 from fastervlm.models.base import GenerationSettings, ModelAdapter, adapter_for
+from fastervlm.llm import LLMBackend, TransformersLLM
 from fastervlm.prompts import KeptTokens
 from fastervlm.timing import StageTimer
 
@@ -70,9 +71,11 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 class Pipeline:
     """A loaded model plus the steps around it: media decoding, preprocessing, pruning, generation."""
 
-    def __init__(self, adapter: ModelAdapter, path: Path) -> None:
+    def __init__(self, adapter: ModelAdapter, path: Path, llm: LLMBackend | None = None) -> None:
         self.adapter = adapter
         self.path = path
+        self.llm = llm or TransformersLLM(adapter)
+        """The LLM stage's backend (`fastervlm.llm`): the adapter's transformers model unless `load` chose another."""
 
     @property
     def num_frames(self) -> int:
@@ -168,7 +171,7 @@ class Pipeline:
             raise FasterVLMError(f"{len(frames)} samples but {len(questions)} questions: give one question per sample.")
         _check_questions(questions)
         answers = engine.run(self.adapter, [f.pixels for f in frames], questions, pruner,
-                             generation or GenerationSettings())
+                             generation or GenerationSettings(), llm=self.llm)
         for answer, f in zip(answers, frames):
             answer.timings["decode_video"] = f.decode_seconds
             answer.frame_indices = f.frame_indices
@@ -211,7 +214,7 @@ class Pipeline:
         if len(kept) != len(questions):
             raise FasterVLMError(f"{len(kept)} samples but {len(questions)} questions: give one question per sample.")
         _check_questions(questions)
-        return engine.ask(self.adapter, kept, questions, pruner, generation or GenerationSettings())
+        return engine.ask(self.adapter, kept, questions, pruner, generation or GenerationSettings(), llm=self.llm)
 
 
 def _check_questions(questions: list[str]) -> None:
@@ -224,11 +227,13 @@ def load(
     *,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    share_prefix: bool = True,
     **options: Any,
 ) -> Pipeline:
     """Load a checkpoint directory once; the family is detected from its config.json.
 
-    options are family-specific, e.g. `video_tower=` for original-format Video-LLaVA.
+    share_prefix: questions on one input share the prompt prefix computed once (False: every prompt prefilled whole;
+    the same answers). options are family-specific, e.g. `video_tower=` for original-format Video-LLaVA.
     """
     path = Path(model).expanduser()
     adapter_cls = adapter_for(path)
@@ -238,4 +243,4 @@ def load(
             flag = "--" + option.replace("_", "-")
             raise FasterVLMError(f"{flag} does not apply to {adapter_cls.family} checkpoints ({path}); leave it out.")
     adapter = adapter_cls.load(path, device=resolve_device(device), dtype=resolve_dtype(dtype), **options)
-    return Pipeline(adapter, path)
+    return Pipeline(adapter, path, TransformersLLM(adapter, share_prefix=share_prefix))

@@ -10,10 +10,15 @@ vision tower and the LLM at batch size 1 (`Pipeline.answer`). The harness is `ev
 `sweep_predict`, writing real run folders into a temporary directory. Both answer the same items with the same
 configurations after one untimed warm-up answer per configuration; the harness's predictions are compared with
 the loop's item by item (text, and output ids where the records hold them).
+
+Fair under noise: the two run in rounds, alternating which goes first (loop then harness, harness then loop, ...),
+and the speedup is the median of each round's ratio, with its range, so that a change of load on the machine
+between two long phases cannot make the ratio; the load average is read at the start of every round.
 """
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -53,7 +58,11 @@ class EvalRunRow:
     """Items whose prediction equals the per-item loop's (None on the loop's own row)."""
     errors: int = 0
     speedup: float | None = None
-    """items/s over the per-item loop's items/s."""
+    """items/s over the per-item loop's items/s: the median over the rounds of the ratio within each round."""
+    round_seconds: list[float] = field(default_factory=list)
+    """Wall seconds of each round (`seconds` is their median)."""
+    speedup_range: tuple[float, float] | None = None
+    """The lowest and highest ratio of a round."""
 
     @property
     def items_per_second(self) -> float:
@@ -73,6 +82,9 @@ class EvalBenchResult:
     max_new_tokens: int
     rows: list[EvalRunRow]
     load_average: tuple[float, float] | None = None
+    rounds: int = 1
+    round_loads: list[float | None] = field(default_factory=list)
+    """The 1-minute load average at the start of each round."""
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -99,12 +111,13 @@ def run_eval_benchmark(
     shape: VideoShape = VideoShape(),
     max_new_tokens: int = 8,
     batch_size: int | None = None,
+    rounds: int = 3,
     progress: bool = True,
 ) -> EvalBenchResult:
     """Build the synthetic benchmark, then answer it with the per-item loop and with the harness (a sweep when
-    several configurations are given), and compare. Generation is greedy with `max_new_tokens` for both (random
-    weights rarely stop early, and the harness's default of 1024 would measure nothing but decoding). batch_size: the
-    harness's (None: its default for the device)."""
+    several configurations are given) in `rounds` alternating rounds, and compare. Generation is greedy with
+    `max_new_tokens` for both (random weights rarely stop early, and the harness's default of 1024 would measure
+    nothing but decoding). batch_size: the harness's (None: its default for the device)."""
     from fastervlm.bench.runner import load_average
     from fastervlm.models.base import GenerationSettings
     from fastervlm.pipeline import resolve_device
@@ -113,43 +126,78 @@ def run_eval_benchmark(
         raise FasterVLMError("nothing to measure: give at least one method.")
     if max_new_tokens < 1:
         raise FasterVLMError("--max-new-tokens must be at least 1.")
+    if rounds < 1:
+        raise FasterVLMError("--rounds must be at least 1.")
     check_size(videos, questions, shape)
     device = resolve_device(source.device)
     before = load_average()
     pipeline = source.build()
     check_configs(pipeline, configs)
     generation = GenerationSettings(max_new_tokens=max_new_tokens)
+    loops: list[EvalRunRow] = []
+    harnesses: list[EvalRunRow] = []
+    loads: list[float | None] = []
     with tempfile.TemporaryDirectory(prefix="fastervlm-bench-eval-") as scratch:
         data = write_synthetic_benchmark(Path(scratch) / "data", videos=videos, questions=questions, shape=shape)
         _warm_up(pipeline, data, configs, generation)
-        loop, answers = _per_item_loop(pipeline, data, configs, generation, progress)
-        harness, predictions = _harness(pipeline, data, configs, generation, Path(scratch) / "runs", batch_size)
-    _compare(harness, answers, predictions, loop)
+        for index in range(rounds):
+            loads.append(load_average())
+            runs = _one_round(pipeline, data, configs, generation, Path(scratch) / f"runs-{index}", batch_size,
+                              loop_first=index % 2 == 0, progress=progress)
+            loops.append(runs[0])
+            harnesses.append(runs[1])
+    loop, harness = _median_row(loops), _median_row(harnesses)
+    ratios = [h.items_per_second / l.items_per_second for l, h in zip(loops, harnesses)]
+    loop.speedup, harness.speedup = 1.0, statistics.median(ratios)
+    harness.speedup_range = (min(ratios), max(ratios))
+    harness.identical = min(h.identical or 0 for h in harnesses)  # every round must agree with the loop
     return EvalBenchResult(
         model=source.describe(), device=str(device), dtype=source.dtype_name(device),
         threads=torch.get_num_threads(), torch_version=torch.__version__, data=data.describe(),
         configurations=[c.label for c in configs], max_new_tokens=max_new_tokens, rows=[loop, harness],
-        load_average=None if before is None else (before, load_average()),
+        load_average=None if before is None else (before, load_average()), rounds=rounds, round_loads=loads,
     )
+
+
+def _one_round(pipeline: Pipeline, data: SyntheticBenchmark, configs: Sequence[BenchConfig], generation: Any,
+               out: Path, batch_size: int | None, *, loop_first: bool, progress: bool) -> tuple[EvalRunRow, EvalRunRow]:
+    """The loop and the harness once each, in the given order; the harness's predictions compared with the loop's."""
+    if loop_first:
+        loop, answers = _per_item_loop(pipeline, data, configs, generation, progress)
+        harness, predictions = _harness(pipeline, data, configs, generation, out, batch_size)
+    else:
+        harness, predictions = _harness(pipeline, data, configs, generation, out, batch_size)
+        loop, answers = _per_item_loop(pipeline, data, configs, generation, progress)
+    _compare(harness, answers, predictions)
+    return loop, harness
+
+
+def _median_row(rounds: list[EvalRunRow]) -> EvalRunRow:
+    """One row for several rounds of the same run: the median round's stages and counts, every round's seconds."""
+    ordered = sorted(rounds, key=lambda row: row.seconds)
+    row = ordered[len(ordered) // 2]
+    row.round_seconds = [r.seconds for r in rounds]
+    row.errors = max(r.errors for r in rounds)
+    return row
 
 
 @contextmanager
 def count_video_encodings(pipeline: Pipeline) -> Iterator[list[int]]:
-    """Counts the samples (videos) that go through the vision tower while the block runs: a hook on the visual
-    stream's tower pass (`VisualStream.hidden_states`, which every encode calls with (B, T, 3, S, S) pixels)."""
+    """Counts the inputs (videos) that go through the vision tower while the block runs: a wrapper of the visual
+    stream's `encode`, which takes one pixel tensor per input."""
     stream = pipeline.adapter.stream
     count = [0]
-    tower = stream.hidden_states
+    encode = stream.encode
 
-    def counted(pixels: torch.Tensor) -> torch.Tensor:
-        count[0] += pixels.shape[0]
-        return tower(pixels)
+    def counted(pixels: list[torch.Tensor], *args: Any, **kwargs: Any) -> Any:
+        count[0] += len(pixels)
+        return encode(pixels, *args, **kwargs)
 
-    stream.hidden_states = counted  # an instance attribute: it shadows the method until deleted
+    stream.encode = counted  # an instance attribute: it shadows the method until deleted
     try:
         yield count
     finally:
-        del stream.hidden_states
+        del stream.encode
 
 
 def _warm_up(pipeline: Pipeline, data: SyntheticBenchmark, configs: Sequence[BenchConfig], generation: Any) -> None:
@@ -229,14 +277,12 @@ def _add(total: dict[str, float], timings: dict[str, float]) -> None:
 
 
 def _compare(harness: EvalRunRow, answers: dict[tuple[str, str], _Prediction],
-             predictions: dict[tuple[str, str], _Prediction], loop: EvalRunRow) -> None:
-    """Count the harness's predictions that equal the loop's (text, and output ids when recorded); speedups."""
+             predictions: dict[tuple[str, str], _Prediction]) -> None:
+    """Count the harness's predictions that equal the loop's (text, and output ids when recorded)."""
     same = 0
     for key, ours in answers.items():
         theirs = predictions.get(key)
         if theirs is not None and theirs.text == ours.text and theirs.output_ids in (None, ours.output_ids):
             same += 1
     harness.identical = same
-    loop.speedup = 1.0
-    harness.speedup = harness.items_per_second / loop.items_per_second
 

@@ -157,9 +157,10 @@ def _identical(row: Any) -> str:
 EVAL_COLUMNS: Columns = [
     ("run", lambda r: r.name),
     ("items", lambda r: str(r.items)),
-    ("seconds", lambda r: f"{r.seconds:.1f}"),
+    ("seconds (rounds)", lambda r: f"{r.seconds:.1f} ({', '.join(f'{s:.1f}' for s in r.round_seconds)})"),
     ("items/s", lambda r: f"{r.items_per_second:.3g}"),
-    ("speedup", lambda r: _times(r.speedup)),
+    ("speedup (min-max)", lambda r: _times(r.speedup) + ("" if r.speedup_range is None else
+                                                           f" ({r.speedup_range[0]:.2f}-{r.speedup_range[1]:.2f})")),
     ("video encodings", lambda r: str(r.video_encodings)),
     *[(stage.replace("_", " ").replace("cls", "[CLS]"), lambda r, s=stage: _per_item(r, s)) for stage in PIPELINE_STAGES],
     ("identical to the loop", _identical),
@@ -169,8 +170,10 @@ EVAL_COLUMNS: Columns = [
 
 def print_eval_table(result: Any, *, markdown: bool = False) -> None:
     """`fastervlm bench --eval`'s output: the loop and the harness, side by side."""
+    loads = ", ".join("-" if load is None else f"{load:.2f}" for load in result.round_loads)
     header = (f"{_header(result)}; {result.data}; {', '.join(result.configurations)}; greedy, "
-              f"{result.max_new_tokens} new tokens")
+              f"{result.max_new_tokens} new tokens; {result.rounds} rounds, alternating which runs first (load "
+              f"average at each round's start: {loads}); speedup: the median of the rounds' ratios")
     caption = "stage columns: ms per item, summed over the items (stages overlap where the harness decodes ahead)"
     _print(header, [("bench --eval: the harness against the per-item loop", EVAL_COLUMNS, result.rows, caption)],
            markdown=markdown)

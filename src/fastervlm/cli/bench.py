@@ -49,8 +49,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--video", metavar="FILE", help="video to decode and answer about (default: a synthetic 320x240 clip)")
     run.add_argument("--question", help="question asked (default: a fixed one)")
     run.add_argument("--warmup", type=int, metavar="N", help="untimed runs per configuration (default 1)")
-    run.add_argument("--repeats", type=int, metavar="N", help="timed runs per configuration (default 3; with --decode "
-                     "rounds per video, default 5)")
+    run.add_argument("--repeats", type=int, metavar="N", help="timed runs per configuration (default 3; with --eval "
+                     "rounds of the loop and the harness in alternating order, default 3; with --decode rounds per "
+                     "video, default 5)")
     run.add_argument("--max-new-tokens", type=int, metavar="N", help="tokens generated per answer (default 8)")
     run.add_argument("--no-reference", action="store_true", help="skip the [CLS] extraction comparison")
     run.add_argument("--in-process", action="store_true", help="measure every configuration in this process (faster "
@@ -267,7 +268,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     shape = VideoShape(width, height, _or(args.duration, 10.0), _or(args.fps, 30))
     result = run_eval_benchmark(_source(args), configs, videos=_or(args.videos, 4), questions=_or(args.questions, 8),
                                 shape=shape, max_new_tokens=_or(args.max_new_tokens, MAX_NEW_TOKENS),
-                                batch_size=args.batch_size, progress=not args.no_progress)
+                                batch_size=args.batch_size, rounds=_or(args.repeats, 3), progress=not args.no_progress)
     path = _out_dir(args) / "bench-eval.json"
     path.write_text(json.dumps(result.to_json(), indent=2))
     if args.json:

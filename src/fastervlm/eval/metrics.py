@@ -3,7 +3,7 @@
 Two modes, read from the replies a judgment stored (one per attempt, in order):
 - "strict": the final reply counts when it is a dict with pred exactly yes/no and a numeric score in [0, 5]
   (4.8 stays 4.8). Anything else is unjudged: reported as missing, never scored as wrong.
-- "compat": the original eval_video_qa.py, arithmetic and quirks included (spec 6.2). The original kept the
+- "compat": the original eval_video_qa.py, arithmetic and quirks included. The original kept the
   first reply that `ast.literal_eval` could read (and `json.dump` could store); we use the first such reply of
   the attempts, not the last. Aggregation: every kept reply enters the score denominator; score =
   int(reply['score']) (4.8 -> 4); yes if "yes" in pred.lower(), elif no if "no" in pred.lower() (substring tests:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from fastervlm.errors import FasterVLMError
 
 # The prompt of Video-ChatGPT's evaluate_activitynet_qa.py as used by Video-LLaVA/FasterVLM eval_video_qa.py
-# (spec 6.2), character for character: the missing separators ("task:------##INSTRUCTIONS: ", "STRING.DO NOT")
+# (the original's), character for character: the missing separators ("task:------##INSTRUCTIONS: ", "STRING.DO NOT")
 # and the double space in "is  a string" are the original's.
 _SYSTEM_V1 = (
     "You are an intelligent chatbot designed for evaluating the correctness of generative outputs for "

@@ -3,7 +3,7 @@
 At prefill the last prompt token's attention row in layer K-1, averaged over heads, ranks the visual tokens.
 Layers >= K then run on every text token plus the R best visual tokens, at their original positions (with
 gaps), so their KV cache holds only those; layers below K cache the whole prompt. R = frames x L, the seed
-table's "# Token" (spec section 4; conventions.md).
+table's "# Token" column, so that every method is compared at the same token count.
 
 How it plugs into a transformers 5.x Llama-style decoder (Llama, Mistral, Qwen2: `decoder.layers[i]` called
 with `attention_mask=`, `position_embeddings=(cos, sin)`, `position_ids=` keywords) without copying its forward:

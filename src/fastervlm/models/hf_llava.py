@@ -1,7 +1,7 @@
 """LLaVA-1.5 in transformers' format (llava-hf/llava-1.5-7b-hf, LlavaForConditionalGeneration).
 
 One image, CLIP ViT-L/14-336: 576 patches from the penultimate layer ([CLS] dropped under the "default"
-strategy), top-L over the image by the [CLS] attention of that layer (the seed's image branch, spec section 8).
+strategy), top-L over the image by the [CLS] attention of that layer (the FasterVLM paper's image setting).
 Original-format LLaVA configs also say model_type "llava"; they are flat Llama configs with mm_* fields and
 are left to their own adapter.
 """

@@ -1,6 +1,6 @@
 """Video-LLaVA in transformers' format (LanguageBind/Video-LLaVA-7B-hf, VideoLlavaForConditionalGeneration).
 
-Differences from the original checkpoints (spec section 9) that matter here: the port has no temporal
+Differences from the original checkpoints that matter here: the port has no temporal
 attention (each frame is encoded on its own, so the [CLS] scores differ from the original's), and the stock
 model feeds every frame's [CLS] token with its 256 patches (8 x 257 = 2056 video tokens). By default FasterVLM
 prunes the 256 patches per frame and drops the frame [CLS] (2048 -> 8L, as the paper's video code);

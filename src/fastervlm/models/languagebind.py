@@ -1,7 +1,7 @@
 """The LanguageBind video encoder (LanguageBind_Video_merge) with its temporal attention, on SDPA.
 
 A CLIP ViT whose every layer first adds a per-layer temporal embedding and runs attention over the frames at
-each token position, then the usual spatial attention and MLP (spec 1.4). transformers' Video-LLaVA port drops
+each token position, then the usual spatial attention and MLP (as the original LanguageBind code). transformers' Video-LLaVA port drops
 the temporal part, so this file builds the encoder from transformers' CLIP pieces plus those weights.
 
 It runs only up to the feature layer (select layer -2 by default): the layers after it are never computed. All

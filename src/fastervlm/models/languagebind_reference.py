@@ -1,6 +1,6 @@
 """The original's way of getting the [CLS] attention, kept as a yardstick for `fastervlm bench`.
 
-The original calls the LanguageBind tower with `output_attentions=True, output_hidden_states=True` (spec 2, 7):
+The original calls the LanguageBind tower with `output_attentions=True, output_hidden_states=True` (its [CLS] extraction):
 every layer runs, the last one too although its output is never used, in eager attention, and every layer's full
 (heads x 257 x 257) attention map and every hidden state are returned and kept; then `feature_select` reads the
 features of hidden_states[-2] and the [CLS] row of attentions[-2]. This module does exactly that with the tower's

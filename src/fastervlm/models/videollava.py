@@ -40,7 +40,7 @@ PROJECTOR_PREFIX = "model.mm_projector."
 
 
 def languagebind_transform(frames: np.ndarray, size: int = 224, flip: bool = False) -> torch.Tensor:
-    """The original video transform (spec 1.2) on (T, H, W, 3) uint8 frames, giving (T, 3, size, size) float32.
+    """The original video transform (LanguageBind's) on (T, H, W, 3) uint8 frames, giving (T, 3, size, size) float32.
 
     Order as the original: /255, normalise (OpenAI CLIP statistics), short side -> size (bilinear,
     align_corners=False, no antialias), centre crop, then a horizontal flip of the whole clip when `flip` (the
