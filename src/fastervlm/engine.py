@@ -50,6 +50,9 @@ class Visual:
     cls_scores: torch.Tensor | None = None
     trailing: torch.Tensor | None = None
     """(E, D) tokens the stock model appends after the sample's visual tokens (`VisualStream.trailing_tokens`)."""
+    merge_groups: list[list[int]] | None = None
+    """Per frame, per patch: the visual token (0 .. tokens - 1 over the sample) it was merged into, -1 for a patch
+    kept as itself or dropped; None when the method merged nothing this way (`merge_groups_by_token`)."""
 
     @property
     def tokens(self) -> int:
@@ -85,6 +88,8 @@ class Generated:
     llm_prefill_flops: int
     """The analytic LLM prefill FLOPs this answer reached (fastervlm.flops, the method's own schedule)."""
     cls_scores: torch.Tensor | None = None
+    merge_groups: list[list[int]] | None = None
+    """As `Visual.merge_groups`."""
 
 
 def _timed(timer: StageTimer | None, stage: str) -> AbstractContextManager[Any]:
@@ -210,9 +215,25 @@ def project(
     for sample, selection in zip(encoded, selections):
         count = len(selection.tokens_per_frame)
         kept = None if selection.kept_indices is None else [idx.tolist() for idx in selection.kept_indices]
-        visuals.append(Visual(list(projected[start : start + count]), kept, sample.video.cls_scores, trailing))
+        frames = list(projected[start : start + count])
+        groups = merge_groups_by_token(selection, [len(frame) for frame in frames])
+        visuals.append(Visual(frames, kept, sample.video.cls_scores, trailing, groups))
         start += count
     return visuals
+
+
+def merge_groups_by_token(selection: VisualSelection, frame_tokens: list[int]) -> list[list[int]] | None:
+    """The selection's per-frame group numbers as indices of the sample's visual tokens: frame t's merged tokens
+    are its last `merged_per_frame[t]` tokens (after its kept patches and a fed [CLS]), `frame_tokens` counting
+    each frame's tokens as they reach the LLM."""
+    if selection.merge_groups is None:
+        return None
+    out, start = [], 0
+    for groups, merged, count in zip(selection.merge_groups, selection.merged_per_frame, frame_tokens):
+        first = start + count - merged
+        out.append(torch.where(groups >= 0, groups + first, groups).tolist())
+        start += count
+    return out
 
 
 def _project_pieces(stream: VisualStream, pieces: list[torch.Tensor], done: list[bool]) -> list[torch.Tensor]:
@@ -348,4 +369,4 @@ def generated(adapter: ModelAdapter, pruner: Pruner, ids: list[int], length: int
                                      visual_tokens=visual.tokens)
     scores = None if visual.cls_scores is None else visual.cls_scores.float().cpu()
     return Generated(adapter.decode(ids), ids, length, visual_tokens, kept, [len(f) for f in visual.frames], flops,
-                     scores)
+                     scores, visual.merge_groups)

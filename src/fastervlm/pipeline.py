@@ -49,6 +49,9 @@ class Answer:
     """The analytic LLM prefill FLOPs this answer reached (docs/flops.md)."""
     cls_scores: torch.Tensor | None = field(default=None, repr=False)
     """(T, N) [CLS] attention per frame when the method computed it (for pictures); not in JSON."""
+    merge_groups: list[list[int]] | None = None
+    """Per frame, per patch: the visual token (0 .. visual_tokens - 1, frame after frame) it was merged into, -1
+    for a patch kept as itself or dropped; None when the method merged nothing (VisionZip's contextual tokens)."""
 
     @property
     def time_to_first_token(self) -> float:
@@ -269,7 +272,7 @@ class Pipeline:
             Answer(text=g.text, output_ids=g.output_ids, visual_tokens=g.visual_tokens, kept_indices=g.kept_indices,
                    prompt_tokens=g.prompt_tokens, timings={**timings, **per_sample}, method=pruner.settings(),
                    frame_indices=indices, tokens_per_frame=g.tokens_per_frame,
-                   llm_prefill_flops=g.llm_prefill_flops, cls_scores=g.cls_scores)
+                   llm_prefill_flops=g.llm_prefill_flops, cls_scores=g.cls_scores, merge_groups=g.merge_groups)
             for g, timings, indices in zip(generated, own, frame_indices)
         ]
 
