@@ -193,7 +193,7 @@ def results_tab(settings: WebSettings, plot_dir: Path) -> None:
     message = gr.Markdown(elem_id="results-message")
     with gr.Row():
         table = gr.Markdown(elem_id="report-table")
-        plot = gr.Image(label="Accuracy relative to the baseline vs visual tokens", type="filepath",
+        plot = gr.Image(label="Accuracy and score vs visual tokens (95% intervals)", type="filepath",
                         interactive=False, elem_id="report-plot")
     with gr.Row():
         group = gr.Dropdown([], label="Model / benchmark", elem_id="group")
