@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from fastervlm.errors import FasterVLMError
 from fastervlm.show.layout import Header, Layout
@@ -134,34 +136,38 @@ def render_answer(
     """The picture for one answered sample, its header as tall as its text. The heatmap panels show
     `cls_scores`, default `answer.cls_scores` (None for methods that do not compute them: pass
     `heatmap_scores(pipeline, frames)`); `heatmap=False` leaves them out."""
-    grid_side, images, scores = _prepare(pipeline, frames, answer, cls_scores, heatmap)
-    header = answer_header(pipeline, answer, heatmap=scores is not None, borrowed=answer.cls_scores is None)
-    layout = layout.fit_header(header, len(images), images.shape[1])
-    return render_kept_tokens(images, answer.kept_indices, scores, grid_side, header.title, layout=layout,
-                              **_extras(pipeline, frames, answer, scores))
+    return _grid_picture(render_kept_tokens, pipeline, frames, answer, cls_scores, heatmap, layout)
 
 
-def save_answer_picture(
-    path: str | os.PathLike,
-    pipeline: Pipeline,
-    frames: Frames,
-    answer: Answer,
-    *,
-    cls_scores: torch.Tensor | None = None,
-    heatmap: bool = True,
-    layout: Layout = Layout(),
-) -> Path:
-    """`render_answer`'s picture written to `path`: SVG or PDF (vector, `show.vector`) by the suffix, else a
-    Pillow format (PNG, JPEG, ...)."""
+class AnswerDrawing(TypedDict, total=False):
+    """`render_answer`'s keyword options: `cls_scores`, `heatmap`, `layout`."""
+
+    cls_scores: torch.Tensor | None
+    heatmap: bool
+    layout: Layout
+
+
+def save_answer_picture(path: str | os.PathLike, pipeline: Pipeline, frames: Frames, answer: Answer,
+                        **draw: Unpack[AnswerDrawing]) -> Path:
+    """`render_answer`'s picture (the same options) written to `path`: SVG or PDF (vector, `show.vector`) by the
+    suffix, else a Pillow format (PNG, JPEG, ...)."""
     path = Path(path)
     if path.suffix.lower() not in VECTOR_SUFFIXES:
-        render_answer(pipeline, frames, answer, cls_scores=cls_scores, heatmap=heatmap, layout=layout).save(path)
+        render_answer(pipeline, frames, answer, **draw).save(path)
         return path
+    return _grid_picture(partial(write_kept_tokens_figure, path), pipeline, frames, answer, draw.get("cls_scores"),
+                         draw.get("heatmap", True), draw.get("layout", Layout()))
+
+
+def _grid_picture(draw: Callable[..., Any], pipeline: Pipeline, frames: Frames, answer: Answer,
+                  cls_scores: torch.Tensor | None, heatmap: bool, layout: Layout) -> Any:
+    """`draw` (`render_kept_tokens` or `write_kept_tokens_figure`) called with the answer's arrays, its header's
+    title, a layout whose header strip fits the header, and `_extras`."""
     grid_side, images, scores = _prepare(pipeline, frames, answer, cls_scores, heatmap)
     header = answer_header(pipeline, answer, heatmap=scores is not None, borrowed=answer.cls_scores is None)
     layout = layout.fit_header(header, len(images), images.shape[1])
-    return write_kept_tokens_figure(path, images, answer.kept_indices, scores, grid_side, header.title, layout=layout,
-                                    **_extras(pipeline, frames, answer, scores))
+    return draw(images, answer.kept_indices, scores, grid_side, header.title, layout=layout,
+                **_extras(pipeline, frames, answer, scores))
 
 
 def write_answer_animation(

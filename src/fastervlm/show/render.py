@@ -9,7 +9,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import numpy as np
 
@@ -106,18 +106,35 @@ class Drawing:
                        groups=pick(self.groups))
 
 
+class PictureOptions(TypedDict, total=False):
+    """The keyword options of a grid picture (`render_kept_tokens`, `vector.write_kept_tokens_figure`)."""
+
+    labels: Sequence[str] | None
+    layout: Layout
+    notes: Sequence[str]
+    merge_groups: Sequence[Sequence[int]] | None
+    score_name: str
+
+
+def picture_parts(frames: np.ndarray, kept_indices: Sequence[Sequence[int]] | None, cls_scores: Any, grid_side: int,
+                  title: str | Sequence[str], options: PictureOptions) -> tuple[Drawing, Header, list[str], Layout]:
+    """The checked drawing, its header, its labels and its layout, from a picture's arguments."""
+    unknown = set(options) - set(PictureOptions.__annotations__)
+    if unknown:
+        raise TypeError(f"unknown picture options: {', '.join(sorted(unknown))}")
+    drawing = make_drawing(frames, kept_indices, cls_scores, grid_side, merge_groups=options.get("merge_groups"),
+                           score_name=options.get("score_name", CLS_ATTENTION))
+    return (drawing, drawing.header(title, options.get("notes", ())), drawing.labels(options.get("labels")),
+            options.get("layout", Layout()))
+
+
 def render_kept_tokens(
     frames: np.ndarray,
     kept_indices: Sequence[Sequence[int]] | None,
     cls_scores: np.ndarray | torch.Tensor | None,
     grid_side: int,
     title: str | Sequence[str] = "",
-    *,
-    labels: Sequence[str] | None = None,
-    layout: Layout = Layout(),
-    notes: Sequence[str] = (),
-    merge_groups: Sequence[Sequence[int]] | None = None,
-    score_name: str = CLS_ATTENTION,
+    **options: Unpack[PictureOptions],
 ) -> Image.Image:
     """Draw the frames a model saw in a grid: each frame as it is, kept patches outlined, merged ones tinted and
     outlined in their token's colour, pruned ones muted, and under it (when `cls_scores` are given) its score
@@ -127,20 +144,21 @@ def render_kept_tokens(
     kept_indices: per frame, the kept patch indices in raster order ([CLS] excluded; `Answer.kept_indices`), or
         None to mark no patch kept (a method that merges patches).
     cls_scores: (T, N) scores per frame (`Answer.cls_scores`), normalised per frame for the colours, or None for
-        no heatmap panels; `score_name` says what they are ([CLS] or received attention).
+        no heatmap panels.
     grid_side: patches per side (N = grid_side ** 2; S must be a multiple of it).
     title: phrases (or one string with " | " between them), each kept whole on one line of the header.
-    notes: more legend entries, e.g. what a merging method's tokens are.
-    merge_groups: per frame, per patch, the visual token it was merged into or -1 (`Answer.merge_groups`).
+    options (`PictureOptions`): `labels` per frame (default "frame t: n kept"); `layout` (default `Layout()`);
+        `notes`, more legend entries, e.g. what a merging method's tokens are; `merge_groups`, per frame and patch
+        the visual token it was merged into or -1 (`Answer.merge_groups`); `score_name`, what the scores are
+        (CLS_ATTENTION, the default, or RECEIVED_ATTENTION).
     The picture has exactly `layout.size(T, S, heatmap=cls_scores is not None)`; use `layout.fit_header(...)` for
     a header strip as tall as its text (`render_answer` does).
     """
-    drawing = make_drawing(frames, kept_indices, cls_scores, grid_side, merge_groups=merge_groups,
-                           score_name=score_name)
-    return _render(drawing, drawing.header(title, notes), drawing.labels(labels), layout)
+    return _render(*picture_parts(frames, kept_indices, cls_scores, grid_side, title, options))
 
 
 def _render(drawing: Drawing, header: Header, labels: list[str], layout: Layout) -> Image.Image:
+    """The PNG picture of `drawing`."""
     from PIL import Image, ImageDraw
 
     heatmap = drawing.scores is not None
@@ -167,26 +185,20 @@ def write_kept_tokens_animation(
     title: str | Sequence[str] = "",
     *,
     fps: float = 2.0,
-    labels: Sequence[str] | None = None,
-    layout: Layout | None = None,
-    notes: Sequence[str] = (),
-    merge_groups: Sequence[Sequence[int]] | None = None,
-    score_name: str = CLS_ATTENTION,
+    **options: Unpack[PictureOptions],
 ) -> Path:
-    """The frames in motion, one picture per sampled frame (as `render_kept_tokens` draws one frame, at least
-    ANIMATION_WIDTH pixels wide, the header as tall as its text): an animated GIF (Pillow, loops) or an H.264 MP4
-    (PyAV), chosen by the file suffix."""
+    """The frames in motion, one picture per sampled frame (as `render_kept_tokens` draws one frame, with the same
+    options; by default at least ANIMATION_WIDTH pixels wide, the header as tall as its text): an animated GIF
+    (Pillow, loops) or an H.264 MP4 (PyAV), chosen by the file suffix."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".gif", ".mp4"):
         raise FasterVLMError(f"cannot write an animation to {path}: use a .gif or .mp4 file name.")
     if fps <= 0:
         raise FasterVLMError(f"--fps must be above 0 (got {fps}).")
-    drawing = make_drawing(frames, kept_indices, cls_scores, grid_side, merge_groups=merge_groups,
-                           score_name=score_name)
-    labels = drawing.labels(labels)
-    header = drawing.header(title, notes)
-    layout = replace(layout or Layout(scale=max(1, math.ceil(ANIMATION_WIDTH / drawing.side))), columns=1)
+    given = options.pop("layout", None)
+    drawing, header, labels, _ = picture_parts(frames, kept_indices, cls_scores, grid_side, title, options)
+    layout = replace(given or Layout(scale=max(1, math.ceil(ANIMATION_WIDTH / drawing.side))), columns=1)
     layout = layout.fit_header(header, 1, drawing.side)
     pictures = [_render(drawing.one(t), header, [labels[t]], layout) for t in range(drawing.count)]
     if suffix == ".gif":

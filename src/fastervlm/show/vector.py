@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from fastervlm.errors import FasterVLMError
 from fastervlm.show.layout import Header, Layout, place_header
 from fastervlm.show.panels import (COLORMAP, OUTLINE, cells_to_pixels, kept_mask, normalised, outline_width,
                                    shaded_frame, swatch_pixels)
-from fastervlm.show.render import CLS_ATTENTION, Drawing, make_drawing
+from fastervlm.show.render import Drawing, PictureOptions, picture_parts
 
 if TYPE_CHECKING:
     import torch
@@ -44,22 +44,15 @@ def write_kept_tokens_figure(
     cls_scores: np.ndarray | torch.Tensor | None,
     grid_side: int,
     title: str | Sequence[str] = "",
-    *,
-    labels: Sequence[str] | None = None,
-    layout: Layout = Layout(),
-    notes: Sequence[str] = (),
-    merge_groups: Sequence[Sequence[int]] | None = None,
-    score_name: str = CLS_ATTENTION,
+    **options: Unpack[PictureOptions],
 ) -> Path:
-    """`render_kept_tokens`' picture (same arguments) as an SVG or a PDF, chosen by the suffix of `path`."""
+    """`render_kept_tokens`' picture (the same arguments) as an SVG or a PDF, chosen by the suffix of `path`."""
     import matplotlib
 
     path = Path(path)
     if path.suffix.lower() not in VECTOR_SUFFIXES:
         raise FasterVLMError(f"cannot write a vector picture to {path}: use a .svg or .pdf file name.")
-    drawing = make_drawing(frames, kept_indices, cls_scores, grid_side, merge_groups=merge_groups,
-                           score_name=score_name)
-    figure = _figure(drawing, drawing.header(title, notes), drawing.labels(labels), layout)
+    figure = _figure(*picture_parts(frames, kept_indices, cls_scores, grid_side, title, options))
     with matplotlib.rc_context(EDITABLE_TEXT):
         figure.savefig(path, format=path.suffix.lower()[1:], metadata={"Creator": "fastervlm show"})
     return path
