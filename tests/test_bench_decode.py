@@ -41,3 +41,20 @@ def test_the_mkv_copy_holds_the_same_bitstream(tmp_path):
 
 def test_empty_table():
     assert decode_bench.format_table([]).splitlines()[0] == "| container | GOP | frames | MiB | pyav did | identical |"
+
+
+def test_bench_decode_shows_progress_on_stderr_and_the_table_on_stdout(tmp_path, capsys) -> None:
+    from fastervlm.cli import main
+
+    argv = ["bench", "--decode", "--size", "64x48", "--duration", "2", "--fps", "10", "--gops", "5", "40",
+            "--containers", "mp4", "--repeats", "1", "--out-dir", str(tmp_path)]
+    assert main([*argv, "--video-dir", str(tmp_path / "videos")]) == 0
+    captured = capsys.readouterr()
+    assert "writing GOP 5 video" in captured.err and "writing GOP 40 video" in captured.err  # while encoding
+    assert "bench --decode: timing" in captured.err and "2/2" in captured.err  # then per video timed
+    table = captured.out.splitlines()
+    assert table[0].startswith("| container |") and len(table) == 4  # the table alone: header, rule, two videos
+    assert "bench --decode" not in captured.out and "writing" not in captured.out
+    assert main([*argv, "--video-dir", str(tmp_path / "videos"), "--no-progress"]) == 0
+    quiet = capsys.readouterr()
+    assert "bench --decode" not in quiet.err and quiet.out.splitlines()[0].startswith("| container |")

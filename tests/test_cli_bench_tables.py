@@ -1,4 +1,5 @@
-"""`fastervlm bench`'s terminal tables: every number on one line, within the console width."""
+"""`fastervlm bench`'s terminal tables: every number on one line, within the console width (the terminal's width;
+narrower terminals: tests/test_bench_tables_width.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import re
 from fastervlm.cli import main
 
 
-def test_terminal_tables_keep_numbers_whole(tmp_path, tiny_checkpoint, synthetic_video, capsys) -> None:
+def test_terminal_tables_keep_numbers_whole(tmp_path, tiny_checkpoint, synthetic_video, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "160")  # a terminal wide enough for each table in one part
     code = main(["bench", "--model", str(tiny_checkpoint), "--device", "cpu", "--video", str(synthetic_video),
                  "--methods", "fastervlm", "--reductions", "0.9", "--warmup", "0", "--repeats", "1",
                  "--max-new-tokens", "1", "--in-process", "--no-reference", "--out-dir", str(tmp_path)])

@@ -58,7 +58,7 @@ def test_table_numbers_and_relative_averages(runs: Path) -> None:
     assert base.llm_prefill_flops == pytest.approx(4e12) and fast.llm_prefill_flops is None  # (5 + 3) / 2; none recorded
     md = report.markdown()
     assert "| *no pruning* |" in md and "| *reduction 90%* |" in md
-    assert "| tiny | none | 2048 | 50.0 | 3.00 | 75.0 | 4.00 | 100.00% | 100.00% | 4 |" in md
+    assert "| tiny | none | 2048 | 50.0 | 3.00 | 75.0 | 4.00 | 100.00% | 100.00% | 4.00 |" in md  # TFLOPs: 3 digits, the column's one format
     assert "| tiny | fastervlm_r0.9 | 208 | 25.0 | 2.00 | 50.0† | 3.00† | 58.33% | 70.83% | – |" in md
     assert "tiny / msvd / fastervlm_r0.9: 1 prediction errors" in md
 

@@ -2,7 +2,8 @@
 driven through `gradio_client` and through headless Chromium (Debian's chromium + chromedriver, via Selenium).
 
 One server serves the whole module; it is stopped (SIGTERM) at the end, pass or fail, and must delete its
-temporary folder. Set FASTERVLM_WEB_SCREENSHOT=docs/web.png to save the page after the browser's question.
+temporary folder. Set FASTERVLM_WEB_SCREENSHOT=docs/web.png to save the page after the browser's question, and
+FASTERVLM_WEB_RESULTS_SCREENSHOT=FILE.png to save the Results tab with the four-benchmark table.
 """
 
 from __future__ import annotations
@@ -335,6 +336,81 @@ def test_browser_results_tab_and_disagreement_filter(server: Server, browser) ->
     wait.until(lambda d: len(item_ids(d)) == 5)
     browser.find_element(By.CSS_SELECTOR, "#disagree input").click()
     wait.until(lambda d: item_ids(d) == DISAGREE)
+
+
+WIDE_RUNS = {"none": (None, 2048), "fastervlm_r0.9": ({"method": "fastervlm", "reduction": 0.9}, 208),
+             "visionzip_r0.95_dominant_ratio0.5": ({"method": "visionzip", "reduction": 0.95, "dominant_ratio": 0.5}, 104)}
+"""Three configurations on the four benchmarks: the report's widest table (14 columns), a long run name."""
+
+
+@pytest.fixture(scope="module")
+def wide_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from eval_helpers import make_run
+    from fake_openai_server import FakeOpenAI
+
+    from fastervlm.eval.judge import JudgeSettings, judge_runs
+    from fastervlm.eval.rundir import find_runs
+
+    root = tmp_path_factory.mktemp("web-wide-runs")
+    for benchmark in ("tgif", "msvd", "msrvtt", "activitynet"):
+        for name, (method, tokens) in WIDE_RUNS.items():
+            answers = {f"q{i}": (f"a{i}", f"a{i}" if (i + len(name)) % 3 else "other") for i in range(6)}
+            make_run(root / "runs/tiny" / benchmark / name, answers, benchmark=benchmark, tokens=tokens,
+                     method=method and {"keep": None, **method}, flops=[4.2e12 * tokens / 2048] * 6)
+    with FakeOpenAI() as judge:
+        judge_runs(find_runs(root / "runs"), JudgeSettings(base_url=judge.url, cache_dir=root / "judge-cache"),
+                   api_key="k", progress=False, report=lambda line: None)
+    return root / "runs"
+
+
+TABLE_LAYOUT = """
+const table = document.querySelector('#report-table table');
+const broken = [];
+for (const cell of table.querySelectorAll('th, td')) {
+  const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    for (const word of node.textContent.matchAll(/\\S+/g)) {
+      const range = document.createRange();
+      range.setStart(node, word.index);
+      range.setEnd(node, word.index + word[0].length);
+      const lines = new Set([...range.getClientRects()].map(rect => Math.round(rect.top)));
+      if (lines.size > 1) broken.push(word[0]);
+    }
+  }
+  if (cell.scrollWidth > cell.clientWidth + 1) broken.push('overflows: ' + cell.textContent);
+}
+const style = getComputedStyle(table.querySelector('td'));
+return {table: table.getBoundingClientRect().width, page: document.querySelector('#load-results').getBoundingClientRect().width,
+        cells: table.querySelectorAll('th, td').length, broken: broken, wordBreak: style.wordBreak,
+        overflowWrap: style.overflowWrap};
+"""
+"""The report table's width against the page's (the Load button spans it), every word of every cell that the
+browser laid out over two lines (or that overflows its cell), and the cells' computed line-breaking styles."""
+
+
+@pytest.mark.browser
+def test_browser_results_table_uses_the_page_width_without_mid_word_breaks(server: Server, browser,
+                                                                           wide_runs: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server.url)
+    wait = WebDriverWait(browser, 30)
+    wait.until(lambda d: d.find_elements(By.XPATH, "//button[@role='tab' and normalize-space()='Results']"))
+    browser.find_element(By.XPATH, "//button[@role='tab' and normalize-space()='Results']").click()
+    box = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#runs-dir textarea, #runs-dir input"))
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(str(wide_runs))
+    browser.find_element(By.CSS_SELECTOR, "#load-results").click()
+    wait.until(lambda d: "visionzip_r0.95_dominant_ratio0.5" in d.find_element(By.CSS_SELECTOR, "#report-table").text)
+    layout = browser.execute_script(TABLE_LAYOUT)
+    assert layout["cells"] == 7 * 14  # header, three budget rows, three configurations; 14 columns
+    assert 0.97 * layout["page"] <= layout["table"] <= layout["page"] + 1, layout  # the page's width, not beyond
+    assert layout["broken"] == [], f"words broken across lines or cut: {layout['broken']}"
+    assert (layout["wordBreak"], layout["overflowWrap"]) == ("normal", "normal")
+    if os.environ.get("FASTERVLM_WEB_RESULTS_SCREENSHOT"):
+        _screenshot(browser, Path(os.environ["FASTERVLM_WEB_RESULTS_SCREENSHOT"]))
 
 
 def _screenshot(driver, path: Path) -> None:

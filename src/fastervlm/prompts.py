@@ -73,12 +73,17 @@ class KeptTokens:
 
     @property
     def merge_groups(self) -> list[list[int]] | None:
-        """Per frame, per patch: the token (0 .. tokens - 1 over the input, frame after frame, fed [CLS] tokens
-        excluded) it was merged into, or -1 (kept as itself, or dropped); None when nothing was merged."""
-        groups = self.selection.groups
-        if groups is None:
+        """Per frame, per patch: the visual token (0 .. tokens - 1 over the input, frame after frame, a fed [CLS]
+        counted) it was merged into, or -1 (kept as itself, or dropped); None when nothing was merged."""
+        selection = self.selection
+        if selection.groups is None:
             return None
-        return groups.view(self.selection.frames, self.selection.patches).tolist()
+        fed_cls = torch.tensor([len(f) - n for f, n in zip(self.frames, selection.tokens_per_frame)]).cumsum(0)
+        token_frame = (selection.source // selection.patches).cpu()
+        groups = selection.groups.cpu()
+        merged = groups >= 0
+        groups[merged] += fed_cls[token_frame[groups[merged]]]
+        return groups.view(selection.frames, selection.patches).tolist()
 
 
 @dataclass

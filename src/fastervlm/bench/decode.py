@@ -1,6 +1,7 @@
 """How long sampling 8 frames takes: seek vs scan vs decord, on long generated videos, frames checked identical.
 
-`run_decode_benchmark(...)` returns one `DecodeBenchRow` per video; `format_table(rows)` prints them. The videos are
+`run_decode_benchmark(...)` returns one `DecodeBenchRow` per video; `format_table(rows)` prints them; progress
+(writing each video, then timing them) goes to standard error. The videos are
 H.264 with B-frames and closed groups of pictures (GOPs) of several lengths, encoded once as MP4 and remuxed (no
 re-encode) to MKV, so both containers hold the same bitstream. Every read opens the file afresh, as a real run
 does; the backends take turns in every round so a change in the machine's load touches them alike.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -57,19 +59,24 @@ def _moving_texture(width: int, height: int, seed: int = 0) -> Callable[[int], n
 
 def write_benchmark_video(
     path: str | Path, *, seconds: float, width: int, height: int, fps: int, gop: int, bframes: int = 2,
-    preset: str = "veryfast", seed: int = 0,
+    preset: str = "veryfast", seed: int = 0, progress: bool = False,
 ) -> Path:
     """H.264 yuv420p, `bframes` B-frames, a keyframe every `gop` frames exactly (scene-cut keyframes off); `seed`
-    picks the texture, so that videos of one benchmark differ."""
+    picks the texture, so that videos of one benchmark differ. `progress`: a bar of frames written (stderr)."""
+    from tqdm import tqdm
+
     path = Path(path)
     frame = _moving_texture(width, height, seed)
-    with av.open(str(path), "w") as container:
+    frames = round(seconds * fps)
+    with av.open(str(path), "w") as container, tqdm(total=frames, desc=f"writing GOP {gop} video", unit="frame",
+                                                    leave=False, disable=not progress, file=sys.stderr) as bar:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"bf": str(bframes), "preset": preset, "sc_threshold": "0"}
         stream.codec_context.gop_size = gop
-        for i in range(round(seconds * fps)):
+        for i in range(frames):
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame(i), format="rgb24")))
+            bar.update()
         container.mux(stream.encode())
     return path
 
@@ -88,7 +95,7 @@ def remux(source: Path, target: Path) -> Path:
 
 
 def _videos(folder: Path, seconds: float, width: int, height: int, fps: int, gops: Sequence[int],
-            containers: Sequence[str]) -> list[tuple[str, int, Path]]:
+            containers: Sequence[str], progress: bool = False) -> list[tuple[str, int, Path]]:
     """The benchmark videos, encoded once into `folder` (reused when already there)."""
     videos = []
     for gop in gops:
@@ -96,7 +103,7 @@ def _videos(folder: Path, seconds: float, width: int, height: int, fps: int, gop
         mp4 = folder / f"{stem}.mp4"
         if not mp4.is_file():
             write_benchmark_video(folder / f"{stem}.tmp.mp4", seconds=seconds, width=width, height=height, fps=fps,
-                                  gop=gop).rename(mp4)
+                                  gop=gop, progress=progress).rename(mp4)
         for suffix in containers:
             path = folder / f"{stem}.{suffix}"
             if not path.is_file():
@@ -125,16 +132,21 @@ def _time_backends(path: Path, backends: Sequence[str], num_frames: int, repeats
 def run_decode_benchmark(
     *, seconds: float = 180.0, width: int = 640, height: int = 360, fps: int = 30, gops: Sequence[int] = (12, 60, 250),
     containers: Sequence[str] = ("mp4", "mkv"), num_frames: int = 8, repeats: int = 5,
-    video_dir: str | Path | None = None, backends: Sequence[str] | None = None,
+    video_dir: str | Path | None = None, backends: Sequence[str] | None = None, progress: bool = False,
 ) -> list[DecodeBenchRow]:
     """Time `read_video_frames` per backend on generated videos; `video_dir` keeps them for the next run (else a
-    temporary folder). `backends` defaults to pyav (seek), pyav-scan and decord when it is installed."""
+    temporary folder). `backends` defaults to pyav (seek), pyav-scan and decord when it is installed. `progress`:
+    bars on standard error while the videos are written and timed."""
+    from tqdm import tqdm
+
     backends = list(backends or _available_backends())
     with tempfile.TemporaryDirectory(prefix="fastervlm-decode-bench-") as scratch:
         folder = Path(video_dir) if video_dir is not None else Path(scratch)
         folder.mkdir(parents=True, exist_ok=True)
         rows = []
-        for suffix, gop, path in _videos(folder, seconds, width, height, fps, gops, containers):
+        videos = _videos(folder, seconds, width, height, fps, gops, containers, progress)
+        for suffix, gop, path in tqdm(videos, desc="bench --decode: timing", unit="video", disable=not progress,
+                                      file=sys.stderr):
             milliseconds, results = _time_backends(path, backends, num_frames, repeats)
             first = results[backends[0]]
             rows.append(DecodeBenchRow(

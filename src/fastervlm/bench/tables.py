@@ -1,11 +1,17 @@
-"""The benchmark's tables: one row per configuration (terminal: two tables, times and costs, so that they fit;
-Markdown: one), the [CLS] extraction rows, the targets, and the `--eval` table of the harness against the loop."""
+"""The benchmark's tables: one row per configuration (terminal: two tables, times and costs; Markdown: one), the
+[CLS] extraction rows, the targets, and the `--eval` table of the harness against the loop.
+
+On a terminal every line fits its width (`shutil.get_terminal_size`): a table too wide for it is printed in parts,
+each repeating the table's key columns (the configuration), its columns otherwise in order; numbers never break,
+headers break between words and prose columns wrap."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from fastervlm.bench.configs import PIPELINE_STAGES
@@ -80,55 +86,107 @@ def print_tables(result: Any, targets: list[Any], *, markdown: bool = False) -> 
     header = (f"{_header(result)}; {result.warmup} warm-up + {result.repeats} timed runs, {result.max_new_tokens} new "
               f"tokens; memory: {result.rows[0].memory.kind if result.rows else '-'}")
     target_rows = [[t.name, t.measured, {True: "met", False: "NOT met", None: "n/a"}[t.met]] for t in targets]
-    targets_table = ("targets", [(name, None) for name in ("target", "measured", "result")], target_rows, None)
+    targets_table = Table("targets", [(name, None) for name in ("target", "measured", "result")], target_rows)
+    keys = len(KEY_COLUMNS)
     if markdown:
-        tables = [("configurations", ROW_COLUMNS, result.rows, None),
-                  ("[CLS] extraction", EXTRACTION_COLUMNS, result.extraction, None)]
+        tables = [Table("configurations", ROW_COLUMNS, result.rows, keys=keys),
+                  Table("[CLS] extraction", EXTRACTION_COLUMNS, result.extraction)]
         _print(header + "; times in ms: median (min-max)", [*tables, targets_table], markdown=True)
     else:
         caption = "times in ms: median (min-max)"
         _print(header, [
-            ("configurations: time", KEY_COLUMNS + TIME_COLUMNS, result.rows, caption),
-            ("configurations: memory, FLOPs, speedup over none", KEY_COLUMNS + COST_COLUMNS, result.rows, None),
-            ("[CLS] extraction", EXTRACTION_COLUMNS, result.extraction, caption),
+            Table("configurations: time", KEY_COLUMNS + TIME_COLUMNS, result.rows, caption, keys),
+            Table("configurations: memory, FLOPs, speedup over none", KEY_COLUMNS + COST_COLUMNS, result.rows, None, keys),
+            Table("[CLS] extraction", EXTRACTION_COLUMNS, result.extraction, caption),
             targets_table,
         ], markdown=False)
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
 
 
-Table = tuple[str, Sequence[tuple[str, Callable[[Any], str] | None]], Sequence[Any], str | None]
-"""(title, columns, rows, caption); a column without a function takes its cell from a row that is a list."""
+@dataclass
+class Table:
+    """A table to print: its columns (a column without a function takes its cell from a row that is a list)."""
+
+    title: str
+    columns: Sequence[tuple[str, Callable[[Any], str] | None]]
+    rows: Sequence[Any]
+    caption: str | None = None
+    keys: int = 1
+    """Leading columns that name the row, repeated in every part of a table split to fit the terminal."""
+
+
 PROSE_COLUMNS = frozenset({"how", "target", "measured", "result"})
 """Columns whose text may wrap (the others hold numbers, which must never break)."""
 
 
+def terminal_width() -> int:
+    """The terminal's columns ($COLUMNS, else the terminal's size, else 80)."""
+    return shutil.get_terminal_size().columns
+
+
 def _print(header: str, tables: list[Table], *, markdown: bool) -> None:
-    """Print the non-empty tables under the header: as Markdown, or as rich terminal tables."""
-    tables = [table for table in tables if table[2]]
+    """Print the non-empty tables under the header: as Markdown, or as rich terminal tables that fit the terminal."""
+    tables = [table for table in tables if table.rows]
     if markdown:
         print(header + "\n")
-        for _, columns, rows, _ in tables:
-            print(_markdown([c for c, _ in columns], _cells(columns, rows)) + "\n")
+        for table in tables:
+            print(_markdown([c for c, _ in table.columns], _cells(table.columns, table.rows)) + "\n")
         return
     from rich.console import Console
+
+    console = Console(width=terminal_width())
+    console.print(header)
+    for table in tables:
+        cells = _cells(table.columns, table.rows)
+        names = [name for name, _ in table.columns]
+        widths = [_min_width(name, [line[n] for line in cells]) for n, name in enumerate(names)]
+        parts = split_columns(widths, table.keys, console.width)
+        for number, part in enumerate(parts, 1):
+            title = table.title if len(parts) == 1 else f"{table.title} ({number} of {len(parts)})"
+            caption = table.caption if number == len(parts) else None
+            console.print(_rich_table(title, caption, [names[i] for i in part], [widths[i] for i in part],
+                                      [[line[i] for i in part] for line in cells]))
+
+
+def _min_width(name: str, cells: list[str]) -> int:
+    """The narrowest a column can be: its longest header word, and its widest cell unless it is prose."""
+    word = max(len(w) for w in name.split())
+    if name in PROSE_COLUMNS:
+        return max(word, *(len(w) for cell in cells for w in cell.split()))
+    return max(word, *(len(cell) for cell in cells))
+
+
+def table_width(widths: Sequence[int]) -> int:
+    """Characters a rich table with these column widths takes: a border and one space of padding each side."""
+    return sum(widths) + 3 * len(widths) + 1
+
+
+def split_columns(widths: Sequence[int], keys: int, room: int) -> list[list[int]]:
+    """The column indices of each part: the key columns, then as many of the others, in order, as fit in `room`
+    characters (at least one per part)."""
+    parts: list[list[int]] = []
+    for index in range(keys, len(widths)):
+        if parts and table_width([widths[i] for i in [*parts[-1], index]]) <= room:
+            parts[-1].append(index)
+        else:
+            parts.append([*range(keys), index])
+    return parts or [list(range(len(widths)))]
+
+
+def _rich_table(title: str, caption: str | None, names: list[str], widths: list[int], cells: list[list[str]]) -> Any:
+    """A rich table whose number columns never wrap; headers wrap at spaces to their column's width."""
     from rich.table import Table as RichTable
 
-    console = Console(width=max(Console().width, 160))
-    console.print(header)
-    for title, columns, rows, caption in tables:
-        table = RichTable(title=title, caption=caption)
-        cells = _cells(columns, rows)
-        for number, (name, _) in enumerate(columns):
-            if name in PROSE_COLUMNS:
-                table.add_column(name, overflow="fold")
-                continue
-            # headers wrap at spaces to the widest cell, so that the numbers never break
-            width = max(max(len(line[number]) for line in cells), *(len(word) for word in name.split()))
-            table.add_column(textwrap.fill(name, width), no_wrap=True)
-        for line in cells:
-            table.add_row(*line)
-        console.print(table)
+    table = RichTable(title=title, caption=caption)
+    for name, width in zip(names, widths):
+        if name in PROSE_COLUMNS:
+            table.add_column(name, overflow="fold", min_width=width)
+        else:
+            table.add_column(textwrap.fill(name, width, break_on_hyphens=False), no_wrap=True, min_width=width)
+    for line in cells:
+        table.add_row(*line)
+    return table
 
 
 def _cells(columns: Sequence[tuple[str, Callable[[Any], str] | None]], rows: Sequence[Any]) -> list[list[str]]:
@@ -175,7 +233,7 @@ def print_eval_table(result: Any, *, markdown: bool = False) -> None:
               f"{result.max_new_tokens} new tokens; {result.rounds} rounds, alternating which runs first (load "
               f"average at each round's start: {loads}); speedup: the median of the rounds' ratios")
     caption = "stage columns: ms per item, summed over the items (stages overlap where the harness decodes ahead)"
-    _print(header, [("bench --eval: the harness against the per-item loop", EVAL_COLUMNS, result.rows, caption)],
+    _print(header, [Table("bench --eval: the harness against the per-item loop", EVAL_COLUMNS, result.rows, caption)],
            markdown=markdown)
     stage_source = next((r.stage_source for r in result.rows if r.identical is not None), None)
     verdict = "identical" if result.all_identical else "NOT identical"

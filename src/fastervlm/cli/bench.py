@@ -298,7 +298,7 @@ def _run_decode(args: argparse.Namespace) -> int:
         seconds=_or(args.duration, 180.0), width=width, height=height, fps=_or(args.fps, 30),
         gops=split_list(args.gops, int, "--gops") or (12, 60, 250),
         containers=split_list(args.containers, str, "--containers") or ("mp4", "mkv"),
-        repeats=_or(args.repeats, 5), video_dir=args.video_dir)
+        repeats=_or(args.repeats, 5), video_dir=args.video_dir, progress=not args.no_progress)
     path = _out_dir(args) / "bench-decode.json"
     path.write_text(json.dumps([asdict(row) for row in rows], indent=2))
     print(json.dumps([asdict(row) for row in rows]) if args.json else format_table(rows))

@@ -22,7 +22,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_model_arguments(show, required=False)
     show.add_argument("--video", required=True, help="video file to sample the frames from")
     add_method_arguments(show)
-    show.add_argument("--out", default="kept.png", help="picture to write (PNG or any Pillow format; default %(default)s)")
+    show.add_argument("--out", default="kept.png", help="picture to write: .svg or .pdf (vector, with a labelled colour "
+                      "bar), or .png and any Pillow format (default %(default)s)")
     show.add_argument("--animation", metavar="FILE", help="also write the frames in motion to FILE (.gif or .mp4)")
     show.add_argument("--fps", type=float, default=2.0, help="frames per second of --animation (default %(default)s)")
     show.add_argument("--columns", type=int, default=4, help="frames per row of the grid (default %(default)s)")
@@ -38,7 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_show(args: argparse.Namespace) -> int:
     from fastervlm.errors import FasterVLMError
     from fastervlm.models.base import GenerationSettings
-    from fastervlm.show import Layout, check_showable, heatmap_scores, render_answer, write_answer_animation
+    from fastervlm.show import Layout, check_showable, heatmap_scores, save_answer_picture, write_answer_animation
 
     if args.columns < 1 or (args.scale is not None and args.scale < 1):
         raise FasterVLMError("--columns and --scale must be at least 1.")
@@ -55,15 +56,14 @@ def run_show(args: argparse.Namespace) -> int:
     side = frames.pixels.shape[-1]
     layout = Layout(columns=args.columns, scale=args.scale or max(1, -(-224 // side)))
     draw = {"cls_scores": scores, "heatmap": not args.no_heatmap}
-    picture = render_answer(pipeline, frames, answer, layout=layout, **draw)
     out = Path(args.out)
     try:
-        picture.save(out)
+        save_answer_picture(out, pipeline, frames, answer, layout=layout, **draw)
         if args.animation:
             write_answer_animation(args.animation, pipeline, frames, answer, fps=args.fps, **draw)
     except (OSError, ValueError) as err:
         raise FasterVLMError(f"cannot write the picture ({err}); check the output path and its extension.") from err
-    print(f"{out}: {picture.width}x{picture.height}, {answer.visual_tokens} visual tokens kept "
+    print(f"{out}: {answer.visual_tokens} visual tokens kept "
           f"({answer.method.get('method')})" + (f"; animation {args.animation}" if args.animation else ""), file=sys.stderr)
     return 0
 
@@ -73,11 +73,12 @@ def _check_outputs(args: argparse.Namespace) -> None:
     from PIL import Image
 
     from fastervlm.errors import FasterVLMError
+    from fastervlm.show import VECTOR_SUFFIXES
 
     for flag, path in (("--out", args.out), ("--animation", args.animation)):
         if path is not None and not Path(path).parent.is_dir():
             raise FasterVLMError(f"{flag} {path}: the folder {Path(path).parent} does not exist; create it first.")
     suffix = Path(args.out).suffix.lower()
-    if suffix not in Image.registered_extensions():
+    if suffix not in Image.registered_extensions() and suffix not in VECTOR_SUFFIXES:
         raise FasterVLMError(f"--out {args.out}: Pillow cannot write {suffix or 'a file without an extension'}; "
-                             "use a picture name such as kept.png.")
+                             "use a picture name such as kept.png, or kept.svg / kept.pdf for a vector picture.")

@@ -148,16 +148,21 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def mean_interval(values: list[float], z: float = Z95) -> tuple[float, float] | None:
-    """Normal-approximation interval for a mean (the sample standard deviation, n - 1)."""
+SCORE_RANGE = (0.0, 5.0)
+"""The judge's score scale; a mean score and its interval lie in it."""
+
+
+def mean_interval(values: list[float], z: float = Z95, bounds: tuple[float, float] | None = None
+                  ) -> tuple[float, float] | None:
+    """Normal-approximation interval for a mean (the sample standard deviation, n - 1), clipped to `bounds` (the
+    values' own range: the mean cannot leave it, so neither does the interval)."""
     n = len(values)
     if n == 0:
         return None
     mean = sum(values) / n
-    if n == 1:
-        return mean, mean
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean - z * sd / math.sqrt(n), mean + z * sd / math.sqrt(n)
+    half = z * math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) / math.sqrt(n) if n > 1 else 0.0
+    low, high = mean - half, mean + half
+    return (low, high) if bounds is None else (max(bounds[0], low), min(bounds[1], high))
 
 
 @dataclass
@@ -207,7 +212,7 @@ def compute_items(items: dict[str, ItemResult], mode: Mode) -> Metrics:
         accuracy=yes / (yes + no) if yes + no else None,
         accuracy_ci=wilson_interval(yes, yes + no),
         score=sum(scores) / len(scores) if scores else None,
-        score_ci=mean_interval(scores),
+        score_ci=mean_interval(scores, bounds=SCORE_RANGE),
         items=items,
     )
 
@@ -268,6 +273,6 @@ def paired_test(a: Metrics, b: Metrics) -> PairedTest:
         accuracy_p=mcnemar_exact_p(a_only, b_only),
         score_pairs=len(diffs),
         score_diff=sum(diffs) / len(diffs) if diffs else None,
-        score_diff_ci=mean_interval(diffs),
+        score_diff_ci=mean_interval(diffs, bounds=(SCORE_RANGE[0] - SCORE_RANGE[1], SCORE_RANGE[1] - SCORE_RANGE[0])),
         score_p=paired_z_p(diffs),
     )

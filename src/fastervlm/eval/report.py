@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -78,9 +79,17 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _tflops(flops: float | None) -> str:
-    """FLOPs in TFLOPs, enough digits for a tiny model's (a record without them: –)."""
-    return "–" if flops is None else f"{flops / 1e12:.3g}"
+def column_format(values: list[float], significant: int = 3) -> Callable[[float], str]:
+    """One format for a whole column: fixed decimals that give its smallest value `significant` digits, or
+    scientific notation for every value when that would take more than 4 decimals (a tiny model's TFLOPs)."""
+    smallest = min((abs(v) for v in values if v), default=1.0)
+    decimals = max(0, significant - 1 - math.floor(math.log10(smallest)))
+    return (lambda v: f"{v:.{significant - 1}e}") if decimals > 4 else (lambda v: f"{v:.{decimals}f}")
+
+
+def _p_value(p: float) -> str:
+    """A p-value in one format: three decimals, or "<0.001"."""
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 @dataclass
@@ -98,6 +107,7 @@ class Report:
             head += [f"{title} Acc", f"{title} Score"]
         head += ["Avg Acc", "Avg Score", "Prefill TFLOPs"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        tflops = column_format([row.llm_prefill_flops / 1e12 for row in self.rows if row.llm_prefill_flops])
         budget = None
         for row in self.rows:
             if row.budget() != budget:
@@ -109,7 +119,7 @@ class Report:
                 cells += _metric_cells(row.results.get(name))
             avg_flag = FLAG if row.relative_over < len(self.benchmarks) else ""
             cells += [_percent(row.relative_accuracy) + avg_flag, _percent(row.relative_score) + avg_flag,
-                      _tflops(row.llm_prefill_flops)]
+                      "–" if row.llm_prefill_flops is None else tflops(row.llm_prefill_flops / 1e12)]
             lines.append("| " + " | ".join(cells) + " |")
         lines += ["", self._legend()]
         notes = [f"- {r.model} / {r.benchmark} / {r.row}: {'; '.join(r.problems())}" for r in self.results if r.problems()]
@@ -148,30 +158,28 @@ class Report:
                 if test is None or test.accuracy_diff is None:
                     cells.append("–")
                 else:
-                    score = f"{test.score_diff:+.2f} (p={test.score_p:.2g})" if test.score_diff is not None else "–"
-                    cells.append(f"{100 * test.accuracy_diff:+.1f} (p={test.accuracy_p:.2g}); {score}")
+                    score = (f"{test.score_diff:+.2f} (p={_p_value(test.score_p)})" if test.score_diff is not None
+                             else "–")
+                    cells.append(f"{100 * test.accuracy_diff:+.1f} (p={_p_value(test.accuracy_p)}); {score}")
             out.append("| " + " | ".join(cells) + " |")
         return out
 
     def csv(self) -> str:
+        """One row per run; every column's numbers in one format (`CSV_FORMATS`), an empty cell for none."""
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow([
-            "model", "benchmark", "row", "method", "reduction", "keep", "visual_tokens", "llm_prefill_flops", "items", "predicted",
-            "errors", "missing_predictions", "unjudged", "judged", "yes", "no", "accuracy", "accuracy_ci_low",
-            "accuracy_ci_high", "score", "score_ci_low", "score_ci_high", "mcnemar_p_vs_baseline",
-            "score_p_vs_baseline", "run_dir",
-        ])
+        writer.writerow(CSV_COLUMNS)
         for r in self.results:
             m, t = r.metrics, r.baseline_test
-            writer.writerow([
+            values = [
                 r.model, r.benchmark, r.row, r.settings.get("method"), r.settings.get("reduction"),
                 r.settings.get("keep"), r.visual_tokens, r.llm_prefill_flops, r.items, r.predicted, r.errors, r.missing_predictions,
                 r.unjudged, m.judged if m else None, m.yes if m else None, m.no if m else None,
                 m.accuracy if m else None, *(m.accuracy_ci if m and m.accuracy_ci else (None, None)),
                 m.score if m else None, *(m.score_ci if m and m.score_ci else (None, None)),
                 t.accuracy_p if t else None, t.score_p if t else None, r.run.path,
-            ])
+            ]
+            writer.writerow([_csv_cell(value, CSV_FORMATS.get(name)) for name, value in zip(CSV_COLUMNS, values)])
         return buffer.getvalue()
 
     def to_json(self) -> dict[str, Any]:
@@ -189,33 +197,30 @@ class Report:
         }
 
     def plot(self, path: Path) -> Path:
-        """Relative accuracy (% of the baseline) vs visual tokens, one line per model and method."""
-        import matplotlib
+        """report.png: relative accuracy, then each benchmark's accuracy and score with their 95% intervals, against
+        visual tokens (`report_plot`)."""
+        from fastervlm.eval.report_plot import write_plot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        return write_plot(self, path)
 
-        fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-        series: dict[str, list[tuple[float, float]]] = {}
-        for row in self.rows:
-            if row.visual_tokens is None or row.relative_accuracy is None:
-                continue
-            label = f"{row.model}: {'baseline' if row.is_baseline else row.variant}"
-            series.setdefault(label, []).append((row.visual_tokens, 100 * row.relative_accuracy))
-        for label, points in series.items():
-            points.sort()
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
-        ax.axhline(100, color="grey", linewidth=0.8, linestyle="--")
-        ax.set_xlabel("visual tokens per video")
-        ax.set_ylabel("accuracy relative to baseline (%)")
-        ax.set_title(f"judge {self.judge_model or '-'}, {self.mode} metrics")
-        if series:
-            ax.legend(fontsize="small")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(path)
-        plt.close(fig)
-        return path
+
+CSV_COLUMNS = (
+    "model", "benchmark", "row", "method", "reduction", "keep", "visual_tokens", "llm_prefill_flops", "items", "predicted",
+    "errors", "missing_predictions", "unjudged", "judged", "yes", "no", "accuracy", "accuracy_ci_low",
+    "accuracy_ci_high", "score", "score_ci_low", "score_ci_high", "mcnemar_p_vs_baseline", "score_p_vs_baseline",
+    "run_dir",
+)
+CSV_FORMATS = {
+    "visual_tokens": ".1f", "llm_prefill_flops": ".0f",
+    **dict.fromkeys(("accuracy", "accuracy_ci_low", "accuracy_ci_high"), ".4f"),
+    **dict.fromkeys(("score", "score_ci_low", "score_ci_high"), ".4f"),
+    **dict.fromkeys(("mcnemar_p_vs_baseline", "score_p_vs_baseline"), ".3e"),
+}
+"""The measured columns' number formats (counts are integers; reduction and keep are the settings as given)."""
+
+
+def _csv_cell(value: Any, fmt: str | None) -> Any:
+    return "" if value is None else format(value, fmt) if fmt else value
 
 
 def _percent(value: float | None) -> str:

@@ -1,21 +1,27 @@
 """Pictures of an answered sample: what its method kept, titled and explained from the Answer and the registry.
 
-Every vision-stage method can be drawn: one that selects patches gets them outlined (and the rest greyed); one
-that merges patches (pool) gets its frames unmarked and a legend line that says its tokens are merged; tokens
-beyond the drawn patches (merged ones, a kept [CLS]) are counted in the legend. A method that prunes inside the
-LLM (FastV) is refused: every patch reached the LLM, so there is no choice per frame to draw.
+Every vision-stage method can be drawn: one that selects patches gets them outlined (and the rest muted); one that
+reports which patches each merged token holds (`Answer.merge_groups`, VisionZip) gets each token's patches tinted
+and outlined in one colour; one that merges without saying how (pool) gets its frames unmarked and a legend line
+that says its tokens are merged; tokens beyond what is drawn (a kept [CLS]) are counted in the legend. A method
+that prunes inside the LLM (FastV) is refused: every patch reached the LLM, so there is no choice per frame to draw.
+The picture is PNG (or any Pillow format) or, by the file's suffix, SVG or PDF (`save_answer_picture`).
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from fastervlm.errors import FasterVLMError
 from fastervlm.show.layout import Header, Layout
-from fastervlm.show.render import header_for, render_kept_tokens, write_kept_tokens_animation
+from fastervlm.show.render import (CLS_ATTENTION, RECEIVED_ATTENTION, header_for, mark_kinds, render_kept_tokens,
+                                   write_kept_tokens_animation)
+from fastervlm.show.vector import VECTOR_SUFFIXES, write_kept_tokens_figure
 
 if TYPE_CHECKING:
     import numpy as np
@@ -45,33 +51,59 @@ def check_showable(method: str) -> None:
 
 
 def describe_selection(answer: Answer, frames: int, num_patches: int) -> str:
-    """The picture's title, phrases between " | ": method and settings, budget (L per frame and in total), visual
-    tokens the LLM got."""
+    """The picture's title, phrases between " | ": method and settings, budget (L per frame, of which kept and
+    merged, and in total), visual tokens the LLM got."""
     settings = answer.method
     options = [f"{k}={v}" for k, v in settings.items() if k != "method" and v not in (None, False)]
     total = frames * num_patches
-    kept = [len(k) for k in answer.kept_indices or []]
-    if not kept:
+    kept = None if answer.kept_indices is None else [len(k) for k in answer.kept_indices]
+    merged = merged_per_frame(answer.merge_groups)
+    if not kept and merged is None:
         budget = f"{answer.visual_tokens} total"
-    elif len(set(kept)) == 1:
-        budget = f"L={kept[0]}/frame, {sum(kept)} total"
     else:
-        budget = f"L={min(kept)}..{max(kept)}/frame, {sum(kept)} total"
+        per_frame = [a + b for a, b in zip(kept or [0] * len(merged), merged or [0] * len(kept))]
+        split = "" if merged is None else " (merged)" if kept is None else f" ({_span(kept)} kept + {_span(merged)} merged)"
+        budget = f"L={_span(per_frame)}/frame{split}, {sum(per_frame)} total"
     return (f"{settings.get('method', '?')} ({', '.join(options) or 'no budget'}) | {budget} | "
             f"{answer.visual_tokens} of {total} visual tokens ({100 * answer.visual_tokens / total:.1f}%)")
 
 
+def _span(values: list[int]) -> str:
+    return str(values[0]) if len(set(values)) == 1 else f"{min(values)}..{max(values)}"
+
+
+def merged_per_frame(groups: list[list[int]] | None) -> list[int] | None:
+    """Merged tokens per frame (a token whose patches span frames counts in the first), or None."""
+    if groups is None:
+        return None
+    seen: set[int] = set()
+    counts = []
+    for frame in groups:
+        tokens = {token for token in frame if token >= 0} - seen
+        counts.append(len(tokens))
+        seen |= tokens
+    return counts
+
+
 def selection_notes(answer: Answer, frames: int) -> list[str]:
-    """Legend lines for what the patch marks cannot show: merged tokens, tokens that are not patches."""
+    """Legend lines for what the patch marks cannot show: merged tokens without groups, tokens that are not patches."""
     method = answer.method.get("method", "?")
-    if answer.kept_indices is None:
+    if answer.kept_indices is None and answer.merge_groups is None:
         per_frame = f", {answer.visual_tokens // frames} per frame" if answer.visual_tokens % frames == 0 else ""
         return [f"{method} merges patches: its {answer.visual_tokens} visual tokens{per_frame} are each made from "
                 "several patches, so no patch is marked kept or pruned"]
-    extra = answer.visual_tokens - sum(len(k) for k in answer.kept_indices)
+    merged = merged_per_frame(answer.merge_groups)
+    extra = answer.visual_tokens - sum(len(k) for k in answer.kept_indices or []) - sum(merged or [])
     if extra > 0:
-        return [f"+{extra} visual tokens that are not single patches (merged tokens or [CLS]) are not drawn"]
+        what = "[CLS]" if merged is not None else "merged tokens or [CLS]"
+        return [f"+{extra} visual tokens that are not single patches ({what}) are not drawn"]
     return []
+
+
+def score_name(pipeline: Pipeline, answer: Answer) -> str:
+    """What the heatmap shows: the answer's own [CLS] scores, or `heatmap_scores`' ([CLS] attention where the
+    encoder has a [CLS] token, else the attention each patch receives)."""
+    return CLS_ATTENTION if answer.cls_scores is not None or pipeline.adapter.stream.has_cls else RECEIVED_ATTENTION
 
 
 def answer_notes(pipeline: Pipeline, answer: Answer, *, heatmap: bool, borrowed: bool = False) -> list[str]:
@@ -79,15 +111,16 @@ def answer_notes(pipeline: Pipeline, answer: Answer, *, heatmap: bool, borrowed:
     `borrowed` (another pass over the same frames: the method itself does not compute [CLS] scores)."""
     notes = selection_notes(answer, pipeline.num_frames)
     if heatmap and borrowed:
-        notes.append(f"the heatmap is the encoder's [CLS] attention on these frames ({answer.method.get('method')} "
-                     "does not use it)")
+        notes.append(f"the heatmap is the encoder's {score_name(pipeline, answer)} on these frames "
+                     f"({answer.method.get('method')} does not use it)")
     return notes
 
 
 def answer_header(pipeline: Pipeline, answer: Answer, *, heatmap: bool, borrowed: bool = False) -> Header:
     """The header of `render_answer`'s picture: title, legend of what is drawn, notes."""
     return header_for(describe_selection(answer, pipeline.num_frames, pipeline.num_patches),
-                      marks=answer.kept_indices is not None, heatmap=heatmap,
+                      marks=mark_kinds(answer.kept_indices, answer.merge_groups, pipeline.num_patches),
+                      score_name=score_name(pipeline, answer) if heatmap else None,
                       notes=answer_notes(pipeline, answer, heatmap=heatmap, borrowed=borrowed))
 
 
@@ -103,11 +136,38 @@ def render_answer(
     """The picture for one answered sample, its header as tall as its text. The heatmap panels show
     `cls_scores`, default `answer.cls_scores` (None for methods that do not compute them: pass
     `heatmap_scores(pipeline, frames)`); `heatmap=False` leaves them out."""
+    return _grid_picture(render_kept_tokens, pipeline, frames, answer, cls_scores, heatmap, layout)
+
+
+class AnswerDrawing(TypedDict, total=False):
+    """`render_answer`'s keyword options: `cls_scores`, `heatmap`, `layout`."""
+
+    cls_scores: torch.Tensor | None
+    heatmap: bool
+    layout: Layout
+
+
+def save_answer_picture(path: str | os.PathLike, pipeline: Pipeline, frames: Frames, answer: Answer,
+                        **draw: Unpack[AnswerDrawing]) -> Path:
+    """`render_answer`'s picture (the same options) written to `path`: SVG or PDF (vector, `show.vector`) by the
+    suffix, else a Pillow format (PNG, JPEG, ...)."""
+    path = Path(path)
+    if path.suffix.lower() not in VECTOR_SUFFIXES:
+        render_answer(pipeline, frames, answer, **draw).save(path)
+        return path
+    return _grid_picture(partial(write_kept_tokens_figure, path), pipeline, frames, answer, draw.get("cls_scores"),
+                         draw.get("heatmap", True), draw.get("layout", Layout()))
+
+
+def _grid_picture(draw: Callable[..., Any], pipeline: Pipeline, frames: Frames, answer: Answer,
+                  cls_scores: torch.Tensor | None, heatmap: bool, layout: Layout) -> Any:
+    """`draw` (`render_kept_tokens` or `write_kept_tokens_figure`) called with the answer's arrays, its header's
+    title, a layout whose header strip fits the header, and `_extras`."""
     grid_side, images, scores = _prepare(pipeline, frames, answer, cls_scores, heatmap)
     header = answer_header(pipeline, answer, heatmap=scores is not None, borrowed=answer.cls_scores is None)
     layout = layout.fit_header(header, len(images), images.shape[1])
-    return render_kept_tokens(images, answer.kept_indices, scores, grid_side, header.title,
-                              labels=_labels(frames, answer), layout=layout, notes=_notes(pipeline, answer, scores))
+    return draw(images, answer.kept_indices, scores, grid_side, header.title, layout=layout,
+                **_extras(pipeline, frames, answer, scores))
 
 
 def write_answer_animation(
@@ -124,7 +184,7 @@ def write_answer_animation(
     grid_side, images, scores = _prepare(pipeline, frames, answer, cls_scores, heatmap)
     title = describe_selection(answer, pipeline.num_frames, pipeline.num_patches)
     return write_kept_tokens_animation(path, images, answer.kept_indices, scores, grid_side, title, fps=fps,
-                                       labels=_labels(frames, answer), notes=_notes(pipeline, answer, scores))
+                                       **_extras(pipeline, frames, answer, scores))
 
 
 def heatmap_scores(pipeline: Pipeline, frames: Frames) -> torch.Tensor:
@@ -144,8 +204,11 @@ def heatmap_scores(pipeline: Pipeline, frames: Frames) -> torch.Tensor:
     return getattr(tokens, score).float().cpu()
 
 
-def _notes(pipeline: Pipeline, answer: Answer, scores: torch.Tensor | None) -> list[str]:
-    return answer_notes(pipeline, answer, heatmap=scores is not None, borrowed=answer.cls_scores is None)
+def _extras(pipeline: Pipeline, frames: Frames, answer: Answer, scores: torch.Tensor | None) -> dict:
+    """What every drawing of an answer takes besides the arrays: labels, notes, merged groups, the score's name."""
+    return {"labels": _labels(frames, answer), "merge_groups": answer.merge_groups,
+            "score_name": score_name(pipeline, answer),
+            "notes": answer_notes(pipeline, answer, heatmap=scores is not None, borrowed=answer.cls_scores is None)}
 
 
 def _prepare(pipeline: Pipeline, frames: Frames, answer: Answer, cls_scores: torch.Tensor | None,
@@ -161,6 +224,7 @@ def _prepare(pipeline: Pipeline, frames: Frames, answer: Answer, cls_scores: tor
 
 def _labels(frames: Frames, answer: Answer) -> list[str]:
     sources = frames.frame_indices or list(range(frames.pixels.shape[0]))
-    if answer.kept_indices is None:
-        return [f"frame {source}" for source in sources]
-    return [f"frame {source}: {len(kept)} kept" for source, kept in zip(sources, answer.kept_indices)]
+    kept = [f"{len(k)} kept" for k in answer.kept_indices] if answer.kept_indices is not None else None
+    merged = [f"{m} merged" for m in merged_per_frame(answer.merge_groups) or []] or None
+    parts = [[p for p in (k, m) if p] for k, m in zip(kept or [None] * len(sources), merged or [None] * len(sources))]
+    return [f"frame {source}" + (": " + ", ".join(part) if part else "") for source, part in zip(sources, parts)]

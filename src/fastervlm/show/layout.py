@@ -28,13 +28,13 @@ SWATCH = 12
 COLOUR_BAR = 64
 """Width of the colour bar in the legend."""
 
-Swatch = Literal["kept", "pruned", "bar"]
+Swatch = Literal["kept", "merged", "pruned", "bar"]
 
 
 @dataclass(frozen=True)
 class LegendItem:
-    """One legend entry: a swatch (a kept cell, a pruned cell) and its text, the heatmap's colour bar (drawn as
-    "low [bar] high", its text unused), or text alone (wrapped at words when wider than the picture)."""
+    """One legend entry: a swatch (a kept cell, a merged one, a pruned one) and its text, the heatmap's colour bar
+    (drawn as "low [bar] high", its text unused), or text alone (wrapped at words when wider than the picture)."""
 
     text: str
     swatch: Swatch | None = None
@@ -165,3 +165,48 @@ def shorten(text: str, width: float, size: int) -> str:
     while len(words) > 1 and _text_width(" ".join(words) + " …", size) > width:
         words.pop()
     return " ".join(words) + " …"
+
+
+@dataclass(frozen=True)
+class Placed:
+    """One piece of the header at its place: text of `size` pixels with its top-left at (x, y), or a swatch (a
+    legend cell, or the colour bar) with its top-left there."""
+
+    x: float
+    y: float
+    text: str = ""
+    size: int = LEGEND_FONT
+    swatch: Swatch | None = None
+
+
+def place_header(header: Header, left: float, width: float, height: float) -> list[Placed]:
+    """Where each piece of the header goes: the title lines, then the legend lines, within `height` pixels from
+    the top; lines that do not fit are left out and an ellipsis says so (`Layout.fit_header` sizes the strip so
+    that all fit). The PNG and the vector pictures both draw from this."""
+    title, legend = header_lines(header, width)
+    lines: list[tuple[int, str | list[LegendItem]]] = [(TITLE_LINE, t) for t in title] + [(LEGEND_LINE, i) for i in legend]
+    placed: list[Placed] = []
+    y = HEADER_PAD // 2
+    for line_height, line in lines:
+        if y + line_height > height:
+            placed.append(Placed(left + width - _text_width("…", TITLE_FONT), max(0, y - line_height), "…", TITLE_FONT))
+            break
+        placed += [Placed(left, y, line, TITLE_FONT)] if isinstance(line, str) else _place_legend_line(line, left, y)
+        y += line_height
+    return placed
+
+
+def _place_legend_line(items: list[LegendItem], left: float, y: float) -> list[Placed]:
+    placed: list[Placed] = []
+    x = left
+    for item in items:
+        if item.swatch == "bar":
+            bar_left = x + _text_width("low ", LEGEND_FONT)
+            placed += [Placed(x, y, "low "), Placed(bar_left, y + 2, swatch="bar"),
+                       Placed(bar_left + COLOUR_BAR, y, " high")]
+        else:
+            if item.swatch is not None:
+                placed.append(Placed(x, y + 1, swatch=item.swatch))
+            placed.append(Placed(x + (SWATCH + 5 if item.swatch else 0), y, item.text))
+        x += item_width(item) + ITEM_GAP
+    return placed

@@ -27,6 +27,13 @@ log = logging.getLogger("fastervlm.web")
 SAMPLE_QUESTION = "What is moving in the video?"
 MODEL_QUEUE = "model"
 """Concurrency group of every event that runs the model: one generation at a time."""
+CSS = """
+#report-table { overflow-x: auto; }
+#report-table table { width: 100%; }
+#report-table th, #report-table td { word-break: normal; overflow-wrap: normal; hyphens: manual; padding: 4px 6px; }
+"""
+"""The report table spans the page and breaks lines between words only (a number or a run name never splits); a
+table wider than the page scrolls sideways instead."""
 
 
 def _message(error: BaseException) -> str:
@@ -191,10 +198,9 @@ def results_tab(settings: WebSettings, plot_dir: Path) -> None:
         mode = gr.Radio(["strict", "compat"], value="strict", label="Metrics", elem_id="mode", scale=1)
     button = gr.Button("Load", variant="primary", elem_id="load-results")
     message = gr.Markdown(elem_id="results-message")
-    with gr.Row():
-        table = gr.Markdown(elem_id="report-table")
-        plot = gr.Image(label="Accuracy relative to the baseline vs visual tokens", type="filepath",
-                        interactive=False, elem_id="report-plot")
+    table = gr.Markdown(elem_id="report-table")  # the page's full width: 14 columns for four benchmarks
+    plot = gr.Image(label="Accuracy and score vs visual tokens (95% intervals)", show_label=False, type="filepath",
+                    interactive=False, elem_id="report-plot")  # the figure has its own title, which a label would hide
     with gr.Row():
         group = gr.Dropdown([], label="Model / benchmark", elem_id="group")
         only = gr.Checkbox(label="Only items where the configurations disagree", elem_id="disagree")
@@ -248,7 +254,7 @@ def serve(pipeline: Any, settings: WebSettings, *, host: str = "127.0.0.1", port
         demo.queue(default_concurrency_limit=1)
         try:
             demo.launch(server_name=host, server_port=port, share=False, inbrowser=False, show_error=False,
-                        quiet=True, prevent_thread_lock=True, max_file_size=settings.max_upload_bytes,
+                        quiet=True, prevent_thread_lock=True, max_file_size=settings.max_upload_bytes, css=CSS,
                         allowed_paths=[str(work_dir)], ssr_mode=False, mcp_server=False, pwa=False,
                         enable_monitoring=False)
         except OSError as err:
