@@ -56,24 +56,27 @@ def test_show_command_draws_what_the_model_kept(tmp_path, tiny_checkpoint, tiny_
         assert animation.n_frames == tiny_pipeline.num_frames
 
 
-def test_a_merging_method_is_drawn_unmarked_and_the_legend_says_so(tmp_path, tiny_checkpoint, tiny_pipeline,
-                                                                   synthetic_video) -> None:
+def test_a_merging_method_is_drawn_as_its_merged_groups(tmp_path, tiny_checkpoint, tiny_pipeline,
+                                                        synthetic_video) -> None:
+    """pool's tokens are rectangles of patches: each rectangle is one merged group, no patch is kept or pruned."""
     out = tmp_path / "pool.png"
     assert _show(tiny_checkpoint, synthetic_video, out, "--method", "pool", "--reduction", "0.75") == 0
     frames = tiny_pipeline.frames(video=synthetic_video)
     answer = _answer(tiny_pipeline, frames, "pool", reduction=0.75)
     assert answer.kept_indices is None
+    assert all(token >= 0 for frame in answer.merge_groups for token in frame)  # every patch is in a rectangle
+    assert len({token for frame in answer.merge_groups for token in frame}) == answer.visual_tokens
     header = answer_header(tiny_pipeline, answer, heatmap=True, borrowed=True)
     texts = [item.text for item in header.legend]
-    assert not any(item.swatch in ("kept", "pruned") for item in header.legend)  # nothing marked: no such swatches
-    assert any("pool merges patches" in text and f"{answer.visual_tokens} visual tokens" in text for text in texts)
+    assert not any(item.swatch in ("kept", "pruned") for item in header.legend)  # no patch kept as itself or pruned
+    assert any(item.swatch == "merged" for item in header.legend)
     assert any("pool does not use it" in text for text in texts)  # the heatmap is another pass's
-    side, grid = frames.pixels.shape[-1], math.isqrt(tiny_pipeline.num_patches)
+    side = frames.pixels.shape[-1]
     layout = Layout(scale=1).fit_header(header, tiny_pipeline.num_frames, side)
     with Image.open(out) as picture:
         drawn = np.asarray(picture.convert("RGB"))
     left, top, right, bottom = layout.tile_box(0, side, heatmap=True)
-    np.testing.assert_array_equal(drawn[top:bottom, left:right], tiny_pipeline.display_frames(frames)[0])  # as it is
+    assert not np.array_equal(drawn[top:bottom, left:right], tiny_pipeline.display_frames(frames)[0])  # tinted
 
 
 def test_a_method_inside_the_llm_is_refused(tmp_path, tiny_checkpoint, synthetic_video, capsys) -> None:

@@ -81,9 +81,8 @@ class KeptTokens:
         fed_cls = torch.tensor([len(f) - n for f, n in zip(self.frames, selection.tokens_per_frame)]).cumsum(0)
         token_frame = (selection.source // selection.patches).cpu()
         groups = selection.groups.cpu()
-        merged = groups >= 0
-        groups[merged] += fed_cls[token_frame[groups[merged]]]
-        return groups.view(selection.frames, selection.patches).tolist()
+        shifted = torch.where(groups >= 0, groups + fed_cls[token_frame[groups.clamp(min=0)]], groups)
+        return shifted.view(selection.frames, selection.patches).tolist()
 
 
 @dataclass
