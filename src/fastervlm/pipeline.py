@@ -133,6 +133,13 @@ class Pipeline:
     def num_patches(self) -> int:
         return self.adapter.num_patches
 
+    def default_generation(self) -> GenerationSettings:
+        """Greedy decoding up to the checkpoint's default answer length (1024, the original's; a tiny random
+        checkpoint's own short one): what `generation=None` means."""
+        from fastervlm.tiny.identity import default_max_new_tokens
+
+        return GenerationSettings(max_new_tokens=default_max_new_tokens(self.path))
+
     def pruner(self, method: str | Pruner | None = None, **settings: Any) -> Pruner:
         """A method instance from a name (by default the registry's default method, or its baseline when no budget
         is given) or as given."""
@@ -217,7 +224,7 @@ class Pipeline:
         _check_questions(questions)
         timer = StageTimer(self.adapter.device)
         pixels = torch.stack([f.pixels for f in frames])
-        generated = engine.answer(self.adapter, pixels, questions, pruner, generation or GenerationSettings(), timer)
+        generated = engine.answer(self.adapter, pixels, questions, pruner, generation or self.default_generation(), timer)
         decoded = [{"decode_video": f.decode_seconds} for f in frames]
         return self._answers(generated, pruner, timer, decoded, [f.frame_indices for f in frames])
 
@@ -258,7 +265,7 @@ class Pipeline:
         _check_questions(questions)
         timer = StageTimer(self.adapter.device)
         generated = engine.answer_visuals(self.adapter, [p.visual for p in prepared], questions, pruner,
-                                          generation or GenerationSettings(), timer)
+                                          generation or self.default_generation(), timer)
         return self._answers(generated, pruner, timer, [{} for _ in prepared], [p.frame_indices for p in prepared])
 
     def _answers(self, generated: list[engine.Generated], pruner: Pruner, timer: StageTimer,
