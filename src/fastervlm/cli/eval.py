@@ -148,17 +148,18 @@ def _frame_cache(args: argparse.Namespace) -> Any:
 
 
 def _check_writable(folder: Path, flag: str) -> None:
-    """The folder the runs go into takes files, checked before the model loads (it is created if need be)."""
+    """The folder the runs go into can take files, checked before the model loads and without creating it: a file
+    is written and removed in it, or in its nearest existing parent."""
     import tempfile
 
     from fastervlm.errors import FasterVLMError
     from fastervlm.eval.storage import writing
 
-    if folder.exists() and not folder.is_dir():
-        raise FasterVLMError(f"{flag} {folder} is a file, not a folder: give a folder for the runs.")
-    with writing(folder, f"make it writable, or give another {flag}."):
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
+    existing = next(path for path in (folder, *folder.absolute().parents) if path.exists())
+    if not existing.is_dir():
+        raise FasterVLMError(f"{flag} {folder}: {existing} is a file, not a folder; give a folder for the runs.")
+    with writing(existing, f"make it writable, or give another {flag}."):
+        with tempfile.TemporaryFile(dir=existing):
             pass
 
 
