@@ -227,7 +227,7 @@ def test_budgets_out_of_range_are_refused_before_any_run(tmp_path, tiny_checkpoi
     with monkeypatch.context() as patch:
         patch.setattr(ModelSource, "build", no_build)
         assert main(["bench", "--device", "cpu", "--out", str(tmp_path), "--reductions", "2"]) == 2
-        assert "bench fastervlm reduction=2.0: --reduction must be between 0 and 1" in capsys.readouterr().err
+        assert "bench fastervlm reduction=2.0: --reductions must be between 0 and 1" in capsys.readouterr().err
 
     def no_workers(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError("a run started")
@@ -236,7 +236,7 @@ def test_budgets_out_of_range_are_refused_before_any_run(tmp_path, tiny_checkpoi
     assert main(["bench", "--model", str(tiny_checkpoint), "--device", "cpu", "--video", str(synthetic_video),
                  "--keeps", "999", "--in-process", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "bench fastervlm keep=999: --keep must be a whole number of patches per frame between 0 and" in err
+    assert "bench fastervlm keep=999: --keeps must be a whole number of patches per frame between 0 and" in err
     assert err.rstrip().endswith("(got 999).")  # one sentence, not a repeated patch count
     assert "bench:" not in err  # no progress bar
 

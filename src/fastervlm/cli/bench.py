@@ -152,6 +152,17 @@ def _targets(scope: str | None, values: dict[str, Any], names: list[str], flag: 
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    """The mode the flags ask for; budget errors name bench's own list flags (--keeps, --reductions)."""
+    from fastervlm.cli.common import list_parameter_names
+    from fastervlm.errors import BudgetError, FasterVLMError
+
+    try:
+        return _run_mode(args)
+    except BudgetError as err:
+        raise FasterVLMError(err.render(list_parameter_names())) from None
+
+
+def _run_mode(args: argparse.Namespace) -> int:
     _check_mode_flags(args)
     if args.decode:
         return _run_decode(args)
@@ -218,14 +229,15 @@ def _or(value: Any, default: Any) -> Any:
 def _configs(args: argparse.Namespace, default_reductions: Any = None, baseline: bool = True) -> list[Any]:
     """The configurations asked for, each checked by the registry before any model is built."""
     from fastervlm.bench import DEFAULT_REDUCTIONS, default_configs
+    from fastervlm.cli.common import check_budget_range
     from fastervlm.methods import create_pruner
 
     names, settings = parse_methods(args.methods, args.method_option)
     reductions = split_list(args.reductions, float, "--reductions") or default_reductions or DEFAULT_REDUCTIONS
     keeps = split_list(args.keeps, int, "--keeps") if args.keeps else None
     configs = default_configs(names, reductions, keeps=keeps, method_settings=settings, baseline=baseline)
-    for config in configs:
-        create_pruner(config.method, **config.settings)  # bad names and settings fail now, not in a worker
+    for config in configs:  # bad names, settings and budgets fail now, not in a worker
+        check_budget_range(create_pruner(config.method, **config.settings))
     return configs
 
 

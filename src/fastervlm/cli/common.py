@@ -96,6 +96,13 @@ class CliParameterNames(dict):
         return f"--method-option {key}"
 
 
+def list_parameter_names() -> CliParameterNames:
+    """How the commands that take lists of budgets (`bench`, `eval sweep`) spell them: --keeps, --reductions."""
+    names = CliParameterNames()
+    names.update(keep="--keeps", reduction="--reductions")
+    return names
+
+
 def parse_setting(text: str, flag: str = "--method-option") -> tuple[str | None, str, Any]:
     """'[METHOD:]KEY=VALUE' -> (METHOD or None, key with '-' as '_', typed value): the one syntax of method settings
     on every command; the METHOD: prefix scopes a setting to one method where a command runs several."""
@@ -191,7 +198,7 @@ def checked_method(args: argparse.Namespace) -> MethodRequest:
     settings |= scoped.get(method, {})
     if getattr(args, "seed", None) is not None and "seed" not in settings and has_setting(method, "seed"):
         settings["seed"] = args.seed  # --seed also seeds a method that takes one unless --method-option seed= is given
-    _check_budget_range(create_pruner(method, **settings))
+    check_budget_range(create_pruner(method, **settings))
     if not _has_budget(settings):
         _note_no_budget(args.method)
     return MethodRequest(method, settings)
@@ -243,7 +250,7 @@ def _note_no_budget(method: str | None) -> None:
               "(no pruning); add e.g. --reduction 0.9.", file=sys.stderr)
 
 
-def _check_budget_range(pruner: Any) -> None:
+def check_budget_range(pruner: Any) -> None:
     """The budget's checks that need no patch count: a negative --keep, a --reduction outside [0, 1]."""
     from fastervlm.errors import BudgetError
 

@@ -296,15 +296,13 @@ def run_compare(args: argparse.Namespace) -> int:
 @contextmanager
 def _errors_named(command: str) -> Iterator[None]:
     """Errors raised while `command` runs start with its name (`eval sweep: ...`)."""
-    from fastervlm.cli.common import CliParameterNames
+    from fastervlm.cli.common import list_parameter_names
     from fastervlm.errors import BudgetError, FasterVLMError
 
     try:
         yield
-    except BudgetError as err:
-        names = CliParameterNames()
-        names["reduction"] = "--reductions"  # the sweep's budgets come from its list flag
-        raise FasterVLMError(f"{command}: {err.render(names)}") from None
+    except BudgetError as err:  # the sweep's budgets come from its list flag
+        raise FasterVLMError(f"{command}: {err.render(list_parameter_names())}") from None
     except FasterVLMError as err:
         raise FasterVLMError(f"{command}: {err}") from None
 
