@@ -102,7 +102,7 @@ class ModelSource:
 
     @staticmethod
     def tiny(device: str | None = "cpu") -> ModelSource:
-        """The demo's tiny checkpoint (the one fallback of every command run without --model)."""
+        """The demo's tiny checkpoint (`--model tiny`)."""
         from fastervlm.demo import tiny_checkpoint
 
         return ModelSource(checkpoint=str(tiny_checkpoint()), device=device)
