@@ -87,9 +87,9 @@ def test_the_evaluation_document_runs_as_written(tmp_path: Path, tiny_checkpoint
     assert printed.count("tiny-random-video-llava/msvd/") == 2 and "| none |" in printed
 
 
-def test_the_flops_example_prints_the_documents_table() -> None:
+def test_the_flops_example_prints_the_documents_table(tmp_path: Path) -> None:
     (python,) = _blocks("flops.md", "python")
-    printed = run_python(python, ROOT / "docs")
+    printed = run_python(python, tmp_path)
     text = DOCS["flops.md"].read_text()
     table = text[text.index(python.text) + len(python.text):]
     rows = [line for line in table.splitlines() if line.startswith("| ")][:6]
