@@ -124,6 +124,8 @@ def test_every_documented_command_line_parses_without_an_old_spelling() -> None:
             except SystemExit as exit_:
                 pytest.fail(f"{where}: fastervlm {' '.join(argv)} does not parse (exit {exit_.code}): {err.getvalue()}")
         assert "deprecated" not in err.getvalue(), f"{where}: fastervlm {' '.join(argv)}: {err.getvalue()}"
+        if argv[0] in ("show", "web", "bench") and not {"--decode", "--geometry"} & set(argv):
+            assert "--model" in argv, f"{where}: fastervlm {' '.join(argv)}: give --model (tiny, or a folder)"
 
 
 def _readme_json_fields() -> tuple[list[str], list[str]]:
