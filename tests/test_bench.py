@@ -185,7 +185,7 @@ def test_targets_are_judged_from_the_rows(prefill_speedup: float, met: bool) -> 
 def test_bench_command_writes_json_and_plot(tmp_path, tiny_checkpoint, synthetic_video, capsys) -> None:
     code = main(["bench", "--model", str(tiny_checkpoint), "--device", "cpu", "--video", str(synthetic_video),
                  "--methods", "fastervlm", "random:seed=3", "--reductions", "0.5", "--warmup", "0", "--repeats", "1",
-                 "--max-new-tokens", "2", "--in-process", "--no-reference", "--out-dir", str(tmp_path), "--json"])
+                 "--max-new-tokens", "2", "--in-process", "--no-reference", "--out", str(tmp_path), "--json"])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     saved = json.loads((tmp_path / "bench.json").read_text())
@@ -200,7 +200,7 @@ def test_bench_command_writes_json_and_plot(tmp_path, tiny_checkpoint, synthetic
 def test_bench_command_prints_markdown_tables(tmp_path, tiny_checkpoint, synthetic_video, capsys) -> None:
     code = main(["bench", "--model", str(tiny_checkpoint), "--device", "cpu", "--video", str(synthetic_video),
                  "--methods", "fastervlm", "--keep", "4", "--warmup", "0", "--repeats", "1", "--max-new-tokens", "1",
-                 "--in-process", "--out-dir", str(tmp_path), "--markdown"])
+                 "--in-process", "--out", str(tmp_path), "--markdown"])
     assert code == 0
     out = capsys.readouterr().out
     assert "| fastervlm keep=4 | 32 |" in out and "| reference | 3 |" in out and "| target |" in out
@@ -213,7 +213,7 @@ def test_bench_command_prints_markdown_tables(tmp_path, tiny_checkpoint, synthet
     (["--geometry", "video-llava-7b", "--vision-layers", "1"], "--vision-layers"),
 ])
 def test_bench_command_refuses_bad_settings(tmp_path, capsys, argv, message) -> None:
-    assert main(["bench", "--device", "cpu", "--out-dir", str(tmp_path), *argv]) == 2
+    assert main(["bench", "--device", "cpu", "--out", str(tmp_path), *argv]) == 2
     assert message in capsys.readouterr().err
 
 
@@ -226,17 +226,17 @@ def test_budgets_out_of_range_are_refused_before_any_run(tmp_path, tiny_checkpoi
 
     with monkeypatch.context() as patch:
         patch.setattr(ModelSource, "build", no_build)
-        assert main(["bench", "--device", "cpu", "--out-dir", str(tmp_path), "--reductions", "2"]) == 2
-        assert "bench fastervlm reduction=2.0: --reduction must be between 0 and 1" in capsys.readouterr().err
+        assert main(["bench", "--device", "cpu", "--out", str(tmp_path), "--reductions", "2"]) == 2
+        assert "bench fastervlm reduction=2.0: --reductions must be between 0 and 1" in capsys.readouterr().err
 
     def no_workers(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError("a run started")
 
     monkeypatch.setattr(bench.runner, "_workers", no_workers)
     assert main(["bench", "--model", str(tiny_checkpoint), "--device", "cpu", "--video", str(synthetic_video),
-                 "--keep", "999", "--in-process", "--out-dir", str(tmp_path)]) == 2
+                 "--keeps", "999", "--in-process", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "bench fastervlm keep=999: --keep must be a whole number of patches per frame between 0 and" in err
+    assert "bench fastervlm keep=999: --keeps must be a whole number of patches per frame between 0 and" in err
     assert err.rstrip().endswith("(got 999).")  # one sentence, not a repeated patch count
     assert "bench:" not in err  # no progress bar
 
@@ -264,7 +264,7 @@ def test_a_transformers_checkpoint_gets_flops_and_kv_columns(tmp_path, tmp_path_
     folder = checkpoint(family, tmp_path_factory)
     code = main(["bench", "--model", str(folder), "--device", "cpu", "--video", str(synthetic_video), "--methods",
                  "fastervlm", "fastv", "--reductions", "0.5", "--warmup", "0", "--repeats", "1", "--max-new-tokens", "2",
-                 "--in-process", "--no-progress", "--out-dir", str(tmp_path), "--json"])
+                 "--in-process", "--no-progress", "--out", str(tmp_path), "--json"])
     assert code == 0
     rows = json.loads(capsys.readouterr().out)["rows"]
     assert [r["label"] for r in rows] == ["none", "fastervlm reduction=0.5", "fastv reduction=0.5"]

@@ -56,7 +56,7 @@ def test_bad_video_shapes_are_refused(tmp_path: Path, shape: VideoShape, words: 
 
 def test_eval_mode_prints_loop_and_harness_with_identical_predictions(tmp_path, tiny_checkpoint, capsys) -> None:
     code = main(["bench", "--eval", "--model", str(tiny_checkpoint), "--videos", "2", "--questions", "3", *SMALL,
-                 "--batch-size", "2", "--out-dir", str(tmp_path), "--markdown"])
+                 "--batch-size", "2", "--out", str(tmp_path), "--markdown"])
     captured = capsys.readouterr()
     assert code == 0
     assert EVAL_HEADER in captured.out
@@ -78,7 +78,7 @@ def test_eval_mode_prints_loop_and_harness_with_identical_predictions(tmp_path, 
 
 def test_eval_sweep_counts_the_tower_runs_of_every_budget(tmp_path, tiny_checkpoint, capsys) -> None:
     code = main(["bench", "--eval", "--model", str(tiny_checkpoint), "--videos", "1", "--questions", "2",
-                 "--reductions", "0.5", "0.75", "0.9", *SMALL, "--out-dir", str(tmp_path), "--json"])
+                 "--reductions", "0.5", "0.75", "0.9", *SMALL, "--out", str(tmp_path), "--json"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     loop, sweep = result["rows"]
@@ -156,13 +156,13 @@ def test_video_encodings_count_samples_and_the_hook_goes_away(tiny_pipeline) -> 
 def test_mode_flags_are_checked(tmp_path, capsys, argv, message) -> None:
     both_modes = "--decode" in argv and "--eval" in argv  # argparse's own refusal: SystemExit(2)
     with pytest.raises(SystemExit) if both_modes else nullcontext():
-        assert main(["bench", "--out-dir", str(tmp_path), *argv]) == 2
+        assert main(["bench", "--out", str(tmp_path), *argv]) == 2
     assert message in capsys.readouterr().err
 
 
 def test_decode_mode_prints_the_decode_table(tmp_path, capsys) -> None:
     code = main(["bench", "--decode", "--size", "64x48", "--duration", "2", "--fps", "10", "--gops", "5",
-                 "--containers", "mp4", "--repeats", "1", "--video-dir", str(tmp_path / "videos"), "--out-dir",
+                 "--containers", "mp4", "--repeats", "1", "--video-dir", str(tmp_path / "videos"), "--out",
                  str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0
@@ -179,7 +179,7 @@ def test_a_bad_benchmark_size_is_refused_before_the_model_is_built(tmp_path, cap
         raise AssertionError("the model was built")
 
     monkeypatch.setattr(ModelSource, "build", no_build)
-    assert main(["bench", "--eval", "--videos", "0", "--out-dir", str(tmp_path)]) == 2
+    assert main(["bench", "--eval", "--videos", "0", "--out", str(tmp_path)]) == 2
     assert "--videos and --questions must be at least 1 (got 0 and 8)" in capsys.readouterr().err
-    assert main(["bench", "--eval", "--duration", "0.1", "--out-dir", str(tmp_path)]) == 2
+    assert main(["bench", "--eval", "--duration", "0.1", "--out", str(tmp_path)]) == 2
     assert "gives 3 frames" in capsys.readouterr().err

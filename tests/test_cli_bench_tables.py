@@ -12,7 +12,7 @@ def test_terminal_tables_keep_numbers_whole(tmp_path, tiny_checkpoint, synthetic
     monkeypatch.setenv("COLUMNS", "160")  # a terminal wide enough for each table in one part
     code = main(["bench", "--model", str(tiny_checkpoint), "--device", "cpu", "--video", str(synthetic_video),
                  "--methods", "fastervlm", "--reductions", "0.9", "--warmup", "0", "--repeats", "1",
-                 "--max-new-tokens", "1", "--in-process", "--no-reference", "--out-dir", str(tmp_path)])
+                 "--max-new-tokens", "1", "--in-process", "--no-reference", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0
     lines = out.splitlines()
@@ -28,7 +28,7 @@ def test_terminal_tables_keep_numbers_whole(tmp_path, tiny_checkpoint, synthetic
 def test_no_progress_hides_the_bar(tmp_path, tiny_checkpoint, synthetic_video, capsys) -> None:
     argv = ["bench", "--model", str(tiny_checkpoint), "--device", "cpu", "--video", str(synthetic_video),
             "--methods", "fastervlm", "--keep", "4", "--warmup", "0", "--repeats", "1", "--max-new-tokens", "1",
-            "--in-process", "--no-reference", "--out-dir", str(tmp_path), "--json"]
+            "--in-process", "--no-reference", "--out", str(tmp_path), "--json"]
     assert main(argv) == 0
     assert "bench:" in capsys.readouterr().err  # the bar, by default
     assert main([*argv, "--no-progress"]) == 0

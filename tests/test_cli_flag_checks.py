@@ -14,7 +14,7 @@ def test_demo_refuses_zero_new_tokens_before_writing_anything(capsys, tmp_path) 
 
 
 def test_predict_refuses_a_negative_prefetch_before_reading_data(capsys, tmp_path) -> None:
-    code = main(["eval", "predict", "--benchmark", "msvd", "--data-root", str(tmp_path / "no-data"),
+    code = main(["eval", "predict", "--benchmarks", "msvd", "--data-root", str(tmp_path / "no-data"),
                  "--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "runs"), "--prefetch", "-1"])
     err = capsys.readouterr().err
     assert code == 2

@@ -97,7 +97,7 @@ def test_an_empty_question_file_fails_predict_before_any_run_is_made(tmp_path: P
     from fastervlm.cli import main
 
     _write_pair(tmp_path / "data", "MSVD_Zero_Shot_QA", [], [])
-    code = main(["eval", "predict", "--benchmark", "msvd", "--data-root", str(tmp_path / "data"), "--model",
+    code = main(["eval", "predict", "--benchmarks", "msvd", "--data-root", str(tmp_path / "data"), "--model",
                  str(tmp_path / "no-model"), "--out", str(tmp_path / "runs")])
     assert code == 2
     assert "no questions in" in capsys.readouterr().err

@@ -18,6 +18,7 @@ from fake_openai_server import FakeOpenAI, Reply
 from fastervlm.cli import main
 from fastervlm.eval.benchmarks import BENCHMARKS
 from fastervlm.eval.rundir import RunDir, find_runs
+from fastervlm.tiny.identity import model_name
 
 LIMIT = 3
 MISSING = SAMPLE_ITEMS["tgif"][2][0]  # TGIF's 3rd item: its video is left out on purpose
@@ -57,13 +58,13 @@ def test_predict_judge_report(data_root: Path, tiny_checkpoint: Path, tiny_pipel
     runs = tmp_path / "runs"
     base = ["eval", "predict", "--data-root", str(data_root), "--model", str(tiny_checkpoint), "--out", str(runs), *COMMON]
     for name in BENCHMARKS:
-        base += ["--benchmark", name]
+        base += ["--benchmarks", name]
     assert main(base) == 0
     assert main([*base, "--reduction", "0.9"]) == 0
     found = find_runs(runs)
     assert sorted(r.path.relative_to(runs).as_posix() for r in found) == sorted(
-        f"{tiny_checkpoint.name}/{b}/{m}" for b in BENCHMARKS for m in ("none", "fastervlm_r0.9"))
-    tgif = RunDir(runs / tiny_checkpoint.name / "tgif" / "fastervlm_r0.9").predictions()
+        f"{model_name(tiny_checkpoint)}/{b}/{m}" for b in BENCHMARKS for m in ("none", "fastervlm_r0.9"))
+    tgif = RunDir(runs / model_name(tiny_checkpoint) / "tgif" / "fastervlm_r0.9").predictions()
     assert [("error" in r) for r in tgif.values()] == [False, False, True]
     n, frames = tiny_pipeline.num_patches, tiny_pipeline.num_frames
     assert {r["visual_tokens"] for r in tgif.values() if "error" not in r} == {frames * round(n * 0.1)}
@@ -72,7 +73,7 @@ def test_predict_judge_report(data_root: Path, tiny_checkpoint: Path, tiny_pipel
     yes = {q: [Reply("{'pred': 'yes', 'score': 4}")] * 2 for q in _first_questions(data_root)}
     with FakeOpenAI(yes) as server:
         _judge_env(monkeypatch, server)
-        cache = ["--cache-dir", str(tmp_path / "cache")]
+        cache = ["--judge-cache", str(tmp_path / "cache")]
         assert main(["eval", "judge", str(runs), *cache, "--no-progress"]) == 0
         calls = len(server.calls)
         assert calls == 2 * (4 * LIMIT - 1)  # two runs, every item except the missing video
@@ -93,7 +94,7 @@ def test_predict_judge_report(data_root: Path, tiny_checkpoint: Path, tiny_pipel
 
         # A sweep over the same grid with the same judge finds every run finished and every judgment cached.
         sweep = ["eval", "sweep", "--data-root", str(data_root), "--model", str(tiny_checkpoint), "--out", str(runs),
-                 "--reductions", "0.9", "--cache-dir", str(tmp_path / "cache"), *COMMON]
+                 "--reductions", "0.9", "--judge-cache", str(tmp_path / "cache"), *COMMON]
         assert main(sweep) == 0
         assert len(server.calls) == calls
     err = capsys.readouterr().err
@@ -103,7 +104,7 @@ def test_predict_judge_report(data_root: Path, tiny_checkpoint: Path, tiny_pipel
 
 def test_a_different_configuration_is_refused_by_the_cli(data_root: Path, tiny_checkpoint: Path, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture) -> None:
-    run = ["eval", "predict", "--benchmark", "msvd", "--data-root", str(data_root), "--model", str(tiny_checkpoint),
+    run = ["eval", "predict", "--benchmarks", "msvd", "--data-root", str(data_root), "--model", str(tiny_checkpoint),
            "--run-dir", str(tmp_path / "run"), *COMMON]
     assert main([*run, "--reduction", "0.5"]) == 0
     assert main([*run, "--reduction", "0.75"]) == 2
@@ -112,7 +113,7 @@ def test_a_different_configuration_is_refused_by_the_cli(data_root: Path, tiny_c
 
 def test_a_larger_limit_grows_the_run_through_the_cli(data_root: Path, tiny_checkpoint: Path, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture) -> None:
-    run = ["eval", "predict", "--benchmark", "msrvtt", "--data-root", str(data_root), "--model", str(tiny_checkpoint),
+    run = ["eval", "predict", "--benchmarks", "msrvtt", "--data-root", str(data_root), "--model", str(tiny_checkpoint),
            "--run-dir", str(tmp_path / "run"), "--device", "cpu", "--max-new-tokens", "4", "--no-progress"]
     assert main([*run, "--limit", "2"]) == 0
     first = RunDir(tmp_path / "run").predictions()
@@ -129,7 +130,7 @@ def test_a_budget_out_of_range_stops_predict_instead_of_an_error_per_item(data_r
                                                                           tiny_pipeline, tmp_path: Path,
                                                                           capsys: pytest.CaptureFixture) -> None:
     too_many = tiny_pipeline.num_patches + 1
-    assert main(["eval", "predict", "--benchmark", "msvd", "--data-root", str(data_root), "--model", str(tiny_checkpoint),
+    assert main(["eval", "predict", "--benchmarks", "msvd", "--data-root", str(data_root), "--model", str(tiny_checkpoint),
                  "--run-dir", str(tmp_path / "run"), "--keep", str(too_many), *COMMON]) == 2
     assert f"--keep must be a whole number of patches per frame between 0 and {tiny_pipeline.num_patches}" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
@@ -143,7 +144,7 @@ def test_judge_without_a_server_fails_loudly(data_root: Path, tmp_path: Path, mo
     server = FakeOpenAI().start()
     _judge_env(monkeypatch, server)
     server.stop()
-    assert main(["eval", "judge", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "c"), "--no-progress",
+    assert main(["eval", "judge", str(tmp_path / "runs"), "--judge-cache", str(tmp_path / "c"), "--no-progress",
                  "--max-attempts", "1"]) == 2
     assert "looks down" in capsys.readouterr().err
     monkeypatch.delenv("OPENAI_API_KEY")
@@ -158,7 +159,7 @@ def test_torchrun_two_processes_equal_one(data_root: Path, tiny_checkpoint: Path
     """Two ranks shard by video (MSVD's first video has two questions: both on one rank), batched."""
     import torch
 
-    args = ["eval", "predict", "--benchmark", "activitynet", "msvd", "--data-root", str(data_root),
+    args = ["eval", "predict", "--benchmarks", "activitynet", "msvd", "--data-root", str(data_root),
             "--model", str(tiny_checkpoint), "--reduction", "0.75", "--batch-size", "2", *COMMON]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each torchrun worker (OMP_NUM_THREADS=1): identical float sums
@@ -176,8 +177,8 @@ def test_torchrun_two_processes_equal_one(data_root: Path, tiny_checkpoint: Path
         return {i: {k: v for k, v in r.items() if k not in ("rank", "timings")} for i, r in run.predictions().items()}
 
     for benchmark in ("activitynet", "msvd"):
-        one = RunDir(tmp_path / "one" / tiny_checkpoint.name / benchmark / "fastervlm_r0.75")
-        two = RunDir(tmp_path / "two" / tiny_checkpoint.name / benchmark / "fastervlm_r0.75")
+        one = RunDir(tmp_path / "one" / model_name(tiny_checkpoint) / benchmark / "fastervlm_r0.75")
+        two = RunDir(tmp_path / "two" / model_name(tiny_checkpoint) / benchmark / "fastervlm_r0.75")
         assert [p.name for p in two.prediction_files()] == ["rank-00000.jsonl", "rank-00001.jsonl"]
         assert {r["rank"] for r in two.predictions().values()} == {0, 1}
         lines = [line for path in two.prediction_files() for line in path.read_text().splitlines()]
@@ -188,7 +189,7 @@ def test_torchrun_two_processes_equal_one(data_root: Path, tiny_checkpoint: Path
         for record in two.predictions().values():
             ranks.setdefault(record["video"], set()).add(record["rank"])
         assert all(len(found) == 1 for found in ranks.values())  # every video's questions on one rank
-    msvd = RunDir(tmp_path / "two" / tiny_checkpoint.name / "msvd" / "fastervlm_r0.75").predictions()
+    msvd = RunDir(tmp_path / "two" / model_name(tiny_checkpoint) / "msvd" / "fastervlm_r0.75").predictions()
     assert len({r["video"] for r in msvd.values()}) == 2  # two videos, one of them with two questions
 
 
@@ -197,7 +198,7 @@ def test_the_frame_cache_flags(data_root: Path, tiny_checkpoint: Path, tmp_path:
     """--frame-cache on fills the cache folder (a second run reads it: same records); off leaves it alone."""
     cache = tmp_path / "frames"
     monkeypatch.setenv("FASTERVLM_FRAME_CACHE", str(cache))
-    run = ["eval", "predict", "--benchmark", "msrvtt", "--data-root", str(data_root), "--model", str(tiny_checkpoint),
+    run = ["eval", "predict", "--benchmarks", "msrvtt", "--data-root", str(data_root), "--model", str(tiny_checkpoint),
            *COMMON]
     assert main([*run, "--run-dir", str(tmp_path / "off"), "--frame-cache", "off"]) == 0
     assert not cache.exists()

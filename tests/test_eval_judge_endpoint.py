@@ -60,7 +60,7 @@ def test_the_cli_says_it_in_one_line_without_a_traceback(tmp_path, monkeypatch, 
     with FakeOpenAI({"in q": [NOT_OPENAI["nginx page"]] * 100}) as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.url)
         monkeypatch.setenv("OPENAI_API_KEY", KEY)
-        code = main(["eval", "judge", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"), "--no-progress",
+        code = main(["eval", "judge", str(tmp_path / "runs"), "--judge-cache", str(tmp_path / "cache"), "--no-progress",
                      "--max-attempts", "1"])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and "AttributeError" not in err

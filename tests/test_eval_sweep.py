@@ -66,8 +66,8 @@ def test_list_flags_take_spaces_commas_and_repetition() -> None:
     default = parser.parse_args(["eval", "sweep", "--data-root", "d", "--model", "m", "--out", "o"])
     assert split_list(default.benchmarks) == list(BENCHMARKS) and default.methods is None
     predict = parser.parse_args(["eval", "predict", "--data-root", "d", "--model", "m", "--out", "o",
-                                 "--benchmark", "msvd", "tgif", "--benchmark", "activitynet,msrvtt"])
-    assert split_list(predict.benchmark) == ["msvd", "tgif", "activitynet", "msrvtt"]
+                                 "--benchmarks", "msvd", "tgif", "--benchmarks", "activitynet,msrvtt"])
+    assert split_list(predict.benchmarks) == ["msvd", "tgif", "activitynet", "msrvtt"]
 
 
 def test_compare_arguments_have_help(capsys) -> None:

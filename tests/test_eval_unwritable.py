@@ -85,7 +85,7 @@ def test_judging_a_read_only_run_names_the_folder_before_any_call(tmp_path: Path
 
     run = make_run(tmp_path / "runs" / "run", {"q0": ("a", "a"), "q1": ("b", "c")})
     with FakeOpenAI() as server, unwritable(run.path, how) as what:
-        code = _judge_cli([run.path], server, tmp_path, monkeypatch, "--cache-dir", str(tmp_path / "cache"))
+        code = _judge_cli([run.path], server, tmp_path, monkeypatch, "--judge-cache", str(tmp_path / "cache"))
         assert server.calls == [], what
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
@@ -103,10 +103,10 @@ def test_a_read_only_judge_cache_is_named_before_any_call(tmp_path: Path, how: s
     cache = tmp_path / "cache"
     cache.mkdir()
     with FakeOpenAI() as server, unwritable(cache, how) as what:
-        code = _judge_cli([run.path], server, tmp_path, monkeypatch, "--cache-dir", str(cache))
+        code = _judge_cli([run.path], server, tmp_path, monkeypatch, "--judge-cache", str(cache))
         assert server.calls == [], what
     err = capsys.readouterr().err
-    assert code == 2 and f"cannot write in {cache} (" in err and "pass --cache-dir a writable folder" in err
+    assert code == 2 and f"cannot write in {cache} (" in err and "pass --judge-cache a writable folder" in err
 
 
 @pytest.mark.parametrize("how", HOW)

@@ -293,7 +293,7 @@ def test_a_layer_past_the_llm_is_refused_before_any_work(tiny_pipeline, tmp_path
         tiny_pipeline.check_method(tiny_pipeline.pruner("fastv", reduction=0.5, layer=layers))
     tiny_pipeline.check_method(tiny_pipeline.pruner("fastv", reduction=0.5, layer=layers - 1))
     code = main(["bench", "--methods", "fastv", "--method-option", f"fastv:layer={layers}", "--device", "cpu",
-                 "--no-progress", "--out-dir", str(tmp_path)])
+                 "--no-progress", "--out", str(tmp_path)])
     assert code == 2
     err = capsys.readouterr().err
     assert f"bench fastv reduction=0.5 layer={layers}: fastv's layer K={layers}" in err and "--method-option layer=K" in err

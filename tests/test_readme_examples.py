@@ -34,6 +34,20 @@ def run_readme_block(section: str, folder: Path) -> subprocess.CompletedProcess:
     return done
 
 
+def test_the_quick_start_is_at_the_top_and_runs_as_written(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """The README's first lines after its title: load, prune, answer, in a folder where `ckpts/` holds the tiny
+    random checkpoint in place of the real one (same names, same format) and `clip.mp4` a synthetic video."""
+    from doc_blocks import sandbox
+
+    text = README.read_text(encoding="utf-8")
+    assert re.findall(r"^## (.+)$", text, re.M)[0] == "Quick start"  # the first section
+    code = readme_python_block("Quick start")
+    assert len(code.strip().splitlines()) <= 5 and "method=\"fastervlm\", reduction=0.9" in code
+    done = run_readme_block("Quick start", sandbox(tmp_path / "user", tiny_checkpoint))
+    text, tokens = done.stdout.strip().rsplit(" ", 1)
+    assert int(tokens) == 8 * round(64 * 0.1) and text  # 8 frames x 6 of the tiny model's 64 patches
+
+
 def test_the_from_python_example_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 tiny_checkpoint: Path) -> None:
     monkeypatch.setenv("FASTERVLM_CACHE", str(tiny_checkpoint.parents[1]))  # the suite's copy of the tiny model

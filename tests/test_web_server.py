@@ -86,15 +86,27 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_checkpoint: Path, runs: Path, tmp_path_factory: pytest.TempPathFactory):
-    """`fastervlm web` with the tiny model, short answers and small limits; stopped at the end, pass or fail."""
+def home(runs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder the server runs in, as docs/web.md's API example assumes it: `clip.mp4` and `runs/` in it."""
+    from fastervlm.tiny.video import write_synthetic_video
+
+    folder = tmp_path_factory.mktemp("web-home")
+    (folder / "runs").symlink_to(runs, target_is_directory=True)
+    write_synthetic_video(folder / "clip.mp4")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint: Path, runs: Path, home: Path, tmp_path_factory: pytest.TempPathFactory):
+    """`fastervlm web` with the tiny model, short answers and small limits, run in `home`; stopped at the end, pass
+    or fail."""
     port = _free_port()
     command = [sys.executable, "-m", "fastervlm", "web", "--model", str(tiny_checkpoint), "--device", "cpu",
                "--port", str(port), "--max-new-tokens", "6", "--max-upload-mb", "1",
                "--max-video-seconds", str(MAX_SECONDS), "--runs", str(runs)]
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
            "TMPDIR": str(tmp_path_factory.mktemp("web-tmp"))}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=home)
     server = Server(f"http://127.0.0.1:{port}/", process)
     reader = threading.Thread(target=lambda: server.output.extend(iter(process.stdout.readline, "")), daemon=True)
     reader.start()
@@ -183,6 +195,17 @@ def test_client_bad_input_gets_a_message_not_a_traceback(client, videos: dict[st
     message, answer, *_ = _ask(client, videos[upload] if upload else None, question)
     assert message.startswith("**Error:**") and words in message, message
     assert "Traceback" not in message and answer == ""
+
+
+def test_the_docs_api_example_runs_as_written(server: Server, home: Path) -> None:
+    """docs/web.md's API example, in the folder the server runs in, with the server's address for the default one."""
+    from doc_blocks import ROOT, blocks, run_python
+
+    (example,) = [b for b in blocks(ROOT / "docs" / "web.md") if b.lang == "python"]
+    printed = run_python(example, home, replace={"http://127.0.0.1:7860/": server.url})
+    assert printed.splitlines()[-1] == f"{len(DISAGREE)} items where the configurations disagree in tiny / MSVD"
+    answered = printed.splitlines()[-2]  # configuration A's answer | the speedup line
+    assert " | Time to first token: fastervlm" in answered and "speedup" in answered
 
 
 def test_client_upload_size_is_bounded(client, videos: dict[str, Path]) -> None:

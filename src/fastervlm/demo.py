@@ -1,9 +1,9 @@
-"""The demo (`fastervlm demo`) as a library function, and the one tiny-model fallback of `show`, `web` and `bench`.
+"""The demo (`fastervlm demo`) as a library function, and the tiny model every command runs with `--model tiny`.
 
     from fastervlm.demo import run_demo, tiny_pipeline
     result = run_demo(reduction=0.9)          # no download: a tiny random checkpoint and a synthetic video
     result.speedup, [row.ttft.median for row in result.rows]
-    pipeline = tiny_pipeline()                # the same tiny model, for any command run without --model
+    pipeline = tiny_pipeline()                # the same tiny model, for any command run with --model tiny
 
 Timings are honest by construction: each configuration answers once untimed (its one-off costs: first calls,
 allocations, kernel choices), then the configurations run interleaved `repeats` times, so that a drift in the
@@ -48,8 +48,8 @@ def tiny_checkpoint(cache_dir: str | os.PathLike | None = None) -> Path:
 
 def tiny_pipeline(device: str | None = None, dtype: str | None = None,
                   cache_dir: str | os.PathLike | None = None, **options: Any) -> Pipeline:
-    """The tiny model loaded (`fastervlm.load` options as for any checkpoint): what `show`, `web` and the demo use
-    when no --model is given."""
+    """The tiny model loaded (`fastervlm.load` options as for any checkpoint): what the demo and `--model tiny`
+    run."""
     import fastervlm
 
     return fastervlm.load(tiny_checkpoint(cache_dir), device=device, dtype=dtype, **options)

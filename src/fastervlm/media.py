@@ -80,7 +80,8 @@ def sample_indices(total: int, num: int) -> list[int]:
     return np.linspace(0, total - 1, num, dtype=int).tolist()
 
 
-def _existing_file(path: str | os.PathLike, kind: str) -> Path:
+def existing_file(path: str | os.PathLike, kind: str) -> Path:
+    """`path` as a Path when it is a file; else a MediaError naming the problem (`kind`: "video" or "image")."""
     path = Path(path)
     if path.is_dir():
         raise MediaError(f"{path} is a directory, not a {kind} file: pass the path of one {kind} file.")
@@ -102,7 +103,7 @@ def read_video_frames(
         raise FasterVLMError(f"num_frames must be at least 1, got {num_frames}.")
     if backend not in VIDEO_BACKENDS:
         raise FasterVLMError(f"unknown video backend {backend!r}: use 'pyav' (default), 'pyav-scan' or 'decord'.")
-    path = _existing_file(path, "video")
+    path = existing_file(path, "video")
     if cache is not None and (hit := cache.get(path, num_frames, backend)) is not None:
         return hit
     if backend == "decord":
@@ -431,7 +432,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """One RGB image as a one-frame clip, (1, H, W, 3) uint8."""
     from PIL import Image, UnidentifiedImageError
 
-    path = _existing_file(path, "image")
+    path = existing_file(path, "image")
     try:
         with Image.open(path) as image:
             rgb = np.asarray(image.convert("RGB"))

@@ -85,6 +85,13 @@ class Pipeline:
     def num_patches(self) -> int:
         return self.adapter.num_patches
 
+    def default_generation(self) -> GenerationSettings:
+        """Greedy decoding up to the checkpoint's default answer length (1024, the original's; a tiny random
+        checkpoint's own short one): what `generation=None` means."""
+        from fastervlm.tiny.identity import default_max_new_tokens
+
+        return GenerationSettings(max_new_tokens=default_max_new_tokens(self.path))
+
     def pruner(self, method: str | Pruner | None = None, **settings: Any) -> Pruner:
         """A method instance from a name (by default the registry's default method, or its baseline when no budget
         is given) or as given, checked against this model before any work (`engine.check_method`)."""
@@ -171,7 +178,7 @@ class Pipeline:
             raise FasterVLMError(f"{len(frames)} samples but {len(questions)} questions: give one question per sample.")
         _check_questions(questions)
         answers = engine.run(self.adapter, [f.pixels for f in frames], questions, pruner,
-                             generation or GenerationSettings(), llm=self.llm)
+                             generation or self.default_generation(), llm=self.llm)
         for answer, f in zip(answers, frames):
             answer.timings["decode_video"] = f.decode_seconds
             answer.frame_indices = f.frame_indices
@@ -214,7 +221,7 @@ class Pipeline:
         if len(kept) != len(questions):
             raise FasterVLMError(f"{len(kept)} samples but {len(questions)} questions: give one question per sample.")
         _check_questions(questions)
-        return engine.ask(self.adapter, kept, questions, pruner, generation or GenerationSettings(), llm=self.llm)
+        return engine.ask(self.adapter, kept, questions, pruner, generation or self.default_generation(), llm=self.llm)
 
 
 def _check_questions(questions: list[str]) -> None:

@@ -102,7 +102,7 @@ class ModelSource:
 
     @staticmethod
     def tiny(device: str | None = "cpu") -> ModelSource:
-        """The demo's tiny checkpoint (the one fallback of every command run without --model)."""
+        """The demo's tiny checkpoint (`--model tiny`)."""
         from fastervlm.demo import tiny_checkpoint
 
         return ModelSource(checkpoint=str(tiny_checkpoint()), device=device)
@@ -116,13 +116,17 @@ class ModelSource:
             raise FasterVLMError("--llm-layers must be at least 1 and --vision-layers at least 2 (the feature layer is "
                                  "the penultimate one).")
         return ModelSource(geometry=TinySpec.video_llava_7b(llm_layers=llm_layers, vision_layers=vision_layers),
-                           geometry_name=f"video-llava-7b geometry, {llm_layers} LLM / {vision_layers} vision layers",
+                           geometry_name=f"random weights at video-llava-7b geometry, {llm_layers} LLM / "
+                                         f"{vision_layers} vision layers",
                            device=device)
 
     def describe(self) -> str:
+        """The model in the tables' header: a checkpoint's name (a tiny one says its weights are random)."""
+        from fastervlm.tiny.identity import model_title
+
         if self.geometry is not None:
-            return self.geometry_name or f"in-memory geometry {self.geometry}"
-        return str(self.checkpoint)
+            return self.geometry_name or f"random weights at in-memory geometry {self.geometry}"
+        return model_title(self.checkpoint)
 
     def dtype_name(self, device: torch.device) -> str:
         if device.type == "cpu":

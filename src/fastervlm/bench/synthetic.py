@@ -3,7 +3,7 @@
     data = write_synthetic_benchmark(folder, videos=4, questions=8, shape=VideoShape(480, 360, seconds=10))
     data.loaded.items, data.data_root, data.describe()
 
-The files are what `eval predict --benchmark msvd --data-root <folder>` reads: `MSVD_Zero_Shot_QA/test_q_1k.json`
+The files are what `eval predict --benchmarks msvd --data-root <folder>` reads: `MSVD_Zero_Shot_QA/test_q_1k.json`
 and `test_a_1k.json` (lists of {video_name, question, question_id} and {answer, type, question_id}, ids
 `v_<video>_<n>`, a video's questions next to each other as in the seed's MSVD file) and one H.264 MP4 per video
 under `videos/`. Only the files are synthetic; the benchmark definition is the packaged MSVD one.

@@ -1,7 +1,8 @@
 """The `fastervlm` command: argument parsing only; every command calls the library's public API.
 
 Each command group lives in its own module exposing `add_parser(subparsers)`; modules import torch and the
-library inside their handlers, so `fastervlm --help` stays fast.
+library inside their handlers, so `fastervlm --help` stays fast. Every parser is a `parser.Parser` (no
+abbreviations, deprecated spellings with a note); `common.py` holds the flags several commands share.
 """
 
 from __future__ import annotations
@@ -17,10 +18,14 @@ COMMAND_MODULES = ("answer", "methods", "eval", "show", "web", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from fastervlm.cli.common import MODEL_RULE
+    from fastervlm.cli.parser import Parser
+
+    parser = Parser(
         prog="fastervlm",
         description="Training-free visual token pruning for video VLMs ([CLS] attention, FasterVLM), "
         "with an evaluation harness, a benchmark and pictures of the kept tokens.",
+        epilog=MODEL_RULE,
     )
     parser.add_argument("--version", action="version", version=f"fastervlm {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -14,6 +14,7 @@ from fastervlm.cli.common import (
     check_before_loading,
     check_max_new_tokens,
     load_model,
+    say_model,
 )
 
 DEMO_REDUCTION = 0.9
@@ -31,7 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_method_arguments(answer)
     add_generation_arguments(answer)
     answer.add_argument("--json", action="store_true", help="print one JSON object (answer, output_ids, visual_tokens, "
-                        "kept_indices, prompt_tokens, timings, ...) instead of text")
+                        "kept_indices, prompt_tokens, timings, ...; README lists them) instead of text")
     answer.set_defaults(handler=run_answer)
 
     demo = subparsers.add_parser("demo", help="run the pipeline on an embedded tiny checkpoint and a synthetic video",
@@ -50,23 +51,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_answer(args: argparse.Namespace) -> int:
+    from fastervlm.tiny.identity import model_title
+
     request = check_before_loading(args)
     pipeline = load_model(args)
     result = pipeline.answer(args.question, video=args.video, image=args.image, method=request.method,
                              generation=request.generation, flip=args.flip, **request.settings)
     if args.json:
         print(json.dumps(result.to_json()))
+        say_model(pipeline)
     else:
         print(result.text)
-        print(_summary(result), file=sys.stderr)
+        print(_summary(result, model_title(pipeline.path)), file=sys.stderr)
     return 0
 
 
-def _summary(result: Any) -> str:
-    """One line: method, visual tokens, prompt length, time to first token."""
+def _summary(result: Any, model: str) -> str:
+    """One line: model, method, visual tokens, prompt length, time to first token."""
     method = result.method.get("method")
     ttft = result.time_to_first_token
-    return (f"[{method}] visual tokens {result.visual_tokens}, prompt {result.prompt_tokens} tokens, "
+    return (f"[{model} · {method}] visual tokens {result.visual_tokens}, prompt {result.prompt_tokens} tokens, "
             f"{len(result.output_ids)} generated, time to first token {ttft * 1000:.1f} ms")
 
 

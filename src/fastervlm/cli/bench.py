@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fastervlm.cli.common import check_device, settings_by_method, split_list
+from fastervlm.cli.common import MODEL_HELP, TINY_MODEL, check_device, settings_by_method, split_list
+from fastervlm.cli.parser import deprecate
 
 GEOMETRIES = ("video-llava-7b",)
 
@@ -22,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "configurations, with peak memory (CUDA max allocated, or on the CPU the peak RSS of a process of its own per "
         "configuration, the weights shared), the KV cache after the prefill and the analytic LLM prefill FLOPs "
         "(docs/flops.md), against the unpruned row; plus our [CLS] extraction next to the original's (eager, every "
-        "attention map returned). fp32 on the CPU. With no arguments: a quick check on the demo's tiny model (under a "
+        "attention map returned). fp32 on the CPU. --model tiny: a quick check on the demo's tiny model (under a "
         "minute on 2 cores). --eval and --decode are other measurements (docs/benchmark.md).")
     mode = bench.add_argument_group("what to measure (default: methods x budgets)").add_mutually_exclusive_group()
     mode.add_argument("--eval", action="store_true", help="answer a synthetic benchmark (--videos x --questions) "
@@ -44,7 +45,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     budget.add_argument("--reductions", nargs="+", metavar="R",
                         help="fractions dropped, space- or comma-separated (default 0.5 0.9: 1024 and 208 tokens on "
                         "Video-LLaVA; with --eval 0.9; the seed's whole column is 0 0.25 0.5 0.75 0.9 0.95 1)")
-    budget.add_argument("--keep", nargs="+", metavar="L", help="per-frame budgets instead of --reductions")
+    deprecate(budget.add_argument("--keeps", "--keep", nargs="+", metavar="L",
+                                  help="per-frame budgets instead of --reductions"), "--keep")
     run = bench.add_argument_group("runs")
     run.add_argument("--video", metavar="FILE", help="video to decode and answer about (default: a synthetic 320x240 clip)")
     run.add_argument("--question", help="question asked (default: a fixed one)")
@@ -58,8 +60,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                      "on the CPU, but the peak RSS is then not per configuration)")
     _data_flags(bench)
     out = bench.add_argument_group("output")
-    out.add_argument("--out-dir", default=DEFAULT_OUT_DIR, metavar="DIR", help="where bench.json and bench.png go "
-                     "(--eval: bench-eval.json; --decode: bench-decode.json) (default %(default)s)")
+    deprecate(out.add_argument("--out", "--out-dir", default=DEFAULT_OUT_DIR, metavar="DIR", help="folder for bench.json "
+                               "and bench.png (--eval: bench-eval.json; --decode: bench-decode.json) (default "
+                               "%(default)s)"), "--out-dir")
     out.add_argument("--json", action="store_true", help="print the JSON instead of the tables")
     out.add_argument("--markdown", action="store_true", help="print the tables as Markdown (for docs)")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -70,9 +73,10 @@ DEFAULT_OUT_DIR = "bench-out"
 
 
 def _model_flags(bench: argparse.ArgumentParser) -> None:
-    model = bench.add_argument_group("model (default: the demo's tiny model)")
+    model = bench.add_argument_group("model (one of --model and --geometry; without either, the tiny model, with a "
+                                     "note: deprecated)")
     source = model.add_mutually_exclusive_group()
-    source.add_argument("--model", metavar="DIR", help="checkpoint folder to measure")
+    source.add_argument("--model", metavar="DIR|tiny", help=f"{MODEL_HELP}, to measure")
     source.add_argument("--geometry", choices=GEOMETRIES, help="random weights with this model's real widths, heads and "
                         "token counts but --llm-layers / --vision-layers layers, built in memory")
     model.add_argument("--llm-layers", type=int, default=2, metavar="N", help="with --geometry (default %(default)s)")
@@ -95,7 +99,7 @@ def _data_flags(bench: argparse.ArgumentParser) -> None:
     data.add_argument("--fps", type=int, help="frame rate (default 30)")
     data.add_argument("--gops", nargs="+", metavar="N", help="--decode: keyframe intervals (default 12 60 250; --eval "
                       "uses 60)")
-    data.add_argument("--containers", nargs="+", metavar="EXT", help="--decode: containers (default mp4 mkv)")
+    data.add_argument("--containers", nargs="+", metavar="EXT", help="--decode: containers, of mp4 mkv mov (default mp4 mkv)")
     data.add_argument("--video-dir", metavar="DIR", help="--decode: keep the generated videos here for the next run")
 
 
@@ -149,6 +153,17 @@ def _targets(scope: str | None, values: dict[str, Any], names: list[str], flag: 
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    """The mode the flags ask for; budget errors name bench's own list flags (--keeps, --reductions)."""
+    from fastervlm.cli.common import list_parameter_names
+    from fastervlm.errors import BudgetError, FasterVLMError
+
+    try:
+        return _run_mode(args)
+    except BudgetError as err:
+        raise FasterVLMError(err.render(list_parameter_names())) from None
+
+
+def _run_mode(args: argparse.Namespace) -> int:
     _check_mode_flags(args)
     if args.decode:
         return _run_decode(args)
@@ -182,7 +197,7 @@ FLAG_MODES: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("gops", "containers", "video_dir"), ("decode",)),
     **dict.fromkeys(("size", "duration", "fps"), ("eval", "decode")),
     **dict.fromkeys(("video", "question", "no_reference", "in_process", "warmup"), ("",)),
-    **dict.fromkeys(("methods", "method_option", "reductions", "keep", "max_new_tokens", "model", "geometry",
+    **dict.fromkeys(("methods", "method_option", "reductions", "keeps", "max_new_tokens", "model", "geometry",
                      "video_tower", "device"), ("", "eval")),
 }
 """Which modes each flag applies to (flags whose default is None, False or [] when not given)."""
@@ -215,30 +230,36 @@ def _or(value: Any, default: Any) -> Any:
 def _configs(args: argparse.Namespace, default_reductions: Any = None, baseline: bool = True) -> list[Any]:
     """The configurations asked for, each checked by the registry before any model is built."""
     from fastervlm.bench import DEFAULT_REDUCTIONS, default_configs
+    from fastervlm.cli.common import check_budget_range
     from fastervlm.methods import create_pruner
 
     names, settings = parse_methods(args.methods, args.method_option)
     reductions = split_list(args.reductions, float, "--reductions") or default_reductions or DEFAULT_REDUCTIONS
-    keeps = split_list(args.keep, int, "--keep") if args.keep else None
+    keeps = split_list(args.keeps, int, "--keeps") if args.keeps else None
     configs = default_configs(names, reductions, keeps=keeps, method_settings=settings, baseline=baseline)
-    for config in configs:
-        create_pruner(config.method, **config.settings)  # bad names and settings fail now, not in a worker
+    for config in configs:  # bad names, settings and budgets fail now, not in a worker
+        check_budget_range(create_pruner(config.method, **config.settings))
     return configs
 
 
 def _source(args: argparse.Namespace) -> Any:
+    """What to measure, after every check that needs no model (the files the flags name, --device)."""
     from fastervlm.bench import ModelSource
+    from fastervlm.cli.common import check_files, tiny_fallback
 
+    if not args.geometry:
+        tiny_fallback(args, "bench")
+    check_files(args)
     check_device(args.device)
     if args.geometry:
         return ModelSource.video_llava_7b(args.llm_layers, args.vision_layers, device=args.device)
-    if args.model:
+    if args.model != TINY_MODEL:
         return ModelSource(checkpoint=args.model, video_tower=args.video_tower, device=args.device)
     return ModelSource.tiny(device=args.device)
 
 
 def _out_dir(args: argparse.Namespace) -> Path:
-    out_dir = Path(args.out_dir)
+    out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     return out_dir
 
@@ -283,22 +304,33 @@ EVAL_REDUCTION = 0.9
 """--eval's budget when none is given: 208 visual tokens on Video-LLaVA, the seed table's featured budget."""
 
 
+DECODE_CONTAINERS = ("mp4", "mkv", "mov")
+"""The containers --decode remuxes its H.264 videos into."""
+
+
 def _run_decode(args: argparse.Namespace) -> int:
     """--decode: seek vs scan vs decord on long generated videos."""
     from dataclasses import asdict
 
     from fastervlm.bench.decode import format_table, run_decode_benchmark
 
-    width, height = _size(args, (640, 360))
-    if _or(args.repeats, 5) < 1 or _or(args.fps, 30) < 1:
-        from fastervlm.errors import FasterVLMError
+    from fastervlm.bench.synthetic import VideoShape
+    from fastervlm.errors import FasterVLMError
 
-        raise FasterVLMError("--repeats and --fps must be at least 1.")
+    width, height = _size(args, (640, 360))
+    if _or(args.repeats, 5) < 1:
+        raise FasterVLMError("--repeats must be at least 1.")
+    VideoShape(width, height, _or(args.duration, 180.0), _or(args.fps, 30)).check()
+    gops = split_list(args.gops, int, "--gops") or (12, 60, 250)
+    containers = split_list(args.containers, str, "--containers") or ("mp4", "mkv")
+    if min(gops) < 1:
+        raise FasterVLMError(f"--gops are keyframe intervals in frames: 1 or more (got {min(gops)}).")
+    if unknown := sorted(set(containers) - set(DECODE_CONTAINERS)):
+        raise FasterVLMError(f"--containers {' '.join(unknown)}: choose from {' '.join(DECODE_CONTAINERS)}.")
     rows = run_decode_benchmark(
-        seconds=_or(args.duration, 180.0), width=width, height=height, fps=_or(args.fps, 30),
-        gops=split_list(args.gops, int, "--gops") or (12, 60, 250),
-        containers=split_list(args.containers, str, "--containers") or ("mp4", "mkv"),
-        repeats=_or(args.repeats, 5), video_dir=args.video_dir, progress=not args.no_progress)
+        seconds=_or(args.duration, 180.0), width=width, height=height, fps=_or(args.fps, 30), gops=gops,
+        containers=containers, repeats=_or(args.repeats, 5), video_dir=args.video_dir,
+        progress=not args.no_progress)
     path = _out_dir(args) / "bench-decode.json"
     path.write_text(json.dumps([asdict(row) for row in rows], indent=2))
     print(json.dumps([asdict(row) for row in rows]) if args.json else format_table(rows))

@@ -8,15 +8,59 @@ from dataclasses import dataclass
 from typing import Any
 
 
+TINY_MODEL = "tiny"
+"""`--model tiny`: the demo's tiny random checkpoint (a folder named tiny is `--model ./tiny`)."""
+MODEL_RULE = ("Every command that runs a model takes --model: a checkpoint folder, or --model tiny for the demo's "
+              "tiny random model (written into the cache on first use, no download; its weights are random, so its "
+              "answers are noise, and every output names it tiny-random-...). `answer` and `eval` refuse to run "
+              "without --model; `show`, `web` and `bench` still fall back to the tiny model for one release, with a "
+              "note. `demo` always runs the tiny model; `methods`, `eval judge/report/compare` and `bench --decode` "
+              "run none.")
+"""The one rule for --model, printed by `fastervlm --help` and said in the README."""
+MODEL_HELP = ("checkpoint folder (original Video-LLaVA or a transformers VLM), or `tiny`: the demo's tiny random model "
+              "(its answers are noise)")
+
+
 def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    """--model and the loading options. required=False: the deprecated tiny fallback of show/web (see MODEL_RULE)."""
     group = parser.add_argument_group("model")
-    group.add_argument("--model", required=required, help="checkpoint folder (original Video-LLaVA or a transformers VLM)")
+    group.add_argument("--model", required=required, metavar="DIR|tiny", help=MODEL_HELP + (
+        "" if required else "; without it, the tiny model, with a note (deprecated: give --model tiny)"))
     group.add_argument("--video-tower", help="LanguageBind_Video_merge folder (default: the checkpoint's mm_video_tower when local)")
     group.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     group.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
                        help="default: float32 on CPU, the checkpoint's dtype on CUDA")
     group.add_argument("--keep-cls", action="store_true",
                        help="transformers Video-LLaVA-hf: keep each frame's [CLS] token in front of its kept patches")
+
+
+def tiny_fallback(args: argparse.Namespace, command: str) -> None:
+    """A command run without --model (show, web, bench) gets the tiny model for one more release, and a note."""
+    import sys
+
+    from fastervlm.cli.parser import NOTE
+
+    if args.model is None:
+        print(f"{NOTE} {command} without --model runs the tiny random model; this default is deprecated: give "
+              f"--model {TINY_MODEL} (or a checkpoint folder).", file=sys.stderr)
+        args.model = TINY_MODEL
+
+
+def is_tiny_model(model: str | None) -> bool:
+    """Whether --model names the project's tiny random model (`tiny`, or a folder holding a tiny checkpoint)."""
+    from fastervlm.tiny.identity import is_tiny
+
+    return model == TINY_MODEL or (model is not None and is_tiny(model))
+
+
+def answer_length(model: str | None, default: int) -> int:
+    """--max-new-tokens when it is not given: a tiny checkpoint's own short length, else `default` (read from the
+    checkpoint's files, before it loads)."""
+    from fastervlm.tiny.identity import TINY_MAX_NEW_TOKENS, default_max_new_tokens
+
+    if model == TINY_MODEL:
+        return TINY_MAX_NEW_TOKENS
+    return default_max_new_tokens(model) if model is not None and is_tiny_model(model) else default
 
 
 SETTING_FLAGS = {"global_budget": "--global-budget", "seed": "--seed"}
@@ -50,6 +94,13 @@ class CliParameterNames(dict):
 
     def __missing__(self, key: str) -> str:
         return f"--method-option {key}"
+
+
+def list_parameter_names() -> CliParameterNames:
+    """How the commands that take lists of budgets (`bench`, `eval sweep`) spell them: --keeps, --reductions."""
+    names = CliParameterNames()
+    names.update(keep="--keeps", reduction="--reductions")
+    return names
 
 
 def parse_setting(text: str, flag: str = "--method-option") -> tuple[str | None, str, Any]:
@@ -147,7 +198,7 @@ def checked_method(args: argparse.Namespace) -> MethodRequest:
     settings |= scoped.get(method, {})
     if getattr(args, "seed", None) is not None and "seed" not in settings and has_setting(method, "seed"):
         settings["seed"] = args.seed  # --seed also seeds a method that takes one unless --method-option seed= is given
-    _check_budget_range(create_pruner(method, **settings))
+    check_budget_range(create_pruner(method, **settings))
     if not _has_budget(settings):
         _note_no_budget(args.method)
     return MethodRequest(method, settings)
@@ -199,7 +250,7 @@ def _note_no_budget(method: str | None) -> None:
               "(no pruning); add e.g. --reduction 0.9.", file=sys.stderr)
 
 
-def _check_budget_range(pruner: Any) -> None:
+def check_budget_range(pruner: Any) -> None:
     """The budget's checks that need no patch count: a negative --keep, a --reduction outside [0, 1]."""
     from fastervlm.errors import BudgetError
 
@@ -209,9 +260,18 @@ def _check_budget_range(pruner: Any) -> None:
     pruner.per_frame_budget(keep or 0)  # with a patch count that any keep fits: only the reduction's range is checked
 
 
-def add_generation_arguments(parser: argparse.ArgumentParser, *, max_new_tokens: int = 1024) -> None:
+def add_generation_arguments(parser: argparse.ArgumentParser, *, max_new_tokens: int | None = None) -> None:
+    """The decoding flags; `max_new_tokens` is the command's default answer length for real checkpoints (1024, the
+    original's, unless given)."""
+    from fastervlm.tiny.identity import ORIGINAL_MAX_NEW_TOKENS, TINY_MAX_NEW_TOKENS
+
+    default = ORIGINAL_MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens
+    origin = "the original's" if default == ORIGINAL_MAX_NEW_TOKENS else "this command's"
     group = parser.add_argument_group("decoding")
-    group.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="bound on the answer's length (default %(default)s)")
+    group.add_argument("--max-new-tokens", type=int, metavar="N", help=f"bound on the answer's length (default: "
+                       f"{default}, {origin}; on a tiny random checkpoint its own {TINY_MAX_NEW_TOKENS}, from its "
+                       "generation_config.json)")
+    parser.set_defaults(default_max_new_tokens=default)
     group.add_argument("--sample", action="store_true",
                        help="sample as the original does (temperature 0.1, top_p from generation_config.json) instead of greedy")
     group.add_argument("--temperature", type=float, default=0.1, help="with --sample (default %(default)s)")
@@ -227,13 +287,18 @@ def check_max_new_tokens(value: int) -> None:
 
 
 def generation_settings(args: argparse.Namespace) -> Any:
+    """The decoding flags as GenerationSettings; without --max-new-tokens, the length `answer_length` gives for
+    --model."""
     from fastervlm.errors import FasterVLMError
     from fastervlm.models.base import GenerationSettings
 
-    check_max_new_tokens(args.max_new_tokens)
+    max_new_tokens = args.max_new_tokens
+    if max_new_tokens is None:
+        max_new_tokens = answer_length(getattr(args, "model", None), args.default_max_new_tokens)
+    check_max_new_tokens(max_new_tokens)
     if args.sample and args.temperature <= 0:
         raise FasterVLMError("--temperature must be above 0 with --sample; leave out --sample for greedy decoding.")
-    return GenerationSettings(max_new_tokens=args.max_new_tokens, sample=args.sample, temperature=args.temperature, seed=args.seed)
+    return GenerationSettings(max_new_tokens=max_new_tokens, sample=args.sample, temperature=args.temperature, seed=args.seed)
 
 
 def check_device(device: str | None) -> None:
@@ -254,24 +319,56 @@ class Request:
 
 
 def check_before_loading(args: argparse.Namespace, *, decoding: bool = True) -> Request:
-    """Every check of the pruning flags, the decoding flags (when the command has them: `decoding`) and --device
-    that needs no model, so that a typo fails in a second rather than after minutes of loading (`answer`, `show`,
-    `web`; `eval predict` and `bench` can call it too)."""
+    """Every check of the pruning flags, the decoding flags (when the command has them: `decoding`), --device and
+    the files the flags name that needs no model, so that a typo fails in a second rather than after minutes of
+    loading (`answer`, `show`; `web`, `eval` and `bench` run the parts that apply to them)."""
+    check_files(args)
     method = checked_method(args)
     generation = generation_settings(args) if decoding else None
     check_device(getattr(args, "device", None))
     return Request(method.method, method.settings, generation)
 
 
+def check_files(args: argparse.Namespace) -> None:
+    """The inputs the flags name, before the model loads: --video / --image exist, --video-tower is a folder, the
+    question is not empty (for the commands that have these flags)."""
+    from pathlib import Path
+
+    from fastervlm.errors import FasterVLMError
+    from fastervlm.media import existing_file
+
+    for kind in ("video", "image"):
+        if getattr(args, kind, None) is not None:
+            existing_file(args.__dict__[kind], kind)
+    tower = getattr(args, "video_tower", None)
+    if tower is not None and not Path(tower).expanduser().is_dir():
+        raise FasterVLMError(f"--video-tower {tower} is not a folder: pass the LanguageBind_Video_merge checkpoint "
+                             "folder, or leave it out to use the checkpoint's mm_video_tower.")
+    question = getattr(args, "question", None)
+    if question is not None and not question.strip():
+        raise FasterVLMError("--question is empty: type a question about the video.")
+
+
 def load_model(args: argparse.Namespace) -> Any:
-    """fastervlm.load with the model flags (family-specific options only when given); without --model (show, web),
-    the demo's tiny checkpoint, written into the cache on first use."""
+    """fastervlm.load with the model flags (family-specific options only when given); `--model tiny`: the demo's
+    tiny checkpoint, written into the cache on first use."""
     import fastervlm
     from fastervlm.demo import tiny_pipeline
 
     options: dict[str, Any] = {"video_tower": args.video_tower} if args.video_tower else {}
     if getattr(args, "keep_cls", False):
         options["keep_cls"] = True
-    if args.model is None:
+    if args.model == TINY_MODEL:
         return tiny_pipeline(device=args.device, dtype=args.dtype, **options)
     return fastervlm.load(args.model, device=args.device, dtype=args.dtype, **options)
+
+
+def say_model(pipeline: Any) -> None:
+    """For a tiny random model, one line saying so (stderr): its answers are noise."""
+    import sys
+
+    from fastervlm.cli.parser import NOTE
+    from fastervlm.tiny.identity import is_tiny, model_title
+
+    if is_tiny(pipeline.path):
+        print(f"{NOTE} the model is {model_title(pipeline.path)}.", file=sys.stderr)

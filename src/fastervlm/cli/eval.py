@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fastervlm.cli.common import add_generation_arguments, add_method_arguments, add_model_arguments
+from fastervlm.cli.parser import deprecate
 from fastervlm.eval.benchmarks import benchmark_names  # the packaged benchmark files: cheap, no torch
 from fastervlm.eval.judge_client import DEFAULT_JUDGE_MODEL  # no openai import until a Judge is made
 
@@ -38,9 +39,10 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
                                   description="Answer a benchmark's questions, one JSON line per item, resuming "
                                   "where a previous run stopped. Under torchrun every rank takes its own shard.")
     _add_data_arguments(predict)
-    predict.add_argument("--benchmark", required=True, nargs="+", action="extend", metavar="NAME",
-                         help=f"{', '.join(benchmark_names())} or a .json/.toml benchmark file; several (space- or "
-                         "comma-separated, or the flag repeated) share one model load")
+    deprecate(predict.add_argument(
+        "--benchmarks", "--benchmark", required=True, nargs="+", action="extend", metavar="NAME",
+        help=f"{', '.join(benchmark_names())} or a .json/.toml benchmark file; several (space- or comma-separated, "
+        "or the flag repeated) share one model load"), "--benchmark")
     add_model_arguments(predict)
     add_method_arguments(predict)
     add_generation_arguments(predict)
@@ -145,6 +147,22 @@ def _frame_cache(args: argparse.Namespace) -> Any:
     return None if args.frame_cache == "off" else default_frame_cache(int(args.frame_cache_size * 2**30))
 
 
+def _check_writable(folder: Path, flag: str) -> None:
+    """The folder the runs go into can take files, checked before the model loads and without creating it: a file
+    is written and removed in it, or in its nearest existing parent."""
+    import tempfile
+
+    from fastervlm.errors import FasterVLMError
+    from fastervlm.eval.storage import writing
+
+    existing = next(path for path in (folder, *folder.absolute().parents) if path.exists())
+    if not existing.is_dir():
+        raise FasterVLMError(f"{flag} {folder}: {existing} is a file, not a folder; give a folder for the runs.")
+    with writing(existing, f"make it writable, or give another {flag}."):
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+
+
 def _add_output_arguments(parser: argparse.ArgumentParser, *, run_dir: bool = False) -> None:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", type=Path, help="folder for all runs: <out>/<model>/<benchmark>/<run name>")
@@ -170,7 +188,8 @@ def _add_judge_arguments(parser: argparse.ArgumentParser) -> None:
                        help="stop when the endpoint has answered nothing for this long and two requests in a row "
                        "could not connect or timed out (default %(default)s); a server that answers is waited for")
     group.add_argument("--judge-temperature", type=float, default=0.0, help="(default %(default)s; the original used the API default, 1)")
-    group.add_argument("--cache-dir", type=Path, help="judgment cache (default $FASTERVLM_CACHE/judge or ~/.cache/fastervlm/judge)")
+    deprecate(group.add_argument("--judge-cache", "--cache-dir", type=Path, metavar="DIR", help="judgment cache (default "
+                                 "$FASTERVLM_CACHE/judge or ~/.cache/fastervlm/judge)"), "--cache-dir")
 
 
 def _add_report_arguments(parser: argparse.ArgumentParser, *, judges: str | None = None, plot: bool = True) -> None:
@@ -188,7 +207,7 @@ def _judge_settings(args: argparse.Namespace) -> Any:
 
     return JudgeSettings(model=args.judge_model, base_url=args.base_url, temperature=args.judge_temperature,
                          max_attempts=args.max_attempts, concurrency=args.concurrency, timeout=args.judge_timeout,
-                         dead_after=args.dead_after, cache_dir=args.cache_dir)
+                         dead_after=args.dead_after, cache_dir=args.judge_cache)
 
 
 def _load_benchmarks(names: list[str], data_root: Path, limit: int | None, flag: str) -> list:
@@ -207,18 +226,22 @@ def _stderr(text: str) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from fastervlm.cli.common import generation_settings, load_model, method_settings, split_list
+    from fastervlm.cli.common import (check_device, check_files, generation_settings, load_model, method_settings,
+                                      split_list)
     from fastervlm.errors import FasterVLMError
     from fastervlm.eval.predict import distributed, predict_items, prepare_run, rank_device
 
     if args.prefetch < 0:
         raise FasterVLMError(f"--prefetch is a number of videos decoded ahead: 0 or more (got {args.prefetch}).")
-    if args.run_dir and len(split_list(args.benchmark)) > 1:
-        raise FasterVLMError("--run-dir names one run: give one --benchmark with it, or use --out.")
-    loaded = _load_benchmarks(args.benchmark, args.data_root, args.limit, "--benchmark")  # bad data fails before the model loads
+    if args.run_dir and len(split_list(args.benchmarks)) > 1:
+        raise FasterVLMError("--run-dir names one run: give one benchmark to --benchmarks with it, or use --out.")
+    check_files(args)
+    loaded = _load_benchmarks(args.benchmarks, args.data_root, args.limit, "--benchmarks")  # bad data fails before the model loads
     frame_cache = _frame_cache(args)
     method, settings = method_settings(args)
     generation = generation_settings(args)
+    check_device(args.device)
+    _check_writable(args.run_dir or args.out, "--run-dir" if args.run_dir else "--out")
     with distributed() as rank:
         args.device = rank_device(args.device)
         pipeline = load_model(args)
@@ -273,15 +296,13 @@ def run_compare(args: argparse.Namespace) -> int:
 @contextmanager
 def _errors_named(command: str) -> Iterator[None]:
     """Errors raised while `command` runs start with its name (`eval sweep: ...`)."""
-    from fastervlm.cli.common import CliParameterNames
+    from fastervlm.cli.common import list_parameter_names
     from fastervlm.errors import BudgetError, FasterVLMError
 
     try:
         yield
-    except BudgetError as err:
-        names = CliParameterNames()
-        names["reduction"] = "--reductions"  # the sweep's budgets come from its list flag
-        raise FasterVLMError(f"{command}: {err.render(names)}") from None
+    except BudgetError as err:  # the sweep's budgets come from its list flag
+        raise FasterVLMError(f"{command}: {err.render(list_parameter_names())}") from None
     except FasterVLMError as err:
         raise FasterVLMError(f"{command}: {err}") from None
 
@@ -308,10 +329,11 @@ def run_sweep(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from fastervlm.cli.common import generation_settings, load_model, split_list
+    from fastervlm.cli.common import check_device, check_files, generation_settings, load_model, split_list
     from fastervlm.eval.sweep import Sweep, grid, run_sweep
     from fastervlm.methods import default_method
 
+    check_files(args)
     methods = split_list(args.methods, flag="--methods") or [default_method(budget_given=True)]
     common, scoped = _method_options(args.method_option, methods)
     cells = grid(methods, split_list(args.reductions, float, flag="--reductions"), common, baseline=not args.no_baseline,
@@ -322,6 +344,8 @@ def _sweep(args: argparse.Namespace) -> int:
         judge=None if args.no_judge else _judge_settings(args), mode=args.metrics, plot=not args.no_plot,
         flip=args.flip, tag=args.tag, batch_size=args.batch_size, frame_cache=_frame_cache(args),
     )
+    check_device(args.device)
+    _check_writable(args.out, "--out")
 
     def load(device: str | None) -> Any:
         args.device = device  # under torchrun on GPUs: this rank's card

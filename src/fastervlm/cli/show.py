@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from fastervlm.cli.common import add_method_arguments, add_model_arguments, check_before_loading, load_model
+from fastervlm.cli.common import (add_method_arguments, add_model_arguments, check_before_loading, load_model,
+                                  tiny_fallback)
 
 QUESTION = "Describe the video."
 
@@ -17,8 +18,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Runs the model once on a video and draws the frames it saw in a grid: each frame as it is, the "
         "patches the method kept outlined and the pruned ones greyed, and below it the frame's [CLS] attention as a "
         "heatmap panel (normalised per frame), with a legend. Works for every method that acts before the LLM (a "
-        "method that merges patches gets its frames unmarked, and the legend says so). Without --model: the demo's "
-        "tiny random model.")
+        "method that merges patches gets its frames unmarked, and the legend says so). --model tiny: the demo's "
+        "tiny random model (the legend says so).")
     add_model_arguments(show, required=False)
     show.add_argument("--video", required=True, help="video file to sample the frames from")
     add_method_arguments(show)
@@ -41,8 +42,11 @@ def run_show(args: argparse.Namespace) -> int:
     from fastervlm.models.base import GenerationSettings
     from fastervlm.show import Layout, check_showable, heatmap_scores, save_answer_picture, write_answer_animation
 
+    tiny_fallback(args, "show")
     if args.columns < 1 or (args.scale is not None and args.scale < 1):
         raise FasterVLMError("--columns and --scale must be at least 1.")
+    if not args.fps > 0:
+        raise FasterVLMError(f"--fps is the animation's frames per second: above 0 (got {args.fps:g}).")
     _check_outputs(args)
     request = check_before_loading(args, decoding=False)
     check_showable(request.method)

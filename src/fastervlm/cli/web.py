@@ -6,11 +6,14 @@ import argparse
 import sys
 
 from fastervlm.cli.common import (
+    TINY_MODEL,
     add_generation_arguments,
     add_model_arguments,
     check_device,
+    check_files,
     generation_settings,
     load_model,
+    tiny_fallback,
 )
 
 DEFAULT_PORT = 7860
@@ -29,7 +32,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="A local web page over the library: ask a video a question with and without pruning, see the "
         "kept tokens and the time saved, browse `fastervlm eval` results. Needs: pip install \"fastervlm[web]\".")
     add_model_arguments(parser, required=False)
-    parser.set_defaults(model=None)
     add_generation_arguments(parser, max_new_tokens=DEFAULT_MAX_NEW_TOKENS)
     server = parser.add_argument_group("server")
     server.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s: this machine only)")
@@ -42,7 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="longest question in characters (default %(default)s); the page says so for a longer one")
     server.add_argument("--runs", metavar="DIR", help="runs folder the results tab opens with (what `fastervlm eval "
                         "predict --out` wrote)")
-    parser.epilog = "Without --model the page runs the embedded tiny model (random weights: the answers are noise)."
+    parser.epilog = "--model tiny: the embedded tiny model (random weights: the answers are noise; the page's title says so)."
     parser.set_defaults(handler=run)
 
 
@@ -52,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     from fastervlm.errors import FasterVLMError
 
+    tiny_fallback(args, "web")
     if importlib.util.find_spec("gradio") is None:  # not imported here: serve() sets its environment first
         raise FasterVLMError('fastervlm web needs Gradio: pip install "fastervlm[web]".')
     from fastervlm.web.app import serve
@@ -64,12 +67,14 @@ def run(args: argparse.Namespace) -> int:
     if args.runs and not Path(args.runs).is_dir():
         raise FasterVLMError(f"--runs {args.runs} is not a folder: give the folder `fastervlm eval predict --out` "
                              "wrote, or leave --runs out and pick one in the page's Results tab.")
+    check_files(args)
     generation = generation_settings(args)
     check_device(args.device)
     settings = WebSettings(max_upload_mb=args.max_upload_mb, max_video_seconds=args.max_video_seconds,
                            max_question_chars=args.max_question_chars, generation=generation, flip=args.flip,
                            runs_dir=Path(args.runs) if args.runs else None)
-    print(f"fastervlm web: loading {args.model or 'the tiny demo model'} ...", file=sys.stderr)
+    print(f"fastervlm web: loading {'the tiny random model' if args.model == TINY_MODEL else args.model} ...",
+          file=sys.stderr)
     pipeline = load_model(args)
     if pipeline.adapter.media != "video":
         raise FasterVLMError(f"{args.model} is an {pipeline.adapter.media} model ({pipeline.adapter.family}); the web page "

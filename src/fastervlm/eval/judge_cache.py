@@ -48,7 +48,7 @@ class JudgeCache:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self._fix = f"pass --cache-dir a writable folder (or set FASTERVLM_CACHE), or make {self.root} writable."
+        self._fix = f"pass --judge-cache a writable folder (or set FASTERVLM_CACHE), or make {self.root} writable."
 
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.json"

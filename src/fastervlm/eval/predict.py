@@ -121,11 +121,14 @@ def default_run_dir(out: Path, model_name: str, benchmark_name: str, settings: d
 
 
 def model_identity(pipeline: Any) -> dict[str, Any]:
-    """The model's name and a digest of its config.json (its path may differ between machines)."""
+    """The model's name (`model_name`: a tiny random checkpoint says so), a digest of its config.json (its path may
+    differ between machines) and its dtype."""
+    from fastervlm.tiny.identity import model_name
+
     path = Path(pipeline.path)
     config = path / "config.json"
     digest = hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else None
-    return {"name": path.name, "config_sha256": digest, "dtype": str(pipeline.adapter.dtype).removeprefix("torch.")}
+    return {"name": model_name(path), "config_sha256": digest, "dtype": str(pipeline.adapter.dtype).removeprefix("torch.")}
 
 
 def run_config(
@@ -268,7 +271,9 @@ def prepare_run(
     if run_dir is None:
         if out is None:
             raise FasterVLMError("give --out (a folder for all runs) or --run-dir (this run's folder).")
-        run_dir = default_run_dir(out, Path(pipeline.path).name, loaded.benchmark.name, method, tag)
+        from fastervlm.tiny.identity import model_name
+
+        run_dir = default_run_dir(out, model_name(pipeline.path), loaded.benchmark.name, method, tag)
     run = RunDir(run_dir)
     items = [asdict(item) for item in loaded.items]
     run.create_or_check(run_config(loaded, pipeline, method, generation, flip, data_root, tag), items)

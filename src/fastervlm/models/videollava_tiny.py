@@ -29,8 +29,8 @@ from safetensors.torch import save_file
 
 from fastervlm.models.base import TinySizes
 
-GENERATOR_VERSION = 2
-"""Bump when the generated weights change, so that cached tiny checkpoints are rewritten."""
+GENERATOR_VERSION = 3
+"""Bump when the generated files change, so that cached tiny checkpoints are rewritten (3: the tiny marker)."""
 LLM_DIR = "Video-LLaVA-7B"
 TOWER_DIR = "LanguageBind_Video_merge"
 
@@ -245,6 +245,10 @@ def write_tiny_checkpoint(
     tower_copy = {f"model.video_tower.video_tower.{k}": v for k, v in weights.tower.items()}
     projector = {f"model.mm_projector.{k}": v for k, v in weights.projector.items()}
     _write_sharded(llm_dir, {**weights.llm, **projector, **tower_copy}, weights_format, shards)
+    from fastervlm.models.videollava import VideoLlavaAdapter
+    from fastervlm.tiny.identity import mark_tiny
+
+    mark_tiny(llm_dir, VideoLlavaAdapter.family)  # its outputs say it is the tiny random model; short answers
     return llm_dir
 
 

@@ -107,9 +107,14 @@ def score_name(pipeline: Pipeline, answer: Answer) -> str:
 
 
 def answer_notes(pipeline: Pipeline, answer: Answer, *, heatmap: bool, borrowed: bool = False) -> list[str]:
-    """The legend's text lines for an answer: `selection_notes`, and where the heatmap comes from when
-    `borrowed` (another pass over the same frames: the method itself does not compute [CLS] scores)."""
+    """The legend's text lines for an answer: `selection_notes`, the model when it is a tiny random one, and where
+    the heatmap comes from when `borrowed` (another pass over the same frames: the method itself does not compute
+    [CLS] scores)."""
+    from fastervlm.tiny.identity import RANDOM_NOTE, tiny_label
+
     notes = selection_notes(answer, pipeline.num_frames)
+    if (tiny := tiny_label(pipeline.path)) is not None:  # the picture says when it shows a random model's choices
+        notes.append(f"model: {tiny} ({RANDOM_NOTE}, and what it keeps means nothing)")
     if heatmap and borrowed:
         notes.append(f"the heatmap is the encoder's {score_name(pipeline, answer)} on these frames "
                      f"({answer.method.get('method')} does not use it)")

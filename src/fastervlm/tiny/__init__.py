@@ -8,22 +8,40 @@ download. Each family's tiny spec lives next to its adapter (`models/videollava_
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from fastervlm.models.videollava_tiny import (LLM_DIR, TOWER_DIR, TinySpec, TinyWeights, build_adapter, llm_config,
-                                              tiny_weights, train_tokenizer, vision_config, write_tiny_checkpoint)
-from fastervlm.paths import default_cache_dir
+if TYPE_CHECKING:
+    from fastervlm.models.videollava_tiny import TinySpec
 
-__all__ = ["LLM_DIR", "TOWER_DIR", "TinySpec", "TinyWeights", "build_adapter", "default_cache_dir",
-           "ensure_tiny_checkpoint", "llm_config", "tiny_weights", "train_tokenizer", "vision_config",
-           "write_tiny_checkpoint"]
+_FROM_SPEC = ("LLM_DIR", "TOWER_DIR", "TinySpec", "TinyWeights", "build_adapter", "llm_config", "tiny_weights",
+              "train_tokenizer", "vision_config", "write_tiny_checkpoint")
+__all__ = [*_FROM_SPEC, "default_cache_dir", "ensure_tiny_checkpoint"]
 
 
-def ensure_tiny_checkpoint(spec: TinySpec = TinySpec(), cache_dir: str | os.PathLike | None = None) -> Path:
-    """The tiny checkpoint for `spec`, written on first use into the cache (atomically: no half-written folder)."""
+def __getattr__(name: str) -> Any:
+    """The original format's tiny spec, imported on first use: `fastervlm.tiny.identity` (read by commands before
+    any model loads) must not pull in torch through this package."""
+    if name in _FROM_SPEC:
+        return getattr(importlib.import_module("fastervlm.models.videollava_tiny"), name)
+    if name == "default_cache_dir":
+        from fastervlm.paths import default_cache_dir
+
+        return default_cache_dir
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def ensure_tiny_checkpoint(spec: TinySpec | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The tiny checkpoint for `spec` (default: `TinySpec()`), written on first use into the cache (atomically: no
+    half-written folder)."""
+    from fastervlm.models.videollava_tiny import LLM_DIR, TinySpec, write_tiny_checkpoint
+    from fastervlm.paths import default_cache_dir
+
+    spec = spec if spec is not None else TinySpec()
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = root / f"tiny-{spec.key()}"
     if not (target / LLM_DIR / "config.json").is_file():

@@ -24,6 +24,7 @@ from typing import Any
 from fastervlm.models.base import TinySizes
 from fastervlm.models.hf_base import TinyParts, hf_families
 from fastervlm.models.hf_no_cls import TINY_CONFIGS as _NO_CLS_TINY
+from fastervlm.tiny.identity import mark_tiny
 
 FAMILIES = tuple(cls.model_types[0] for cls in hf_families())
 """The transformers families fastervlm runs, by model_type (each has a tiny spec beside its adapter)."""
@@ -127,6 +128,7 @@ def write_tiny_hf_checkpoint(
              "do_normalize": True, "image_mean": list(OPENAI_CLIP_MEAN), "image_std": list(OPENAI_CLIP_STD), "resample": 3,
              "do_convert_rgb": True}
     _adapter(family).write_tiny_processor(folder, frame, tiny_parts(tokenizer, spec))
+    mark_tiny(folder, _adapter(family).family)  # its outputs say it is a tiny random model; short answers
     return folder
 
 

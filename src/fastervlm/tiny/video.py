@@ -29,6 +29,7 @@ def write_synthetic_video(
     if num_frames < 1:
         raise ValueError(f"num_frames must be at least 1, got {num_frames}")
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     corner_a, corner_b, disc_colour = rng.integers(0, 160, size=(3, 3))
     yy, xx = np.mgrid[0:height, 0:width]

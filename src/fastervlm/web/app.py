@@ -215,13 +215,14 @@ def build_app(pipeline: Any, settings: WebSettings, work_dir: Path) -> Any:
     """The page for a loaded pipeline; `work_dir` holds the sample video and report plots."""
     import gradio as gr
 
+    from fastervlm.tiny.identity import model_name, model_title
     from fastervlm.tiny.video import write_synthetic_video
 
     sample = write_synthetic_video(work_dir / "sample.mp4")
     plot_dir = work_dir / "plots"
     plot_dir.mkdir(exist_ok=True)
-    with gr.Blocks(title="fastervlm", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
-        gr.Markdown(f"## fastervlm · {Path(pipeline.path).name}\n{pipeline.num_frames} frames × "
+    with gr.Blocks(title=f"fastervlm · {model_name(pipeline.path)}", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+        gr.Markdown(f"## fastervlm · {model_title(pipeline.path)}\n{pipeline.num_frames} frames × "
                     f"{pipeline.num_patches} patches per video; ask a question, see which visual tokens each "
                     "pruning configuration keeps and what it saves.")
         with gr.Tab("Ask", elem_id="tab-ask"):
