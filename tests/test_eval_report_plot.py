@@ -128,3 +128,21 @@ def test_each_column_holds_one_number_format(runs: Path, tmp_path: Path) -> None
     _one_format_per_column(rows[1:], rows[0])
     by_name = dict(zip(rows[0], rows[1]))
     assert re.fullmatch(r"\d\.\d{4}", by_name["accuracy"]) and re.fullmatch(r"\d\.\d{4}", by_name["score_ci_high"])
+
+
+def test_an_interval_ending_a_rounding_error_inside_its_value_draws() -> None:
+    """0% accuracy whose Wilson bound comes out as -1e-15: matplotlib refuses negative error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fastervlm.eval.report_plot import Series, _draw
+
+    figure, ax = plt.subplots()
+    line = Series("run", "C0", {"accuracy": [(208, 0.0, (5.6e-15, 30.0)), (2048, 50.0, (20.0, 80.0))]})
+    _draw(ax, line, "accuracy")  # raised "'yerr' must not contain negative values" before
+    (bars,) = ax.containers[0].lines[2]
+    lows = [segment[0][1] for segment in bars.get_segments()]
+    assert lows == [0.0, 20.0]  # the first bar starts at its value
+    plt.close(figure)

@@ -110,8 +110,9 @@ def _draw(ax: Any, line: Series, panel: str) -> None:
     if panel == "relative" or all(p[2] is None for p in points):
         ax.plot(tokens, values, marker="o", color=line.colour, label=line.label)
         return
-    below = [value - (interval or (value, value))[0] for _, value, interval in points]
-    above = [(interval or (value, value))[1] - value for _, value, interval in points]
+    # an interval's end can lie a rounding error inside the value (0% accuracy on a Wilson bound of -1e-15)
+    below = [max(0.0, value - (interval or (value, value))[0]) for _, value, interval in points]
+    above = [max(0.0, (interval or (value, value))[1] - value) for _, value, interval in points]
     ax.errorbar(tokens, values, yerr=[below, above], marker="o", capsize=3, color=line.colour, label=line.label)
 
 
