@@ -14,7 +14,7 @@ A family supplies only its `ModelAdapter` and `VisualStream` (fastervlm.models.b
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -72,7 +72,7 @@ class Answer:
 # ----- checks before any work ----------------------------------------------------------------------------------------
 def encoder_inputs(pruner: Pruner) -> frozenset[str]:
     """What the encoder must compute for this method besides the features (LLM-stage methods: nothing)."""
-    return pruner.required_inputs() if isinstance(pruner, VisionPruner) else frozenset()
+    return pruner.required_inputs() if pruner.stage == "vision" else frozenset()
 
 
 def check_method(adapter: ModelAdapter, pruner: Pruner) -> None:
@@ -108,8 +108,8 @@ def encode(stream: VisualStream, pixels: list[torch.Tensor] | torch.Tensor, inpu
 def select(tokens: list[VisualTokens], pruner: Pruner, timer: StageTimer | None = None) -> list[Selection]:
     """What each input keeps: a vision-stage method's choice, or every token (LLM-stage methods prune later)."""
     with timed(timer, "selection"):
-        if isinstance(pruner, VisionPruner):
-            return [pruner.select(item) for item in tokens]
+        if pruner.stage == "vision":
+            return [cast(VisionPruner, pruner).select(item) for item in tokens]
         return [keep_all_tokens(item.features) for item in tokens]
 
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -57,15 +57,15 @@ def shares_prefix(adapter: ModelAdapter, pruner: Pruner) -> bool:
     on depend on the question), nor for LLMs with sliding-window layers (a padded stack of caches would shift
     their windows)."""
     sliding = "sliding_attention" in (getattr(adapter.llm_config, "layer_types", None) or ())
-    return not isinstance(pruner, LLMPruner) and not sliding
+    return pruner.stage != "llm" and not sliding
 
 
 def llm_stage(pruner: Pruner, decoder: torch.nn.Module, visual_mask: torch.Tensor, frames: int,
               num_patches: int) -> AbstractContextManager[Any]:
     """An LLM-stage method (FastV) attached to the decoder while the context is open; nothing for the others."""
-    if not isinstance(pruner, LLMPruner):
+    if pruner.stage != "llm":
         return nullcontext()
-    return pruner.attach(decoder, visual_mask, frames=frames, num_patches=num_patches)
+    return cast(LLMPruner, pruner).attach(decoder, visual_mask, frames=frames, num_patches=num_patches)
 
 
 class LLMBackend(Protocol):
