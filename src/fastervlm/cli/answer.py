@@ -55,8 +55,8 @@ def run_answer(args: argparse.Namespace) -> int:
 
     request = check_before_loading(args)
     pipeline = load_model(args)
-    result = pipeline.answer(args.question, video=args.video, image=args.image, method=request.method,
-                             generation=request.generation, flip=args.flip, **request.settings)
+    result = pipeline.answer(args.question, video=args.video, image=args.image, method=request.pruner,
+                             generation=request.generation, flip=args.flip)
     if args.json:
         print(json.dumps(result.to_json()))
         say_model(pipeline)

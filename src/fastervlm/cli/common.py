@@ -174,10 +174,12 @@ def method_settings(args: argparse.Namespace, *, check_budget: bool = True) -> t
 
 @dataclass(frozen=True)
 class MethodRequest:
-    """A method (resolved through the registry: never None) and the settings the flags gave it."""
+    """A method (resolved through the registry: never None), the settings the flags gave it, and the method built
+    from them once (checked against the model when it loads, never built again)."""
 
     method: str
     settings: dict[str, Any]
+    pruner: Any = None
 
 
 def checked_method(args: argparse.Namespace) -> MethodRequest:
@@ -198,10 +200,11 @@ def checked_method(args: argparse.Namespace) -> MethodRequest:
     settings |= scoped.get(method, {})
     if getattr(args, "seed", None) is not None and "seed" not in settings and has_setting(method, "seed"):
         settings["seed"] = args.seed  # --seed also seeds a method that takes one unless --method-option seed= is given
-    check_budget_range(create_pruner(method, **settings))
+    pruner = create_pruner(method, **settings)
+    check_budget_range(pruner)
     if not _has_budget(settings):
         _note_no_budget(args.method)
-    return MethodRequest(method, settings)
+    return MethodRequest(method, settings, pruner)
 
 
 def _budget(args: argparse.Namespace) -> dict[str, Any]:
@@ -316,6 +319,8 @@ class Request:
     method: str
     settings: dict[str, Any]
     generation: Any = None
+    pruner: Any = None
+    """The method built once from the flags (`Pipeline.pruner` checks it against the model)."""
 
 
 def check_before_loading(args: argparse.Namespace, *, decoding: bool = True) -> Request:
@@ -326,7 +331,7 @@ def check_before_loading(args: argparse.Namespace, *, decoding: bool = True) -> 
     method = checked_method(args)
     generation = generation_settings(args) if decoding else None
     check_device(getattr(args, "device", None))
-    return Request(method.method, method.settings, generation)
+    return Request(method.method, method.settings, generation, method.pruner)
 
 
 def check_files(args: argparse.Namespace) -> None:

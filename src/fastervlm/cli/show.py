@@ -51,7 +51,7 @@ def run_show(args: argparse.Namespace) -> int:
     request = check_before_loading(args, decoding=False)
     check_showable(request.method)
     pipeline = load_model(args)
-    pruner = pipeline.pruner(request.method, **request.settings)
+    pruner = pipeline.pruner(request.pruner)
     frames = pipeline.frames(video=args.video, flip=args.flip)
     answer = pipeline.run([frames], [args.question], pruner, GenerationSettings(max_new_tokens=1))[0]
     scores = answer.cls_scores
