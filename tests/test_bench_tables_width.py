@@ -85,19 +85,16 @@ def test_split_columns_keeps_the_keys_and_the_order() -> None:
 
 
 def test_the_eval_table_fits_too(capsys, monkeypatch) -> None:
-    from types import SimpleNamespace
-
     from fastervlm.bench.configs import PIPELINE_STAGES
+    from fastervlm.bench.harness import EvalBenchResult, EvalRunRow
 
     monkeypatch.setenv("COLUMNS", "80")
-    rows = [SimpleNamespace(name=name, items=32, seconds=123.4, items_per_second=0.259, speedup=speedup,
-                            video_encodings=encodings, stage_seconds={s: 12.3 for s in PIPELINE_STAGES},
-                            identical=identical, errors=0, stage_source="clock")
-            for name, speedup, encodings, identical in (("per-item loop", None, 96, None),
-                                                         ("harness", 1.22, 32, 32))]
-    result = SimpleNamespace(model="tiny", device="cpu", dtype="float32", threads=2, torch_version="2.13.0",
-                             load_average=None, data="4 videos x 8 questions", configurations=["fastervlm r=0.9"],
-                             max_new_tokens=8, rows=rows, all_identical=True, notes=[])
+    rows = [EvalRunRow(name, 32, 123.4, encodings, {s: 12.3 for s in PIPELINE_STAGES}, "clock", identical=identical,
+                       speedup=speedup, round_seconds=[123.4, 130.2, 119.9], speedup_range=spread)
+            for name, speedup, encodings, identical, spread in (("per-item loop", 1.0, 96, None, None),
+                                                                 ("harness", 1.22, 32, 32, (1.1, 1.31)))]
+    result = EvalBenchResult("tiny", "cpu", "float32", 2, "2.13.0", "4 videos x 8 questions", ["fastervlm r=0.9"], 8,
+                             rows, rounds=3, round_loads=[1.52, 1.7, 1.61])
     print_eval_table(result)
     lines = capsys.readouterr().out.splitlines()
     assert max(len(line) for line in lines) <= 80
