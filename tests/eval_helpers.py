@@ -32,6 +32,7 @@ def make_run(
     tokens: int = 2048,
     rank: int = 0,
     flops: list[int] | None = None,
+    computed: list[int] | None = None,
 ) -> RunDir:
     """A run directory whose items are {id: (gt answer, prediction or None for an error record)}."""
     run = RunDir(path)
@@ -47,7 +48,8 @@ def make_run(
     with JsonlAppender(run.prediction_file(rank)) as out:
         for n, (item, (_, pred)) in enumerate(zip(items, answers.values())):
             record = {"id": item["id"], "question": item["question"], "answer": item["answer"], "pred": pred,
-                      "visual_tokens": tokens, **({"llm_prefill_flops": flops[n]} if flops else {})}
+                      "visual_tokens": tokens, **({"llm_prefill_flops": flops[n]} if flops else {}),
+                      **({"computed_prefill_flops": computed[n]} if computed else {})}
             out.write(record if pred is not None else {**record, "error": "no video"})
     return run
 

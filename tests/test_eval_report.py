@@ -31,7 +31,8 @@ def runs(tmp_path: Path) -> Path:
     make_run(root / "tiny/msvd/none", _answers([True, True, True, False]), benchmark="msvd", flops=[4e12, 6e12, 5e12, 5e12])
     make_run(root / "tiny/tgif/none", _answers([True, True, False, False]), benchmark="tgif", flops=[3e12] * 4)
     fast_msvd = {**_answers([True, False, True, False]), "q4": ("ans4", None)}  # one error record (missing video)
-    make_run(root / "tiny/msvd/fastervlm_r0.9", fast_msvd, benchmark="msvd", method=FASTERVLM, tokens=208)
+    make_run(root / "tiny/msvd/fastervlm_r0.9", fast_msvd, benchmark="msvd", method=FASTERVLM, tokens=208,
+             computed=[9e11, 1e11, 1e11, 1e11, 1e11])  # the first question on the video computed the shared prefix
     make_run(root / "tiny/tgif/fastervlm_r0.9", _answers([True, False, False, False]), benchmark="tgif",
              method=FASTERVLM, tokens=208)
     with FakeOpenAI() as server:
@@ -71,6 +72,8 @@ def test_csv_json_and_png(runs: Path, tmp_path: Path) -> None:
     assert (fast_msvd["errors"], fast_msvd["predicted"], fast_msvd["yes"], fast_msvd["no"]) == ("1", "4", "2", "2")
     base_msvd = next(r for r in rows if r["row"] == "none" and r["benchmark"] == "msvd")
     assert float(base_msvd["llm_prefill_flops"]) == 5e12 and fast_msvd["llm_prefill_flops"] == ""
+    assert float(fast_msvd["computed_prefill_flops"]) == pytest.approx(3e11)  # the 4 answered: (9 + 1 + 1 + 1) / 4
+    assert base_msvd["computed_prefill_flops"] == ""  # records without it (an older run)
     assert float(fast_msvd["accuracy_ci_low"]) < 0.5 < float(fast_msvd["accuracy_ci_high"])
     data = json.loads(files["json"].read_text())
     assert data["mode"] == "strict" and data["judge_model"] == "gpt-3.5-turbo"

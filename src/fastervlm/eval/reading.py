@@ -39,6 +39,9 @@ class RunResult:
     baseline_test: PairedTest | None = None
     llm_prefill_flops: float | None = None
     """Mean analytic LLM prefill FLOPs of the answered items (records that carry them; docs/flops.md)."""
+    computed_prefill_flops: float | None = None
+    """Mean LLM prefill FLOPs the run actually computed per answered item (a shared prompt prefix counted once per
+    video; records that carry them)."""
 
     @property
     def errors(self) -> int:
@@ -94,6 +97,7 @@ class RunResult:
             "unjudged": self.unjudged,
             "visual_tokens": self.visual_tokens,
             "llm_prefill_flops": self.llm_prefill_flops,
+            "computed_prefill_flops": self.computed_prefill_flops,
             "metrics": self.metrics.to_json() if self.metrics else None,
             "vs_baseline": self.baseline_test.to_json() if self.baseline_test else None,
         }
@@ -160,4 +164,5 @@ def read_run(run: RunDir, judge_model: str | None, mode: Mode) -> RunResult:
         visual_tokens=_mean_of(good.values(), "visual_tokens"),
         metrics=compute_judgments(replies, mode) if judged else None,
         llm_prefill_flops=_mean_of(good.values(), "llm_prefill_flops"),
+        computed_prefill_flops=_mean_of(good.values(), "computed_prefill_flops"),
     )

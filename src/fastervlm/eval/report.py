@@ -136,7 +136,8 @@ class Report:
             f"Acc = yes/(yes+no) in %, Score = mean judge score (0-5); {judge}, metrics mode {self.mode}. "
             "Avg = mean over benchmarks of the ratio to the baseline row (no pruning) of the same "
             f"model; {FLAG} = incomplete run, or an average over fewer benchmarks than the table has. Prefill "
-            "TFLOPs = mean analytic LLM prefill FLOPs per answer (docs/flops.md)."
+            "TFLOPs = mean analytic LLM prefill FLOPs per answer (docs/flops.md); report.csv also has what the runs "
+            "computed (computed_prefill_flops: a video's shared prompt prefix counted once)."
         )
 
     def _tests_markdown(self) -> list[str]:
@@ -173,7 +174,7 @@ class Report:
             m, t = r.metrics, r.baseline_test
             values = [
                 r.model, r.benchmark, r.row, r.settings.get("method"), r.settings.get("reduction"),
-                r.settings.get("keep"), r.visual_tokens, r.llm_prefill_flops, r.items, r.predicted, r.errors, r.missing_predictions,
+                r.settings.get("keep"), r.visual_tokens, r.llm_prefill_flops, r.computed_prefill_flops, r.items, r.predicted, r.errors, r.missing_predictions,
                 r.unjudged, m.judged if m else None, m.yes if m else None, m.no if m else None,
                 m.accuracy if m else None, *(m.accuracy_ci if m and m.accuracy_ci else (None, None)),
                 m.score if m else None, *(m.score_ci if m and m.score_ci else (None, None)),
@@ -205,13 +206,14 @@ class Report:
 
 
 CSV_COLUMNS = (
-    "model", "benchmark", "row", "method", "reduction", "keep", "visual_tokens", "llm_prefill_flops", "items", "predicted",
+    "model", "benchmark", "row", "method", "reduction", "keep", "visual_tokens", "llm_prefill_flops",
+    "computed_prefill_flops", "items", "predicted",
     "errors", "missing_predictions", "unjudged", "judged", "yes", "no", "accuracy", "accuracy_ci_low",
     "accuracy_ci_high", "score", "score_ci_low", "score_ci_high", "mcnemar_p_vs_baseline", "score_p_vs_baseline",
     "run_dir",
 )
 CSV_FORMATS = {
-    "visual_tokens": ".1f", "llm_prefill_flops": ".0f",
+    "visual_tokens": ".1f", "llm_prefill_flops": ".0f", "computed_prefill_flops": ".0f",
     **dict.fromkeys(("accuracy", "accuracy_ci_low", "accuracy_ci_high"), ".4f"),
     **dict.fromkeys(("score", "score_ci_low", "score_ci_high"), ".4f"),
     **dict.fromkeys(("mcnemar_p_vs_baseline", "score_p_vs_baseline"), ".3e"),
