@@ -235,12 +235,15 @@ def load(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     share_prefix: bool = True,
+    static_cache: bool | None = None,
     **options: Any,
 ) -> Pipeline:
     """Load a checkpoint directory once; the family is detected from its config.json.
 
     share_prefix: questions on one input share the prompt prefix computed once (False: every prompt prefilled whole;
-    the same answers). options are family-specific, e.g. `video_tower=` for original-format Video-LLaVA.
+    the same answers). static_cache: decode on a static KV cache with a compiled step (None: on CUDA only; see
+    `fastervlm.llm.TransformersLLM`). options are family-specific, e.g. `video_tower=` for original-format
+    Video-LLaVA.
     """
     path = Path(model).expanduser()
     adapter_cls = adapter_for(path)
@@ -250,4 +253,4 @@ def load(
             flag = "--" + option.replace("_", "-")
             raise FasterVLMError(f"{flag} does not apply to {adapter_cls.family} checkpoints ({path}); leave it out.")
     adapter = adapter_cls.load(path, device=resolve_device(device), dtype=resolve_dtype(dtype), **options)
-    return Pipeline(adapter, path, TransformersLLM(adapter, share_prefix=share_prefix))
+    return Pipeline(adapter, path, TransformersLLM(adapter, share_prefix=share_prefix, static_cache=static_cache))

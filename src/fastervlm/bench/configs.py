@@ -99,6 +99,9 @@ class ModelSource:
     geometry: TinySpec | None = None
     geometry_name: str = ""
     device: str | None = None
+    share_prefix: bool = True
+    static_cache: bool | None = None
+    """The LLM stage's options (`fastervlm.llm.TransformersLLM`)."""
 
     @staticmethod
     def tiny(device: str | None = "cpu") -> ModelSource:
@@ -137,15 +140,20 @@ class ModelSource:
         """Load (or build) the pipeline in fp32 on the CPU, the checkpoint's dtype on CUDA."""
         from fastervlm.pipeline import Pipeline, load, resolve_device
 
+        from fastervlm.llm import TransformersLLM
+
         device = resolve_device(self.device)
+        llm = {"share_prefix": self.share_prefix, "static_cache": self.static_cache}
         if self.geometry is None:
             options = {"video_tower": self.video_tower} if self.video_tower else {}
-            return load(self.checkpoint, device=device, dtype=torch.float32 if device.type == "cpu" else None, **options)
+            return load(self.checkpoint, device=device, dtype=torch.float32 if device.type == "cpu" else None,
+                        **llm, **options)
         from fastervlm.tiny import build_adapter
 
         dtype = torch.float32 if device.type == "cpu" else torch.float16
         name = re.sub(r"[^A-Za-z0-9.]+", "-", self.geometry_name).strip("-") or "geometry"  # a folder name
-        return Pipeline(build_adapter(self.geometry, device, dtype), Path(name))
+        adapter = build_adapter(self.geometry, device, dtype)
+        return Pipeline(adapter, Path(name), TransformersLLM(adapter, **llm))
 
 
 

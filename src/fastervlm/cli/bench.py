@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,10 @@ def _model_flags(bench: argparse.ArgumentParser) -> None:
                        "penultimate one (default %(default)s)")
     model.add_argument("--video-tower", metavar="DIR", help="with --model: the LanguageBind_Video_merge folder")
     model.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    model.add_argument("--no-share-prefix", action="store_true", help="prefill every prompt whole (--eval: to measure "
+                       "what sharing each video's prompt prefix saves)")
+    model.add_argument("--no-static-cache", action="store_true", help="on CUDA, decode on the dynamic KV cache without "
+                       "a compiled step")
 
 
 def _data_flags(bench: argparse.ArgumentParser) -> None:
@@ -198,7 +203,7 @@ FLAG_MODES: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("size", "duration", "fps"), ("eval", "decode")),
     **dict.fromkeys(("video", "question", "no_reference", "in_process", "warmup"), ("",)),
     **dict.fromkeys(("methods", "method_option", "reductions", "keeps", "max_new_tokens", "model", "geometry",
-                     "video_tower", "device"), ("", "eval")),
+                     "video_tower", "device", "no_share_prefix", "no_static_cache"), ("", "eval")),
 }
 """Which modes each flag applies to (flags whose default is None, False or [] when not given)."""
 
@@ -252,10 +257,13 @@ def _source(args: argparse.Namespace) -> Any:
     check_files(args)
     check_device(args.device)
     if args.geometry:
-        return ModelSource.video_llava_7b(args.llm_layers, args.vision_layers, device=args.device)
-    if args.model != TINY_MODEL:
-        return ModelSource(checkpoint=args.model, video_tower=args.video_tower, device=args.device)
-    return ModelSource.tiny(device=args.device)
+        source = ModelSource.video_llava_7b(args.llm_layers, args.vision_layers, device=args.device)
+    elif args.model != TINY_MODEL:
+        source = ModelSource(checkpoint=args.model, video_tower=args.video_tower, device=args.device)
+    else:
+        source = ModelSource.tiny(device=args.device)
+    return replace(source, share_prefix=not args.no_share_prefix,
+                   static_cache=False if args.no_static_cache else None)
 
 
 def _out_dir(args: argparse.Namespace) -> Path:

@@ -32,6 +32,11 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = Tru
                        help="default: float32 on CPU, the checkpoint's dtype on CUDA")
     group.add_argument("--keep-cls", action="store_true",
                        help="transformers Video-LLaVA-hf: keep each frame's [CLS] token in front of its kept patches")
+    llm = parser.add_argument_group("LLM stage (the same answers either way)")
+    llm.add_argument("--no-share-prefix", action="store_true", help="prefill every prompt whole instead of computing "
+                     "the prompt prefix shared by the questions on one video once (slower; for measuring it)")
+    llm.add_argument("--no-static-cache", action="store_true", help="on CUDA, decode on the dynamic KV cache without "
+                     "compiling the step (the default there is a static cache with a compiled step, CUDA graphs)")
 
 
 def tiny_fallback(args: argparse.Namespace, command: str) -> None:
@@ -363,6 +368,10 @@ def load_model(args: argparse.Namespace) -> Any:
     options: dict[str, Any] = {"video_tower": args.video_tower} if args.video_tower else {}
     if getattr(args, "keep_cls", False):
         options["keep_cls"] = True
+    if getattr(args, "no_share_prefix", False):
+        options["share_prefix"] = False
+    if getattr(args, "no_static_cache", False):
+        options["static_cache"] = False
     if args.model == TINY_MODEL:
         return tiny_pipeline(device=args.device, dtype=args.dtype, **options)
     return fastervlm.load(args.model, device=args.device, dtype=args.dtype, **options)
