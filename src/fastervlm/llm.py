@@ -112,7 +112,7 @@ class TransformersLLM:
         timer = timer or StageTimer(adapter.device)
         torch.manual_seed(settings.seed)
         with torch.inference_mode():
-            if self.share_prefix and shares_prefix(adapter, pruner):
+            if self.share_prefix and shares_prefix(adapter, pruner) and all(_prefix_length(p) for p in prompts):
                 computed = _prefill_prefixes(adapter, prompts, timer)
                 with timer("llm_prefill"):
                     logits, cache, mask = _extend(adapter, prompts)
