@@ -132,7 +132,8 @@ class FakePipeline:
         return [
             SimpleNamespace(text=f"{q} -> {p.video.stem}", visual_tokens=tokens, prompt_tokens=tokens + 10,
                             output_ids=[1, 2, 3], frame_indices=p.frame_indices, timings={"llm_prefill": 0.0},
-                            method=pruner.settings(), tokens_per_frame=[tokens // 2] * 2, llm_prefill_flops=1000)
+                            method=pruner.settings(), tokens_per_frame=[tokens // 2] * 2, llm_prefill_flops=1000,
+                            prefix_tokens=tokens + 5, computed_prefill_flops=400)
             for p, q in zip(prepared, questions)
         ]
 
