@@ -271,3 +271,9 @@ def test_inputs_follow_the_settings():
 def test_bad_settings_are_refused_by_name(setting, value):
     with pytest.raises(BudgetError, match=setting):
         create_pruner("holitom", keep=3, **{setting: value})
+
+
+def test_an_image_keeps_its_most_attended_tokens():
+    x, attn = repeating_clip(1, 10, 4)
+    selection = ours(x, attn, 3)
+    assert selection.source.tolist() == sorted(attn[0].topk(3).indices.tolist()) and selection.groups is None

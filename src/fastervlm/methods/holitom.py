@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import torch
-import torch.nn.functional as F
 
 from fastervlm.methods.base import (
     PROJECTED,
@@ -52,9 +51,10 @@ from fastervlm.selection import descending_order
 
 # ----- 1. temporal segmentation -------------------------------------------------------------------------------------
 def adjacent_similar(tokens: torch.Tensor, tau: float) -> torch.Tensor:
-    """(T, N, C) -> (T-1, N) bool: each position's token is more than tau cosine-similar to the next frame's."""
-    unit = F.normalize(tokens.float(), dim=-1)
-    return (unit[:-1] * unit[1:]).sum(dim=-1) > tau
+    """(T, N, C) -> (T-1, N) bool: each position's token is more than tau cosine-similar to the next frame's (a
+    zero token: similarity 0). Dot products over norms: no normalised copy of the video's tokens."""
+    norms = torch.linalg.vector_norm(tokens, dim=-1).clamp(min=1e-12)
+    return torch.linalg.vecdot(tokens[:-1], tokens[1:]) / (norms[:-1] * norms[1:]) > tau
 
 
 def window_gains(similar: torch.Tensor) -> list[list[int]]:
@@ -175,7 +175,7 @@ def temporal_parts(tokens: torch.Tensor, scores: torch.Tensor | None, similar: t
     flat = torch.arange(frames * patches, device=tokens.device).view(frames, patches)
     parts = []
     for first, last in windows:
-        static = similar[first:last].all(dim=0) if last > first else torch.zeros_like(similar[0])
+        static = similar[first:last].all(dim=0) if last > first else flat[0] < 0  # a lone frame: none static
         if last > first:
             parts.append(Part(tokens[first : last + 1, static].mean(dim=0), flat[first : last + 1, static].T, None,
                               True))
@@ -200,7 +200,7 @@ class HoliTom(ImportanceScored):
                                      "receives from all queries, the reference's) or cls (the [CLS] query's attention)",
                          recorded_at_default=False)
     tau: float = setting(0.8, "T: a position's tokens in two consecutive frames are redundant above this cosine "
-                              "similarity (the reference's default; its scripts use 0.65 at 10%% of the tokens)")
+                              "similarity (the reference's default; its scripts use 0.65 when keeping a tenth of the tokens)")
     max_window: int = setting(1024, "the longest temporal window, in frames (the reference's MAX_WINDOW_SIZE; 1: "
                                     "no temporal merging)")
     contextual_ratio: float = setting(0.0, "D: share of a frame's quota given to density-peak merges of its dynamic "
