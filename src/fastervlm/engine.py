@@ -121,7 +121,11 @@ def project(stream: VisualStream, tokens: list[VisualTokens], selections: list[S
     for item, selection in zip(tokens, selections):
         frames = list(selection.features.split(selection.tokens_per_frame))
         if item.cls_tokens is not None:
-            frames = [torch.cat([token[None], frame]) for token, frame in zip(item.cls_tokens, frames)]
+            cls_tokens = item.cls_tokens
+            if selection.projected:  # tokens in the LLM's space already (DivPrune, HoliTom): their [CLS] too
+                with timed(timer, "projector"):
+                    cls_tokens = stream.project(cls_tokens)
+            frames = [torch.cat([token[None], frame]) for token, frame in zip(cls_tokens, frames)]
         pieces.extend(frames)
     with timed(timer, "projector"):
         done = [s.projected for s in selections for _ in range(s.frames)]
