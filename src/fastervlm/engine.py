@@ -20,6 +20,7 @@ import torch
 
 from fastervlm.errors import UnsupportedModelError
 from fastervlm.flops import LLMGeometry, prefill_flops
+from fastervlm.frame_times import FrameTimes
 from fastervlm.llm import LLMOutput, generate
 from fastervlm.methods.registry import no_cls_error
 from fastervlm.methods.base import CLS_SCORES, PATCH_KEYS, Pruner, Selection, VisionPruner, VisualTokens, \
@@ -97,12 +98,17 @@ def check_inputs(stream: VisualStream, inputs: frozenset[str], model: str, metho
 
 # ----- the stages ----------------------------------------------------------------------------------------------------
 def encode(stream: VisualStream, pixels: list[torch.Tensor] | torch.Tensor, inputs: frozenset[str] = frozenset(),
-           timer: StageTimer | None = None, *, keep_cls: bool = False) -> list[VisualTokens]:
+           timer: StageTimer | None = None, *, keep_cls: bool = False,
+           times: list[FrameTimes | None] | None = None) -> list[VisualTokens]:
     """Preprocessed pixels, (T, 3, H, W) per input (or stacked (B, T, 3, H, W)), -> each input's candidate tokens
-    with the `inputs` (methods.base names) a method reads; no attention map is ever formed."""
+    with the `inputs` (methods.base names) a method reads; no attention map is ever formed. `times`: when each
+    input's frames were taken (None: unknown), kept on its tokens."""
     if keep_cls and FRAME_CLS not in stream.provides:
         keep_cls = False
-    return stream.encode(list(pixels), inputs, timer, keep_cls=keep_cls)
+    tokens = stream.encode(list(pixels), inputs, timer, keep_cls=keep_cls, times=times)
+    for item, when in zip(tokens, times or []):
+        item.times = when
+    return tokens
 
 
 def select(tokens: list[VisualTokens], pruner: Pruner, timer: StageTimer | None = None) -> list[Selection]:
@@ -140,7 +146,7 @@ def project(stream: VisualStream, tokens: list[VisualTokens], selections: list[S
             positions=None if item.positions is None else item.positions.flatten(0, 1)[selection.source],
             position_span=item.position_span,
             side_features=tuple(side.flatten(0, 1)[selection.source] for side in item.side_features),
-            trailing=trailing, cls_scores=item.cls_scores, frame_indices=item.frame_indices))
+            trailing=trailing, cls_scores=item.cls_scores, frame_indices=item.frame_indices, times=item.times))
     return kept
 
 
@@ -161,13 +167,14 @@ def ask(adapter: ModelAdapter, kept: list[KeptTokens], questions: list[str], pru
 
 
 def run(adapter: ModelAdapter, pixels: list[torch.Tensor] | torch.Tensor, questions: list[str], pruner: Pruner,
-        settings: GenerationSettings, timer: StageTimer | None = None) -> list[Answer]:
-    """Answer a batch, one question per input: the whole path, straight down."""
+        settings: GenerationSettings, timer: StageTimer | None = None, *,
+        times: list[FrameTimes | None] | None = None) -> list[Answer]:
+    """Answer a batch, one question per input: the whole path, straight down (`times`: as for `encode`)."""
     timer = timer or StageTimer(adapter.device)
     check_method(adapter, pruner)
     with torch.inference_mode():
         pixels = [p.to(device=adapter.device, dtype=adapter.dtype) for p in pixels]
-        tokens = encode(adapter.stream, pixels, encoder_inputs(pruner), timer, keep_cls=adapter.keep_cls)
+        tokens = encode(adapter.stream, pixels, encoder_inputs(pruner), timer, keep_cls=adapter.keep_cls, times=times)
         kept = project(adapter.stream, tokens, select(tokens, pruner, timer), timer)
     return ask(adapter, kept, questions, pruner, settings, timer)
 
