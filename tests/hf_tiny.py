@@ -10,10 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from fastervlm.tiny.hf import FAMILIES, MODEL_CLASSES, TinyHFSpec, tiny_tokenizer, write_tiny_hf_checkpoint
+from fastervlm.tiny.hf import FAMILIES as ALL_FAMILIES
+from fastervlm.tiny.hf import MODEL_CLASSES, TinyHFSpec, tiny_tokenizer, tokenizer_for, uses_qwen_tokenizer, \
+    write_tiny_hf_checkpoint
 
 SPEC = TinyHFSpec()
 _CACHE: dict[str, Any] = {}
+QWEN_FAMILIES = tuple(family for family in ALL_FAMILIES if uses_qwen_tokenizer(family))
+FAMILIES = tuple(family for family in ALL_FAMILIES if family not in QWEN_FAMILIES)
+"""The LLaVA-style families whose inputs the helpers below build (the Qwen-VL families: tests/qwen_tiny.py)."""
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -34,8 +39,16 @@ def tokenizer() -> Any:
 def checkpoint(family: str, factory: pytest.TempPathFactory | None) -> Path:
     """The tiny checkpoint folder of `family` (one per session; the factory is needed on first use)."""
     if family not in _CACHE:
-        _CACHE[family] = write_tiny_hf_checkpoint(factory.mktemp(family), family, SPEC, tokenizer=tokenizer())
+        own = qwen_tokenizer() if family in QWEN_FAMILIES else tokenizer()
+        _CACHE[family] = write_tiny_hf_checkpoint(factory.mktemp(family), family, SPEC, tokenizer=own)
     return _CACHE[family]
+
+
+def qwen_tokenizer() -> Any:
+    """The tiny Qwen-VL tokenizer (byte-level BPE with Qwen's special tokens), built once per session."""
+    if "qwen tokenizer" not in _CACHE:
+        _CACHE["qwen tokenizer"] = tokenizer_for(QWEN_FAMILIES[0], SPEC)
+    return _CACHE["qwen tokenizer"]
 
 
 def stock_model(family: str, factory: pytest.TempPathFactory) -> torch.nn.Module:
@@ -96,5 +109,5 @@ def processor_inputs(family: str, questions: list[str], seed: int = 0) -> dict[s
     return {"input_ids": out.input_ids, "attention_mask": out.attention_mask, **pixels(family, len(texts), seed)}
 
 
-__all__ = ["FAMILIES", "SPEC", "TRAILING", "checkpoint", "one_thread", "pixels", "processor_inputs", "ranking", "stock_model",
+__all__ = ["FAMILIES", "QWEN_FAMILIES", "SPEC", "qwen_tokenizer", "TRAILING", "checkpoint", "one_thread", "pixels", "processor_inputs", "ranking", "stock_model",
            "stock_placeholders", "tokenizer"]
