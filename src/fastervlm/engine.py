@@ -46,6 +46,9 @@ class Answer:
     frame_indices: list[int] | None = None
     tokens_per_frame: list[int] | None = None
     """Visual tokens of each frame in the prompt (they differ between frames under a global or adaptive budget)."""
+    grid: tuple[int, int] | None = None
+    """(rows, cols) of each frame's candidate tokens where the model picks them per input (Qwen-VL); None: a square
+    of the model's N."""
     llm_prefill_flops: int | None = None
     """The analytic LLM prefill FLOPs of this prompt under the method, as if prefilled alone (docs/flops.md)."""
     merge_groups: list[list[int]] | None = None
@@ -146,7 +149,8 @@ def project(stream: VisualStream, tokens: list[VisualTokens], selections: list[S
             positions=None if item.positions is None else item.positions.flatten(0, 1)[selection.source],
             position_span=item.position_span,
             side_features=tuple(side.flatten(0, 1)[selection.source] for side in item.side_features),
-            trailing=trailing, cls_scores=item.cls_scores, frame_indices=item.frame_indices, times=item.times))
+            trailing=trailing, cls_scores=item.cls_scores, frame_indices=item.frame_indices, times=item.times,
+            grid=item.grid))
     return kept
 
 
@@ -199,6 +203,7 @@ def _answer(adapter: ModelAdapter, pruner: Pruner, output: LLMOutput, row: int, 
         computed = own + (prefill_flops(geometry, prefix) if output.prefix_computed[row] else 0)
     scores = None if kept.cls_scores is None else kept.cls_scores.float().cpu()
     return Answer(adapter.decode(ids), ids, visual_tokens, kept_indices, length, dict(timings), pruner.settings(),
-                  frame_indices=kept.frame_indices, tokens_per_frame=kept.tokens_per_frame, llm_prefill_flops=flops,
+                  frame_indices=kept.frame_indices, tokens_per_frame=kept.tokens_per_frame, grid=kept.grid,
+                  llm_prefill_flops=flops,
                   merge_groups=kept.merge_groups, prefix_tokens=prefix, computed_prefill_flops=computed,
                   cls_scores=scores)

@@ -28,10 +28,9 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from fastervlm import engine
-from fastervlm.llm import llm_stage
+from fastervlm.llm import llm_stage, one_geometry
 from fastervlm.errors import FasterVLMError, UnsupportedModelError
 from fastervlm.methods import Pruner, create_pruner, no_cls_error
-from fastervlm.methods.base import LLMPruner
 from fastervlm.models.base import Modality
 from fastervlm.models.hf_base import HFAdapter, HFStream, hf_adapter_for, hf_families
 from fastervlm.models.hf_no_cls import encoder_without_cls
@@ -289,12 +288,7 @@ class HFPruning:
         """The engine's encode -> select -> project for a batch of items of one stream."""
         tokens = engine.encode(stream, pixels, self.inputs, keep_cls=self.keep_cls)
         kept = engine.project(stream, tokens, engine.select(tokens, self.pruner))
-        geometry = {(item.selection.frames, item.selection.patches) for item in kept}
-        if len(geometry) > 1 and isinstance(self.pruner, LLMPruner):
-            raise UnsupportedModelError(f"{self.pruner.name} ranks one batch of inputs with one budget, but these "
-                                        f"{stream.modality}s differ in frames or tokens per frame; pass them one "
-                                        "at a time.")
-        self._geometry = next(iter(geometry))
+        self._geometry = one_geometry(self.pruner, [item.selection for item in kept])
         for item in kept:
             self.records.append(ItemRecord(stream.modality, item.tokens, item.kept_indices,
                                            None if item.cls_scores is None else item.cls_scores.float().cpu()))

@@ -45,6 +45,8 @@ class KeptTokens:
     """(T, N) [CLS] attention per frame when the method computed it (pictures)."""
     frame_indices: list[int] | None = None
     """The decoded frame numbers the input was sampled at (None for pixels given directly)."""
+    grid: tuple[int, int] | None = None
+    """(rows, cols) of each frame's candidates when the model declares it (it picks them per input); None: square."""
     times: Any = None
     """When the input's frames were taken (`fastervlm.frame_times.FrameTimes`), None when unknown: for prompts that
     state it (Qwen3-VL's per-frame timestamps)."""

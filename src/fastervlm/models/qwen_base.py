@@ -28,7 +28,7 @@ from fastervlm.errors import CheckpointError, FasterVLMError
 from fastervlm.frame_times import FrameTimes
 from fastervlm.models.base import Modality, PromptPiece, VisualSlot
 from fastervlm.models.hf_base import HFAdapter, write_json
-from fastervlm.models.qwen_frames import FrameSettings, patchify, prepare_frames, read_frame_settings
+from fastervlm.models.qwen_frames import FrameSettings, even_frames, patchify, prepare_frames, read_frame_settings
 from fastervlm.models.qwen_stream import QwenStream
 
 PLACEHOLDERS = {"video": "<|video_pad|>", "image": "<|image_pad|>"}
@@ -75,6 +75,8 @@ class QwenAdapter(HFAdapter):
         return adapter
 
     def display_frames(self, pixels: torch.Tensor) -> np.ndarray:
+        """The first frame of each temporal patch (a method's "frame"), as resized, the normalisation undone."""
+        pixels = even_frames(pixels, self.frame_settings.temporal_patch_size)[:: self.frame_settings.temporal_patch_size]
         mean, std = self.frame_settings.image_mean, self.frame_settings.image_std
         rgb = pixels.detach().float().cpu() * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
         return (rgb.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()

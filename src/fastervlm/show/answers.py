@@ -77,16 +77,26 @@ def selection_notes(answer: Answer, frames: int) -> list[str]:
 def answer_notes(pipeline: Pipeline, answer: Answer, *, heatmap: bool, borrowed: bool = False) -> list[str]:
     """The legend's text lines for an answer: `selection_notes`, and where the heatmap comes from when
     `borrowed` (another pass over the same frames: the method itself does not compute [CLS] scores)."""
-    notes = selection_notes(answer, pipeline.num_frames)
+    notes = selection_notes(answer, answer_geometry(pipeline, answer)[0])
+    if answer.grid is not None and answer.grid[0] != answer.grid[1]:
+        notes.append(f"each frame is {answer.grid[0]} x {answer.grid[1]} tokens; the cells beyond it are padding")
     if heatmap and borrowed:
         notes.append(f"the heatmap is the encoder's [CLS] attention on these frames ({answer.method.get('method')} "
                      "does not use it)")
     return notes
 
 
+def answer_geometry(pipeline: Pipeline, answer: Answer) -> tuple[int, int]:
+    """(frames, candidates per frame) of an answer: its own grid where the model picks one per input (Qwen-VL, whose
+    frames are temporal patches), else the model's."""
+    if answer.grid is None:
+        return pipeline.num_frames, pipeline.num_patches
+    return len(answer.tokens_per_frame or []), answer.grid[0] * answer.grid[1]
+
+
 def answer_header(pipeline: Pipeline, answer: Answer, *, heatmap: bool, borrowed: bool = False) -> Header:
     """The header of `render_answer`'s picture: title, legend of what is drawn, notes."""
-    return header_for(describe_selection(answer, pipeline.num_frames, pipeline.num_patches),
+    return header_for(describe_selection(answer, *answer_geometry(pipeline, answer)),
                       marks=answer.kept_indices is not None, heatmap=heatmap,
                       notes=answer_notes(pipeline, answer, heatmap=heatmap, borrowed=borrowed))
 
@@ -103,11 +113,12 @@ def render_answer(
     """The picture for one answered sample, its header as tall as its text. The heatmap panels show
     `cls_scores`, default `answer.cls_scores` (None for methods that do not compute them: pass
     `heatmap_scores(pipeline, frames)`); `heatmap=False` leaves them out."""
-    grid_side, images, scores = _prepare(pipeline, frames, answer, cls_scores, heatmap)
+    grid_side, images, kept, scores = _prepare(pipeline, frames, answer, cls_scores, heatmap)
     header = answer_header(pipeline, answer, heatmap=scores is not None, borrowed=answer.cls_scores is None)
     layout = layout.fit_header(header, len(images), images.shape[1])
-    return render_kept_tokens(images, answer.kept_indices, scores, grid_side, header.title,
-                              labels=_labels(frames, answer), layout=layout, notes=_notes(pipeline, answer, scores))
+    return render_kept_tokens(images, kept, scores, grid_side, header.title,
+                              labels=_labels(frames, answer, len(images)), layout=layout,
+                              notes=_notes(pipeline, answer, scores))
 
 
 def write_answer_animation(
@@ -121,10 +132,11 @@ def write_answer_animation(
     fps: float = 2.0,
 ) -> Path:
     """`render_answer`'s frames in motion (.gif or .mp4)."""
-    grid_side, images, scores = _prepare(pipeline, frames, answer, cls_scores, heatmap)
-    title = describe_selection(answer, pipeline.num_frames, pipeline.num_patches)
-    return write_kept_tokens_animation(path, images, answer.kept_indices, scores, grid_side, title, fps=fps,
-                                       labels=_labels(frames, answer), notes=_notes(pipeline, answer, scores))
+    grid_side, images, kept, scores = _prepare(pipeline, frames, answer, cls_scores, heatmap)
+    title = describe_selection(answer, *answer_geometry(pipeline, answer))
+    return write_kept_tokens_animation(path, images, kept, scores, grid_side, title, fps=fps,
+                                       labels=_labels(frames, answer, len(images)),
+                                       notes=_notes(pipeline, answer, scores))
 
 
 def heatmap_scores(pipeline: Pipeline, frames: Frames) -> torch.Tensor:
@@ -149,18 +161,43 @@ def _notes(pipeline: Pipeline, answer: Answer, scores: torch.Tensor | None) -> l
 
 
 def _prepare(pipeline: Pipeline, frames: Frames, answer: Answer, cls_scores: torch.Tensor | None,
-             heatmap: bool) -> tuple[int, np.ndarray, torch.Tensor | None]:
-    """Patches per side, the frames as the model saw them, and the scores to draw (None: no heatmap)."""
+             heatmap: bool) -> tuple[int, np.ndarray, list[list[int]] | None, torch.Tensor | None]:
+    """Patches per side, the frames as the model saw them, the kept indices and the scores to draw (None: no
+    heatmap), on a square grid of cells (`_on_square`)."""
     check_showable(answer.method.get("method", "?"))
+    scores = (answer.cls_scores if cls_scores is None else cls_scores) if heatmap else None
+    images = pipeline.display_frames(frames)
+    if answer.grid is not None:
+        return _on_square(images, answer.grid, answer.kept_indices, scores)
     grid_side = math.isqrt(pipeline.num_patches)
     if grid_side * grid_side != pipeline.num_patches:
         raise FasterVLMError(f"{pipeline.num_patches} patches per frame do not form a square grid; show cannot place them.")
-    scores = (answer.cls_scores if cls_scores is None else cls_scores) if heatmap else None
-    return grid_side, pipeline.display_frames(frames), scores
+    return grid_side, images, answer.kept_indices, scores
 
 
-def _labels(frames: Frames, answer: Answer) -> list[str]:
+def _on_square(images: np.ndarray, grid: tuple[int, int], kept: list[list[int]] | None,
+               scores: torch.Tensor | None) -> tuple[int, np.ndarray, list[list[int]] | None, torch.Tensor | None]:
+    """A frame of rows x cols cells (a model that picks its grid per input) on a square of max(rows, cols) cells:
+    the frame at the top left, white beyond it; kept indices and scores renumbered on the square (the extra cells
+    are never kept and score the frame's lowest)."""
+    import numpy as np
+
+    rows, cols = grid
+    side = max(rows, cols)
+    cell = images.shape[1] // rows
+    square = np.full((len(images), side * cell, side * cell, 3), 255, dtype=np.uint8)
+    square[:, : rows * cell, : cols * cell] = images[:, : rows * cell, : cols * cell]
+    renumbered = None if kept is None else [[index // cols * side + index % cols for index in frame] for frame in kept]
+    if scores is not None:
+        padded = scores.new_full((len(scores), side, side), 0.0) + scores.min(dim=1).values[:, None, None]
+        padded[:, :rows, :cols] = scores.view(-1, rows, cols)
+        scores = padded.flatten(1)
+    return side, square, renumbered, scores
+
+
+def _labels(frames: Frames, answer: Answer, count: int) -> list[str]:
     sources = frames.frame_indices or list(range(frames.pixels.shape[0]))
+    sources = sources[:: max(1, len(sources) // count)][:count]  # a temporal patch spans several input frames
     if answer.kept_indices is None:
         return [f"frame {source}" for source in sources]
     return [f"frame {source}: {len(kept)} kept" for source, kept in zip(sources, answer.kept_indices)]
