@@ -222,9 +222,8 @@ def run_predict(args: argparse.Namespace) -> int:
     with distributed() as rank:
         args.device = rank_device(args.device)
         pipeline = load_model(args)
-        pruner = pipeline.pruner(method, **settings)
-        pruner.per_frame_budget(pipeline.num_patches)  # a budget out of range fails here, not as an error per item
-        pipeline.check_method(pruner)  # a method this model cannot run, too
+        pruner = pipeline.pruner(method, **settings)  # a budget out of range, or a method this model cannot run,
+        # fails here, not as an error per item
         for benchmark in loaded:
             run = prepare_run(pipeline, benchmark, args.data_root, pruner, generation, flip=args.flip, out=args.out,
                               run_dir=args.run_dir, tag=args.tag)
