@@ -142,3 +142,25 @@ def test_fastv_with_deepstack_past_its_layer_keeps_the_stock_answer_when_it_keep
     assert pruned.shape[1] == inputs["input_ids"].shape[1] + NEW_TOKENS
     frames = int(inputs["video_grid_thw"][0, 0])
     assert [r.visual_tokens for r in pruning.records] == [frames] * 2
+
+
+def test_fastv_scores_are_layer_k_minus_1_attention_with_mrope_and_qk_norms(family: str, model: torch.nn.Module) -> None:
+    """FastV's score from the captured q/k (the layer's q/k norms, then the M-RoPE cos/sin) equals the eager
+    attention row of the last prompt token in layer K-1, head mean, on the stock model's own forward."""
+    from fastervlm.methods import create_pruner
+
+    inputs = video_inputs(adapter(family, model), ["What is it?"], sizes=((60, 90),))
+    visual = inputs["input_ids"] == model.config.video_token_id
+    frames, patches = int(inputs["video_grid_thw"][0, 0]), int(visual.sum()) // int(inputs["video_grid_thw"][0, 0])
+    with create_pruner("fastv", layer=2, keep=1).attach(model.model.language_model, visual, frames=frames,
+                                                        num_patches=patches) as run, torch.no_grad():
+        model(**inputs)
+    model.set_attn_implementation({"text_config": "eager", "vision_config": "sdpa", "": "sdpa"})
+    try:
+        with torch.no_grad():
+            attentions = model(**inputs, output_attentions=True).attentions
+    finally:
+        model.set_attn_implementation("sdpa")
+    expected = attentions[1][:, :, -1].mean(dim=1)[visual].view(1, -1)
+    torch.testing.assert_close(run.scores, expected, rtol=0, atol=1e-6)
+    assert run.kept_visual.shape == (1, frames)
