@@ -59,6 +59,38 @@ def stock_model(family: str, factory: pytest.TempPathFactory) -> torch.nn.Module
     return cls.from_pretrained(checkpoint(family, factory), dtype=torch.float32, attn_implementation="sdpa").eval()
 
 
+def family_fixture(families: tuple[str, ...]) -> Any:
+    """A module-scoped `family` fixture over `families`, each tiny checkpoint written on first use."""
+
+    @pytest.fixture(scope="module", params=families)
+    def family(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+        checkpoint(request.param, tmp_path_factory)
+        return request.param
+
+    return family
+
+
+@pytest.fixture(scope="module")
+def model(family: str, tmp_path_factory: pytest.TempPathFactory) -> torch.nn.Module:
+    """The family's stock model, loaded from its checkpoint by the user's own call."""
+    return stock_model(family, tmp_path_factory)
+
+
+NEW_TOKENS = 5
+
+
+def greedy(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Greedy decoding that never stops early, so every sample yields NEW_TOKENS comparable tokens."""
+    with torch.no_grad():
+        return model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None,
+                              pad_token_id=model.config.text_config.pad_token_id)
+
+
+def logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
 def pixels(family: str, batch: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random preprocessed pixels under the keyword the family's model takes."""
     generator = torch.Generator().manual_seed(seed)
@@ -109,5 +141,6 @@ def processor_inputs(family: str, questions: list[str], seed: int = 0) -> dict[s
     return {"input_ids": out.input_ids, "attention_mask": out.attention_mask, **pixels(family, len(texts), seed)}
 
 
-__all__ = ["FAMILIES", "QWEN_FAMILIES", "SPEC", "qwen_tokenizer", "TRAILING", "checkpoint", "one_thread", "pixels", "processor_inputs", "ranking", "stock_model",
+__all__ = ["FAMILIES", "NEW_TOKENS", "QWEN_FAMILIES", "SPEC", "family_fixture", "greedy", "logits", "model",
+           "qwen_tokenizer", "TRAILING", "checkpoint", "one_thread", "pixels", "processor_inputs", "ranking", "stock_model",
            "stock_placeholders", "tokenizer"]

@@ -7,9 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pytest
 import torch
-from hf_tiny import QWEN_FAMILIES, checkpoint, stock_model  # noqa: F401  (re-exported for the Qwen tests)
+from hf_tiny import NEW_TOKENS, QWEN_FAMILIES, checkpoint, family_fixture, greedy, logits, model  # noqa: F401
 
 from fastervlm.frame_times import FrameTimes
 from fastervlm.models.base import adapter_for
@@ -17,7 +16,6 @@ from fastervlm.pipeline import Frames
 
 SIZES = ((60, 90), (84, 84), (40, 100))
 """(height, width) of the test clips: the processor picks a different grid for each."""
-NEW_TOKENS = 5
 
 
 def clip(frames: int, height: int, width: int, seed: int) -> np.ndarray:
@@ -54,24 +52,4 @@ def image_inputs(adapter: Any, questions: list[str], seed: int = 0) -> dict[str,
     return adapter.processor_batch(questions, images=images)
 
 
-def greedy(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Greedy decoding that never stops early, so every sample yields NEW_TOKENS comparable tokens."""
-    with torch.no_grad():
-        return model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None,
-                              pad_token_id=model.config.text_config.pad_token_id)
-
-
-def logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    with torch.no_grad():
-        return model(**inputs).logits
-
-
-@pytest.fixture(scope="module", params=QWEN_FAMILIES)
-def family(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    checkpoint(request.param, tmp_path_factory)
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def model(family: str, tmp_path_factory: pytest.TempPathFactory) -> torch.nn.Module:
-    return stock_model(family, tmp_path_factory)
+family = family_fixture(QWEN_FAMILIES)

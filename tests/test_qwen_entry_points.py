@@ -36,15 +36,12 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An MSVD-like benchmark with three videos of different shapes (so different grids)."""
     from fastervlm.tiny.video import write_synthetic_video
 
+    from eval_helpers import write_questions
+
     root = tmp_path_factory.mktemp("qwen-data")
-    folder = root / BENCHMARKS["msvd"].folder
-    (folder / "videos").mkdir(parents=True)
-    qs = [{"video_name": v, "question": q, "question_id": f"v_{v}_{n}"} for n, (v, q) in enumerate(QUESTIONS)]
-    (folder / "test_q_1k.json").write_text(json.dumps(qs))
-    (folder / "test_a_1k.json").write_text(json.dumps([{"answer": "a", "type": 3, "question_id": q["question_id"]}
-                                                       for q in qs]))
+    videos = write_questions(root, QUESTIONS)
     for seed, (video, (height, width)) in enumerate({"wide": (48, 96), "tall": (80, 48), "square": (96, 96)}.items()):
-        write_synthetic_video(folder / "videos" / f"{video}.mp4", num_frames=12, height=height, width=width, seed=seed)
+        write_synthetic_video(videos / f"{video}.mp4", num_frames=12, height=height, width=width, seed=seed)
     return root
 
 
