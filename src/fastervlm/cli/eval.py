@@ -222,8 +222,10 @@ def run_predict(args: argparse.Namespace) -> int:
     with distributed() as rank:
         args.device = rank_device(args.device)
         pipeline = load_model(args)
-        pruner = pipeline.pruner(method, **settings)  # a budget out of range, or a method this model cannot run,
-        # fails here, not as an error per item
+        pruner = pipeline.pruner(method, **settings)
+        if pipeline.num_patches is not None:  # a budget out of range fails here, not as an error per item
+            pruner.per_frame_budget(pipeline.num_patches)
+        pipeline.check_method(pruner)  # a method this model cannot run, too
         for benchmark in loaded:
             run = prepare_run(pipeline, benchmark, args.data_root, pruner, generation, flip=args.flip, out=args.out,
                               run_dir=args.run_dir, tag=args.tag)

@@ -77,9 +77,11 @@ def sweep_predict(
 ) -> tuple[list[RunDir], list[PredictSummary]]:
     """Predict every (cell, benchmark), all cells of a benchmark in one pass; the model is loaded once by the
     caller. Runs and summaries come cell by cell, benchmark by benchmark within a cell."""
-    # bad settings, a budget this model cannot keep, a method it cannot run: they fail before any work (`pruner`
-    # checks each against the model), not as an error per item
-    pruners = [pipeline.pruner(cell.method, **cell.settings) for cell in cells]
+    pruners = [pipeline.pruner(cell.method, **cell.settings) for cell in cells]  # bad settings fail before any work
+    for pruner in pruners:
+        if pipeline.num_patches is not None:  # a budget this model cannot keep, too (not an error per item)
+            pruner.per_frame_budget(pipeline.num_patches)
+        pipeline.check_method(pruner)
     found: dict[tuple[int, int], tuple[RunDir, PredictSummary]] = {}
     for b, loaded in enumerate(benchmarks):
         runs = [prepare_run(pipeline, loaded, data_root, pruner, generation, flip=flip, out=out, tag=tag)
