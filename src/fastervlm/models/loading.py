@@ -41,8 +41,9 @@ def default_dtype(declared: str | None, device: torch.device) -> torch.dtype:
 
 TOKENIZER_SLACK = 256
 """How many more embedding rows than tokenizer entries a checkpoint may have: checkpoints pad the embedding to a
-multiple of 64 or 128 (Video-LLaVA-7B-hf: 32064 rows, 32002 tokens). A damaged tokenizer.model reads as far fewer
-pieces (a cut file: 118 instead of 32000)."""
+multiple of 64 or 128 (Video-LLaVA-7B-hf: 32064 rows, 32002 tokens), large vocabularies by up to 1/256 of it
+(Qwen2.5-VL-7B: 152064 rows, 151665 tokens). A damaged tokenizer.model reads as far fewer pieces (a cut file: 118
+instead of 32000)."""
 
 
 def placement(device: torch.device) -> dict[str, Any]:
@@ -72,7 +73,8 @@ def load_tokenizer(path: Path, *, vocab_size: int | None = None) -> Any:
     declares_bos = tokenizer.bos_token is not None  # Qwen's tokenizers declare none
     if (declares_bos and tokenizer.bos_token_id is None) or tokenizer.eos_token_id is None:
         raise CheckpointError(f"{damaged} (it has no BOS/EOS tokens).")
-    if vocab_size is not None and not vocab_size - TOKENIZER_SLACK <= len(tokenizer) <= vocab_size:
+    slack = max(TOKENIZER_SLACK, (vocab_size or 0) // 256)
+    if vocab_size is not None and not vocab_size - slack <= len(tokenizer) <= vocab_size:
         raise CheckpointError(f"{damaged} (it has {len(tokenizer)} entries; the model's vocabulary has {vocab_size}).")
     return tokenizer
 

@@ -143,16 +143,13 @@ class QwenStream(VisualStream):
         """(T, N, 3) stock (t, h, w) positions relative to each token's slot start, and the stock slot span."""
         t, h, w = grid
         merge = self._sizes[2]
-        if self.slot_per_frame or self.seconds_per_position is None:  # t = 0 in each frame's slot, or images
-            one = self.vlm.get_vision_position_ids(0, torch.tensor([1, h, w]), 1, merge)
-            positions = one.T[None].expand(t, -1, -1) if self.slot_per_frame else one.T[None]
-            if not self.slot_per_frame and t != 1:
-                raise FasterVLMError(f"a {self.modality} of {t} temporal patches: images are one temporal patch.")
-        else:
-            interval = self._time_interval(times)
-            flat = self.vlm.get_vision_position_ids(0, torch.tensor([t, h, w]), 1, merge, interval)
-            positions = flat.T.reshape(t, -1, 3)
-        return positions.contiguous(), max(h, w) // merge
+        if self.seconds_per_position is not None:  # Qwen2.5-VL videos: t in seconds, one slot
+            flat = self.vlm.get_vision_position_ids(0, torch.tensor([t, h, w]), 1, merge, self._time_interval(times))
+            return flat.T.reshape(t, -1, 3).contiguous(), max(h, w) // merge
+        if not self.slot_per_frame and t != 1:
+            raise FasterVLMError(f"an {self.modality} of {t} temporal patches: an image is one temporal patch.")
+        one = self.vlm.get_vision_position_ids(0, torch.tensor([1, h, w]), 1, merge)  # t = 0 in its slot
+        return one.T[None].expand(t, -1, -1).contiguous(), max(h, w) // merge
 
     def _time_interval(self, times: FrameTimes | None) -> torch.Tensor:
         """Qwen2.5-VL's temporal step, tokens_per_second x seconds per temporal patch, in float32 as the stock
