@@ -152,6 +152,20 @@ def write_benchmark(data_root: Path, ids: list[str], folder: str = "MSVD_Zero_Sh
             (root / video_dir / f"{prefix}vid_{i}.mp4").write_bytes(b"bad" if i in bad else b"ok")
 
 
+def write_questions(data_root: Path, questions: list[tuple[str, str]], benchmark: str = "msvd") -> Path:
+    """The benchmark's question and answer files for (video, question) pairs (ids v_<video>_<n>, answer "a");
+    returns its (created) video folder, for the test to fill."""
+    from fastervlm.eval.benchmarks import BENCHMARKS
+
+    folder = data_root / BENCHMARKS[benchmark].folder
+    (folder / "videos").mkdir(parents=True)
+    qs = [{"video_name": v, "question": q, "question_id": f"v_{v}_{n}"} for n, (v, q) in enumerate(questions)]
+    (folder / "test_q_1k.json").write_text(json.dumps(qs))
+    (folder / "test_a_1k.json").write_text(json.dumps([{"answer": "a", "type": 3, "question_id": q["question_id"]}
+                                                       for q in qs]))
+    return folder / "videos"
+
+
 # A handful of made-up items per built-in benchmark, in the real files' schema: test_q entries
 # {video_name, question, question_id}, test_a entries {answer, type, question_id}; question ids "v_<video>_<n>";
 # several questions per video where the real subsets have them. (video, n, question, answer, type)

@@ -10,10 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from fastervlm.tiny.hf import FAMILIES, MODEL_CLASSES, TinyHFSpec, tiny_tokenizer, write_tiny_hf_checkpoint
+from fastervlm.tiny.hf import FAMILIES as ALL_FAMILIES
+from fastervlm.tiny.hf import MODEL_CLASSES, TinyHFSpec, tiny_tokenizer, tokenizer_for, uses_qwen_tokenizer, \
+    write_tiny_hf_checkpoint
 
 SPEC = TinyHFSpec()
 _CACHE: dict[str, Any] = {}
+QWEN_FAMILIES = tuple(family for family in ALL_FAMILIES if uses_qwen_tokenizer(family))
+FAMILIES = tuple(family for family in ALL_FAMILIES if family not in QWEN_FAMILIES)
+"""The LLaVA-style families whose inputs the helpers below build (the Qwen-VL families: tests/qwen_tiny.py)."""
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -34,8 +39,16 @@ def tokenizer() -> Any:
 def checkpoint(family: str, factory: pytest.TempPathFactory | None) -> Path:
     """The tiny checkpoint folder of `family` (one per session; the factory is needed on first use)."""
     if family not in _CACHE:
-        _CACHE[family] = write_tiny_hf_checkpoint(factory.mktemp(family), family, SPEC, tokenizer=tokenizer())
+        own = qwen_tokenizer() if family in QWEN_FAMILIES else tokenizer()
+        _CACHE[family] = write_tiny_hf_checkpoint(factory.mktemp(family), family, SPEC, tokenizer=own)
     return _CACHE[family]
+
+
+def qwen_tokenizer() -> Any:
+    """The tiny Qwen-VL tokenizer (byte-level BPE with Qwen's special tokens), built once per session."""
+    if "qwen tokenizer" not in _CACHE:
+        _CACHE["qwen tokenizer"] = tokenizer_for(QWEN_FAMILIES[0], SPEC)
+    return _CACHE["qwen tokenizer"]
 
 
 def stock_model(family: str, factory: pytest.TempPathFactory) -> torch.nn.Module:
@@ -44,6 +57,38 @@ def stock_model(family: str, factory: pytest.TempPathFactory) -> torch.nn.Module
 
     cls = getattr(transformers, MODEL_CLASSES[family])
     return cls.from_pretrained(checkpoint(family, factory), dtype=torch.float32, attn_implementation="sdpa").eval()
+
+
+def family_fixture(families: tuple[str, ...]) -> Any:
+    """A module-scoped `family` fixture over `families`, each tiny checkpoint written on first use."""
+
+    @pytest.fixture(scope="module", params=families)
+    def family(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+        checkpoint(request.param, tmp_path_factory)
+        return request.param
+
+    return family
+
+
+@pytest.fixture(scope="module")
+def model(family: str, tmp_path_factory: pytest.TempPathFactory) -> torch.nn.Module:
+    """The family's stock model, loaded from its checkpoint by the user's own call."""
+    return stock_model(family, tmp_path_factory)
+
+
+NEW_TOKENS = 5
+
+
+def greedy(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Greedy decoding that never stops early, so every sample yields NEW_TOKENS comparable tokens."""
+    with torch.no_grad():
+        return model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None,
+                              pad_token_id=model.config.text_config.pad_token_id)
+
+
+def logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**inputs).logits
 
 
 def pixels(family: str, batch: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -96,5 +141,6 @@ def processor_inputs(family: str, questions: list[str], seed: int = 0) -> dict[s
     return {"input_ids": out.input_ids, "attention_mask": out.attention_mask, **pixels(family, len(texts), seed)}
 
 
-__all__ = ["FAMILIES", "SPEC", "TRAILING", "checkpoint", "one_thread", "pixels", "processor_inputs", "ranking", "stock_model",
+__all__ = ["FAMILIES", "NEW_TOKENS", "QWEN_FAMILIES", "SPEC", "family_fixture", "greedy", "logits", "model",
+           "qwen_tokenizer", "TRAILING", "checkpoint", "one_thread", "pixels", "processor_inputs", "ranking", "stock_model",
            "stock_placeholders", "tokenizer"]

@@ -4,7 +4,6 @@ through the straight-down engine path; a sweep's cells equal their runs alone, w
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -46,15 +45,12 @@ def _method_pruner(name: str, pipeline, **settings):
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from fastervlm.tiny.video import write_synthetic_video
 
+    from eval_helpers import write_questions
+
     root = tmp_path_factory.mktemp("grouped-data")
-    folder = root / BENCHMARKS["msvd"].folder
-    (folder / "videos").mkdir(parents=True)
-    qs = [{"video_name": v, "question": q, "question_id": f"v_{v}_{n}"} for n, (v, q) in enumerate(QUESTIONS)]
-    (folder / "test_q_1k.json").write_text(json.dumps(qs))
-    (folder / "test_a_1k.json").write_text(json.dumps([{"answer": "a", "type": 3, "question_id": q["question_id"]}
-                                                       for q in qs]))
+    videos = write_questions(root, QUESTIONS)
     for seed, video in enumerate(("clipA", "clipB", "clipC")):
-        write_synthetic_video(folder / "videos" / f"{video}.avi", num_frames=10, height=32, width=48, seed=seed)
+        write_synthetic_video(videos / f"{video}.avi", num_frames=10, height=32, width=48, seed=seed)
     return root
 
 

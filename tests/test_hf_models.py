@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 from hf_tiny import (  # noqa: F401  (one_thread: an autouse fixture)
-    FAMILIES, SPEC, TRAILING, checkpoint, one_thread, pixels, processor_inputs, ranking, stock_model, stock_placeholders,
+    FAMILIES, NEW_TOKENS, SPEC, TRAILING, checkpoint, family_fixture, greedy, logits, model, one_thread, pixels,
+    processor_inputs, ranking, stock_model, stock_placeholders,
 )
 
 import fastervlm
@@ -18,25 +19,12 @@ from fastervlm.hf import HFPruning
 from fastervlm.models.base import feature_layer_index
 from fastervlm.scoring import cls_patch_scores
 
-NEW_TOKENS = 5
 PATCHES = (SPEC.image_size // SPEC.patch_size) ** 2
 CANDIDATES = {"video_llava": PATCHES, "llava": PATCHES, "llava_next_video": PATCHES // 4,  # tokens per frame
               "llava_onevision": PATCHES // 4}
 FRAMES = {"video_llava": SPEC.num_frames, "llava": 1, "llava_next_video": SPEC.num_frames, "llava_onevision": SPEC.num_frames}
 ADAPTERS = {"video_llava": "video-llava-hf", "llava": "llava-hf", "llava_next_video": "llava-next-video-hf",
             "llava_onevision": "llava-onevision-hf"}
-
-
-def greedy(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Greedy decoding that never stops early, so every sample yields NEW_TOKENS comparable tokens."""
-    with torch.no_grad():
-        return model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None,
-                              pad_token_id=model.config.text_config.pad_token_id)
-
-
-def logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    with torch.no_grad():
-        return model(**inputs).logits
 
 
 def _hooks(model: torch.nn.Module) -> dict[str, list[int]]:
@@ -47,15 +35,7 @@ def placeholder_id(model: torch.nn.Module, family: str) -> int:
     return model.config.image_token_id if family == "llava" else model.config.video_token_id
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
-def family(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    checkpoint(request.param, tmp_path_factory)
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def model(family: str, tmp_path_factory: pytest.TempPathFactory) -> torch.nn.Module:
-    return stock_model(family, tmp_path_factory)
+family = family_fixture(FAMILIES)
 
 
 def test_config_picks_the_family(family: str) -> None:

@@ -20,6 +20,7 @@ import torch
 
 from fastervlm.errors import UnsupportedModelError
 from fastervlm.flops import LLMGeometry, prefill_flops
+from fastervlm.frame_times import FrameTimes
 from fastervlm.llm import LLMBackend, LLMOutput, TransformersLLM
 from fastervlm.methods.registry import no_cls_error
 from fastervlm.methods.base import CLS_SCORES, PATCH_KEYS, Pruner, Selection, VisionPruner, VisualTokens, \
@@ -45,6 +46,9 @@ class Answer:
     frame_indices: list[int] | None = None
     tokens_per_frame: list[int] | None = None
     """Visual tokens of each frame in the prompt (they differ between frames under a global or adaptive budget)."""
+    grid: tuple[int, int] | None = None
+    """(rows, cols) of each frame's candidate tokens where the model picks them per input (Qwen-VL); None: a square
+    of the model's N."""
     llm_prefill_flops: int | None = None
     """The analytic LLM prefill FLOPs of this prompt under the method, as if prefilled alone (docs/flops.md)."""
     merge_groups: list[list[int]] | None = None
@@ -97,12 +101,17 @@ def check_inputs(stream: VisualStream, inputs: frozenset[str], model: str, metho
 
 # ----- the stages ----------------------------------------------------------------------------------------------------
 def encode(stream: VisualStream, pixels: list[torch.Tensor] | torch.Tensor, inputs: frozenset[str] = frozenset(),
-           timer: StageTimer | None = None, *, keep_cls: bool = False) -> list[VisualTokens]:
+           timer: StageTimer | None = None, *, keep_cls: bool = False,
+           times: list[FrameTimes | None] | None = None) -> list[VisualTokens]:
     """Preprocessed pixels, (T, 3, H, W) per input (or stacked (B, T, 3, H, W)), -> each input's candidate tokens
-    with the `inputs` (methods.base names) a method reads; no attention map is ever formed."""
+    with the `inputs` (methods.base names) a method reads; no attention map is ever formed. `times`: when each
+    input's frames were taken (None: unknown), kept on its tokens."""
     if keep_cls and FRAME_CLS not in stream.provides:
         keep_cls = False
-    return stream.encode(list(pixels), inputs, timer, keep_cls=keep_cls)
+    tokens = stream.encode(list(pixels), inputs, timer, keep_cls=keep_cls, times=times)
+    for item, when in zip(tokens, times or []):
+        item.times = when
+    return tokens
 
 
 def select(tokens: list[VisualTokens], pruner: Pruner, timer: StageTimer | None = None) -> list[Selection]:
@@ -144,7 +153,8 @@ def project(stream: VisualStream, tokens: list[VisualTokens], selections: list[S
             positions=None if item.positions is None else item.positions.flatten(0, 1)[selection.source],
             position_span=item.position_span,
             side_features=tuple(side.flatten(0, 1)[selection.source] for side in item.side_features),
-            trailing=trailing, cls_scores=item.cls_scores, frame_indices=item.frame_indices))
+            trailing=trailing, cls_scores=item.cls_scores, frame_indices=item.frame_indices, times=item.times,
+            grid=item.grid))
     return kept
 
 
@@ -166,13 +176,14 @@ def ask(adapter: ModelAdapter, kept: list[KeptTokens], questions: list[str], pru
 
 
 def run(adapter: ModelAdapter, pixels: list[torch.Tensor] | torch.Tensor, questions: list[str], pruner: Pruner,
-        settings: GenerationSettings, timer: StageTimer | None = None, llm: LLMBackend | None = None) -> list[Answer]:
-    """Answer a batch, one question per input: the whole path, straight down."""
+        settings: GenerationSettings, timer: StageTimer | None = None, llm: LLMBackend | None = None, *,
+        times: list[FrameTimes | None] | None = None) -> list[Answer]:
+    """Answer a batch, one question per input: the whole path, straight down (`times`: as for `encode`)."""
     timer = timer or StageTimer(adapter.device)
     check_method(adapter, pruner)
     with torch.inference_mode():
         pixels = [p.to(device=adapter.device, dtype=adapter.dtype) for p in pixels]
-        tokens = encode(adapter.stream, pixels, encoder_inputs(pruner), timer, keep_cls=adapter.keep_cls)
+        tokens = encode(adapter.stream, pixels, encoder_inputs(pruner), timer, keep_cls=adapter.keep_cls, times=times)
         kept = project(adapter.stream, tokens, select(tokens, pruner, timer), timer)
     return ask(adapter, kept, questions, pruner, settings, timer, llm)
 
@@ -197,6 +208,7 @@ def _answer(adapter: ModelAdapter, pruner: Pruner, output: LLMOutput, row: int, 
         computed = own + (prefill_flops(geometry, prefix) if output.prefix_computed[row] else 0)
     scores = None if kept.cls_scores is None else kept.cls_scores.float().cpu()
     return Answer(adapter.decode(ids), ids, visual_tokens, kept_indices, length, dict(timings), pruner.settings(),
-                  frame_indices=kept.frame_indices, tokens_per_frame=kept.tokens_per_frame, llm_prefill_flops=flops,
+                  frame_indices=kept.frame_indices, tokens_per_frame=kept.tokens_per_frame, grid=kept.grid,
+                  llm_prefill_flops=flops,
                   merge_groups=kept.merge_groups, prefix_tokens=prefix, computed_prefill_flops=computed,
                   cls_scores=scores)

@@ -28,12 +28,13 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from fastervlm import engine
-from fastervlm.llm import llm_stage
+from fastervlm.llm import llm_stage, one_geometry
 from fastervlm.errors import FasterVLMError, UnsupportedModelError
 from fastervlm.methods import Pruner, create_pruner, no_cls_error
 from fastervlm.models.base import Modality
 from fastervlm.models.hf_base import HFAdapter, HFStream, hf_adapter_for, hf_families
 from fastervlm.models.hf_no_cls import encoder_without_cls
+from fastervlm.prompts import KeptTokens
 
 
 def apply(model: nn.Module, method: str | Pruner | None = None, *, keep_cls: bool = False, **settings: Any) -> HFPruning:
@@ -83,12 +84,15 @@ def processor_inputs(
 ) -> dict[str, torch.Tensor]:
     """What the model's processor returns for one question per video (or image), built without torchvision.
 
-    The frames are sampled as everywhere in fastervlm (8 per video, decord's numbering) and preprocessed by the
-    checkpoint's own image processor on its PIL backend; the prompt is the checkpoint's chat template (else the model
-    card's) with each placeholder repeated as the stock processor does, left-padded. `checkpoint` is the folder the
-    model was loaded from (for a hub id: `huggingface_hub.snapshot_download(id)`). The result feeds the stock model
-    and a model under `apply` alike: `model.generate(**inputs)`.
+    The frames are sampled as everywhere in fastervlm (8 per video, decord's numbering; the Qwen-VL families 16)
+    and preprocessed as the checkpoint's processor does (its image processor on the PIL backend; Qwen-VL's video
+    processor rewritten without torchvision); the prompt is the checkpoint's chat template (else the model card's)
+    with each placeholder repeated as the stock processor does, left-padded, with what else the processor returns
+    (Qwen-VL: mm_token_type_ids, the grids, second_per_grid_ts; the timestamps in Qwen3-VL's prompt). `checkpoint`
+    is the folder the model was loaded from (for a hub id: `huggingface_hub.snapshot_download(id)`). The result
+    feeds the stock model and a model under `apply` alike: `model.generate(**inputs)`.
     """
+    from fastervlm.media import read_image
     from fastervlm.pipeline import Pipeline
 
     family = hf_adapter_for(model.config.to_dict())
@@ -98,15 +102,11 @@ def processor_inputs(
     media = videos if videos is not None else images
     if (videos is None) == (images is None) or len(media) != len(questions):
         raise FasterVLMError("give one video (videos=[...]) or one image (images=[...]) per question.")
-    pipeline = Pipeline(family.around(model, Path(checkpoint)), Path(checkpoint))
-    kind = "video" if videos is not None else "image"
-    pixels = torch.stack([pipeline.frames(**{kind: item}).pixels for item in media])
-    input_ids, attention_mask = pipeline.adapter.prompt_batch(questions)
-    stream = pipeline.adapter.stream
-    if family.media == "image":
-        pixels = pixels.flatten(0, 1)  # one frame per image: (batch, 3, H, W)
-    return {"input_ids": input_ids, "attention_mask": attention_mask,
-            stream.pixel_key: pixels.to(pipeline.adapter.device, pipeline.adapter.dtype)}
+    adapter = family.around(model, Path(checkpoint))
+    if videos is not None:
+        pipeline = Pipeline(adapter, Path(checkpoint))
+        return adapter.processor_batch(questions, videos=[pipeline.frames(video=video) for video in videos])
+    return adapter.processor_batch(questions, images=[read_image(image)[0] for image in images])
 
 
 @dataclass
@@ -125,7 +125,7 @@ class HFPruning:
     ATTRIBUTE = "_fastervlm_pruning"
 
     def __init__(self, model: nn.Module, family: type[HFAdapter], pruner: Pruner, *, keep_cls: bool = False) -> None:
-        self.model, self.pruner, self.keep_cls = model, pruner, keep_cls
+        self.model, self.family, self.pruner, self.keep_cls = model, family, pruner, keep_cls
         self.streams = family.streams(model)
         self.inputs = engine.encoder_inputs(pruner)
         for stream in self.streams:
@@ -194,7 +194,7 @@ class HFPruning:
         if args or "inputs" in kwargs:  # generate's own name for its first argument
             kwargs["input_ids"] = args[0] if args else kwargs.pop("inputs")
         user_ids = kwargs.get("input_ids")
-        call, visual = self._prepare(kwargs)
+        call, visual = self._prepare(kwargs, text_row=True)
         out = self._call("generate", call, visual)
         if user_ids is None or call.get("input_ids") is user_ids:
             return out
@@ -217,36 +217,49 @@ class HFPruning:
         return out
 
     # ----- the work ---------------------------------------------------------------------------------------------
-    def _prepare(self, call: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor | None]:
-        """The call with pixels replaced by the kept, projected tokens and each placeholder run shrunk to match."""
+    def _prepare(self, call: dict[str, Any], text_row: bool = False) -> tuple[dict[str, Any], torch.Tensor | None]:
+        """The call with pixels replaced by the kept, projected tokens and each placeholder run shrunk to match;
+        for models with multi-axis positions (M-RoPE) the stock positions of the unshrunk prompt, gathered at the
+        kept tokens (`text_row`: with the 1-D text positions in front, as `generate` passes them)."""
         self._refuse_unpruned(call)
         present = [s for s in self.streams if call.get(s.pixel_key) is not None]
         if not present:
             return call, None
         self.records = []
         ids = call.get("input_ids")
+        stock_positions = None if ids is None else self.family.stock_positions(self.model, call)
         encoded: dict[str, BaseModelOutputWithPooling] = {}
         keep: torch.Tensor | None = None
         runs: dict[int, list[int]] = {}  # placeholder id -> each item's run after shrinking
+        items: dict[int, list[KeptTokens]] = {}
         for stream in present:
-            items, frames = self._encode(stream, call.pop(stream.pixel_key))
-            encoded[stream.modality] = BaseModelOutputWithPooling(pooler_output=stream.package(items))
-            kept, stock = [len(item) for item in items], [stream.stock_tokens(frames)] * len(items)
-            runs[stream.token_id] = kept
-            self._geometry = (frames, stream.tokens_per_frame)
+            items[stream.token_id] = kept = self._encode(stream, stream.inputs(call))
+            encoded[stream.modality] = stream.package(kept)
+            stock, after = stream.placeholder_runs(kept)
+            runs[stream.token_id] = [len(item.item()) for item in kept]
             if ids is None:
-                if kept != stock:
+                if after != stock:
                     raise FasterVLMError("with fastervlm applied, pass input_ids (not inputs_embeds): the "
                                          "placeholder runs in the prompt are shrunk to the kept tokens.")
                 continue
-            mask = placeholder_keep_mask(ids, stream.token_id, stock, kept, stream.modality)
+            mask = placeholder_keep_mask(ids, stream.token_id, stock, after, stream.modality)
             if mask is not None:
                 keep = mask if keep is None else keep & mask
         call["mm_encoder_outputs"] = {**(call.get("mm_encoder_outputs") or {}), **encoded}
         if ids is None:
             return call, None
+        kept_columns = torch.ones_like(ids, dtype=torch.bool) if keep is None else keep
         if keep is not None:
             _shorten(call, ids, keep, self.pad_token_id)
+        if stock_positions is not None:  # M-RoPE: each kept token at its stock (t, h, w), the text at its own
+            if call.get("position_ids") is not None:
+                raise FasterVLMError("with fastervlm applied, leave out position_ids: the kept tokens take their "
+                                     "stock positions, computed from the prompt.")
+            positions = kept_positions(stock_positions[0], ids, kept_columns, items)
+            mask = call.get("attention_mask")
+            call["position_ids"] = with_text_row(positions, mask) if text_row else positions
+            dropped = (~kept_columns).sum(1, keepdim=True).to(stock_positions[1].device)
+            self.family.continue_from(self.model, stock_positions[1] + dropped)
         self.input_ids, self.attention_mask = call["input_ids"], call.get("attention_mask")
         return call, self._visual_mask(call["input_ids"], present, runs)
 
@@ -271,16 +284,15 @@ class HFPruning:
                     f"but the call also passes {key}; call fastervlm.remove(model) before such calls."
                 )
 
-    def _encode(self, stream: HFStream, pixels: torch.Tensor) -> tuple[list[torch.Tensor], int]:
-        """The engine's encode -> select -> project for a batch of items of one stream; (tokens per item, frames)."""
-        if stream.modality == "image":
-            pixels = pixels[:, None]
+    def _encode(self, stream: HFStream, pixels: list[torch.Tensor]) -> list[KeptTokens]:
+        """The engine's encode -> select -> project for a batch of items of one stream."""
         tokens = engine.encode(stream, pixels, self.inputs, keep_cls=self.keep_cls)
         kept = engine.project(stream, tokens, engine.select(tokens, self.pruner))
+        self._geometry = one_geometry(self.pruner, [item.selection for item in kept])
         for item in kept:
             self.records.append(ItemRecord(stream.modality, item.tokens, item.kept_indices,
                                            None if item.cls_scores is None else item.cls_scores.float().cpu()))
-        return [item.item() for item in kept], pixels.shape[1]
+        return kept
 
     def _note_llm_kept(self, run: Any) -> None:
         """After an LLM-stage method ran: record the visual tokens it kept from its pruning layer on, per frame."""
@@ -346,8 +358,38 @@ def compact(tensor: torch.Tensor, keep: torch.Tensor, fill: int) -> torch.Tensor
     return out
 
 
+def kept_positions(stock: torch.Tensor, ids: torch.Tensor, keep: torch.Tensor,
+                   items: dict[int, list[KeptTokens]]) -> torch.Tensor:
+    """(P, B, S) stock positions of the unshrunk prompt -> (P, B, S') those of the shrunk one: text keeps its
+    columns' positions; the kept placeholders of an item (the first ones of each frame's run, `placeholder_keep_mask`)
+    take, in prompt order, the positions of their tokens' sources. Items meet their placeholders in reading order,
+    an item's placeholders numbered as its candidates (frame x N + patch)."""
+    take = torch.arange(ids.numel(), device=ids.device)
+    for token_id, kept in items.items():
+        columns = (ids == token_id).flatten().nonzero().squeeze(1)
+        start = 0
+        for item in kept:
+            frames, patches = item.selection.frames, item.selection.patches
+            own = columns[start : start + frames * patches]
+            held = torch.cat([own[frame * patches : frame * patches + count]
+                              for frame, count in enumerate(item.tokens_per_frame)])
+            take[held] = own[item.selection.source.to(own.device)]
+            start += frames * patches
+    gathered = stock.flatten(1)[:, take.to(stock.device)].view_as(stock)
+    return compact(gathered.permute(1, 2, 0), keep.to(stock.device), 0).permute(2, 0, 1)
+
+
+def with_text_row(positions: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """(3, B, S) M-RoPE positions with the 1-D text positions in front, (4, B, S), as `generate` builds them."""
+    if attention_mask is None:
+        text = torch.arange(positions.shape[-1], device=positions.device).expand(positions.shape[1], -1)
+    else:
+        text = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+    return torch.cat([text[None].to(positions), positions])
+
+
 def _shorten(call: dict[str, Any], ids: torch.Tensor, keep: torch.Tensor, pad_token_id: int) -> None:
-    """input_ids, attention_mask and labels of the call without the dropped placeholder positions."""
+    """input_ids, attention_mask, mm_token_type_ids and labels of the call without the dropped placeholders."""
     for key in ("position_ids", "token_type_ids", "inputs_embeds"):
         if call.get(key) is not None:
             raise FasterVLMError(f"with fastervlm applied, leave out {key}: the prompt is shortened to the kept tokens.")
@@ -355,6 +397,8 @@ def _shorten(call: dict[str, Any], ids: torch.Tensor, keep: torch.Tensor, pad_to
     call["attention_mask"] = compact(torch.ones_like(ids) if mask is None else mask, keep, 0)
     if call.get("labels") is not None:
         call["labels"] = compact(call["labels"], keep, -100)
+    if call.get("mm_token_type_ids") is not None:
+        call["mm_token_type_ids"] = compact(call["mm_token_type_ids"], keep, 0)
     call["input_ids"] = compact(ids, keep, pad_token_id)
 
 

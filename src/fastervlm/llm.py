@@ -31,7 +31,8 @@ from transformers import DynamicCache, StaticCache
 from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper,
                                                     TopKLogitsWarper, TopPLogitsWarper)
 
-from fastervlm.methods.base import LLMPruner, Pruner
+from fastervlm.errors import UnsupportedModelError
+from fastervlm.methods.base import LLMPruner, Pruner, Selection
 from fastervlm.models.base import GenerationSettings, LLMSideInputs, ModelAdapter
 from fastervlm.prompts import Prompt
 from fastervlm.timing import StageTimer, synchronize
@@ -66,6 +67,16 @@ def llm_stage(pruner: Pruner, decoder: torch.nn.Module, visual_mask: torch.Tenso
     if pruner.stage != "llm":
         return nullcontext()
     return cast(LLMPruner, pruner).attach(decoder, visual_mask, frames=frames, num_patches=num_patches)
+
+
+def one_geometry(pruner: Pruner, selections: list[Selection]) -> tuple[int, int]:
+    """(frames, tokens per frame) of the batch's inputs, which an LLM-stage method budgets by: refused when they
+    differ (a model that picks its grid per input, Qwen-VL)."""
+    geometry = {(selection.frames, selection.patches) for selection in selections}
+    if len(geometry) > 1 and pruner.stage == "llm" and pruner.prunes:
+        raise UnsupportedModelError(f"{pruner.name} ranks one batch with one budget, but these inputs differ in frames "
+                                    "or tokens per frame; answer them one at a time.")
+    return next(iter(geometry))
 
 
 class LLMBackend(Protocol):
@@ -119,8 +130,8 @@ class TransformersLLM:
                 ids = _decode(adapter, logits, self._steps(cache, mask, settings), prompts, settings, timer)
                 return LLMOutput(ids, None, computed, [_prefix_length(p) for p in prompts])
             batch = _left_padded(adapter, prompts)
-            selection = prompts[0].kept.selection
-            with llm_stage(pruner, adapter.decoder, batch.visual_mask, selection.frames, selection.patches) as run:
+            frames, patches = one_geometry(pruner, [p.kept.selection for p in prompts])
+            with llm_stage(pruner, adapter.decoder, batch.visual_mask, frames, patches) as run:
                 with timer("llm_prefill"):
                     cache = DynamicCache()
                     logits = adapter.forward_llm(batch.embeds, batch.attention_mask, batch.positions, cache,

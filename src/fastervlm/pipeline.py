@@ -23,6 +23,7 @@ import torch
 from fastervlm import engine, media
 from fastervlm.engine import Answer
 from fastervlm.errors import FasterVLMError
+from fastervlm.frame_times import FrameTimes, frame_rate
 from fastervlm.methods import Pruner, VisualTokens, create_pruner, default_method
 from fastervlm.models.base import GenerationSettings, ModelAdapter, adapter_for
 from fastervlm.llm import LLMBackend, TransformersLLM
@@ -40,6 +41,9 @@ class Frames:
     pixels: torch.Tensor
     frame_indices: list[int] | None
     decode_seconds: float
+    times: FrameTimes | None = None
+    """When the frames were taken in their video (None for pixels given directly, an image, or a video that
+    declares no frame rate)."""
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -127,15 +131,18 @@ class Pipeline:
         if video is not None and self.adapter.media == "image":
             raise FasterVLMError(f"{self.adapter.family} answers questions about images: pass --image, not --video.")
         timer = StageTimer("cpu")  # CPU work: no GPU sync, which would stall a prefetch thread behind the model
+        times = None
         with timer("decode"):
             if video is not None:
                 sampled = media.read_video_frames(video, self.num_frames, cache=cache)
                 frames, indices = sampled.frames, sampled.indices
+                if (fps := frame_rate(video)) is not None:
+                    times = FrameTimes(indices, sampled.total_frames, fps)
             else:
                 frames, indices = media.read_image(image), None
         with timer("preprocess"):
             tensor = self.adapter.preprocess(frames, flip=flip)
-        return Frames(tensor, indices, timer.seconds["decode"] + timer.seconds["preprocess"])
+        return Frames(tensor, indices, timer.seconds["decode"] + timer.seconds["preprocess"], times)
 
     def display_frames(self, frames: Frames) -> np.ndarray:
         """uint8 (T, S, S, 3) images of what the model saw for these frames (for `fastervlm.show`)."""
@@ -178,7 +185,7 @@ class Pipeline:
             raise FasterVLMError(f"{len(frames)} samples but {len(questions)} questions: give one question per sample.")
         _check_questions(questions)
         answers = engine.run(self.adapter, [f.pixels for f in frames], questions, pruner,
-                             generation or self.default_generation(), llm=self.llm)
+                             generation or self.default_generation(), llm=self.llm, times=[f.times for f in frames])
         for answer, f in zip(answers, frames):
             answer.timings["decode_video"] = f.decode_seconds
             answer.frame_indices = f.frame_indices
@@ -198,7 +205,8 @@ class Pipeline:
         timer = StageTimer(self.adapter.device)
         with torch.inference_mode():
             pixels = frames.pixels.to(device=self.adapter.device, dtype=self.adapter.dtype)
-            (tokens,) = engine.encode(self.adapter.stream, [pixels], inputs, timer, keep_cls=self.adapter.keep_cls)
+            (tokens,) = engine.encode(self.adapter.stream, [pixels], inputs, timer, keep_cls=self.adapter.keep_cls,
+                                      times=[frames.times])
         tokens.frame_indices = frames.frame_indices
         tokens.seconds = {"decode_video": frames.decode_seconds, **timer.seconds}
         return tokens

@@ -45,6 +45,11 @@ class KeptTokens:
     """(T, N) [CLS] attention per frame when the method computed it (pictures)."""
     frame_indices: list[int] | None = None
     """The decoded frame numbers the input was sampled at (None for pixels given directly)."""
+    grid: tuple[int, int] | None = None
+    """(rows, cols) of each frame's candidates when the model declares it (it picks them per input); None: square."""
+    times: Any = None
+    """When the input's frames were taken (`fastervlm.frame_times.FrameTimes`), None when unknown: for prompts that
+    state it (Qwen3-VL's per-frame timestamps)."""
     seconds: dict[str, float] = field(default_factory=dict)
     """Wall seconds of the work that made these tokens and is shared by their questions (decode, tower, selection,
     projector)."""
@@ -107,8 +112,10 @@ class Prompt:
 
     @property
     def next_position(self) -> int:
-        """The position of the first generated token: one past the highest of the prompt."""
-        return int(self.positions.max()) + 1
+        """The position of the first generated token: one past the last prompt token's, as transformers' generate
+        continues (the prompt ends with text, whose axes agree; with M-RoPE a video's temporal positions may reach
+        past it, Qwen2.5-VL's do)."""
+        return int(self.positions[..., -1].max()) + 1
 
 
 def build_prompts(adapter: ModelAdapter, questions: list[str], kept: list[KeptTokens]) -> list[Prompt]:

@@ -246,7 +246,8 @@ def run_predict(args: argparse.Namespace) -> int:
         args.device = rank_device(args.device)
         pipeline = load_model(args)
         pruner = pipeline.pruner(method, **settings)
-        pruner.per_frame_budget(pipeline.num_patches)  # a budget out of range fails here, not as an error per item
+        if pipeline.num_patches is not None:  # a budget out of range fails here, not as an error per item
+            pruner.per_frame_budget(pipeline.num_patches)
         pipeline.check_method(pruner)  # a method this model cannot run, too
         for benchmark in loaded:
             run = prepare_run(pipeline, benchmark, args.data_root, pruner, generation, flip=args.flip, out=args.out,

@@ -79,7 +79,8 @@ def sweep_predict(
     caller. Runs and summaries come cell by cell, benchmark by benchmark within a cell."""
     pruners = [pipeline.pruner(cell.method, **cell.settings) for cell in cells]  # bad settings fail before any work
     for pruner in pruners:
-        pruner.per_frame_budget(pipeline.num_patches)  # a budget this model cannot keep, too (not an error per item)
+        if pipeline.num_patches is not None:  # a budget this model cannot keep, too (not an error per item)
+            pruner.per_frame_budget(pipeline.num_patches)
         pipeline.check_method(pruner)
     found: dict[tuple[int, int], tuple[RunDir, PredictSummary]] = {}
     for b, loaded in enumerate(benchmarks):

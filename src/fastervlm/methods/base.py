@@ -98,6 +98,9 @@ class VisualTokens:
     """(T, C) each frame's [CLS] token, fed in front of the frame's kept tokens where the family does (keep_cls)."""
     frame_indices: list[int] | None = None
     """The decoded frame numbers the input was sampled at (None for pixels given directly)."""
+    times: Any = None
+    """When the input's frames were taken (`fastervlm.frame_times.FrameTimes`), None when unknown: for prompts
+    that state it (Qwen3-VL's timestamps)."""
     seconds: dict[str, float] = field(default_factory=dict)
     """Wall seconds of the work that made these tokens (decoding, the tower), for whoever shares it out."""
 

@@ -5,12 +5,19 @@ Layers >= K then run on every text token plus the R best visual tokens, at their
 gaps), so their KV cache holds only those; layers below K cache the whole prompt. R = frames x L, the seed
 table's "# Token" column, so that every method is compared at the same token count.
 
-How it plugs into a transformers 5.x Llama-style decoder (Llama, Mistral, Qwen2: `decoder.layers[i]` called
-with `attention_mask=`, `position_embeddings=(cos, sin)`, `position_ids=` keywords) without copying its forward:
+How it plugs into a transformers 5.x Llama-style decoder (Llama, Mistral, Qwen2, the Qwen-VL text models:
+`decoder.layers[i]` called with `attention_mask=`, `position_embeddings=(cos, sin)`, `position_ids=` keywords)
+without copying its forward:
 - a pre-hook on the decoder notes whether a call sees the whole sequence (the prefill, or any call without a
   cache) and which keys are padding;
 - layer K-1's queries and keys come from its q_proj and k_proj outputs (capture.QKCapture), which the layer computes anyway,
-  so the score is one attention row (scoring.attention_row) and the layer runs once, on SDPA/flash as before;
+  so the score is one attention row (scoring.attention_row) and the layer runs once, on SDPA/flash as before; a
+  layer with per-head q/k norms (Qwen3) has them applied to the captured projections before RoPE, as it does;
+- M-RoPE (Qwen-VL): cos/sin arrive already combined from the (t, h, w) positions, so gathering them at the kept
+  positions keeps every kept token's own position;
+- DeepStack (Qwen3-VL: `deepstack_visual_embeds` added to the visual positions' hidden states after each of the
+  first layers, `visual_pos_masks` marking them): the decoder gets those of the layers below K, and the hooks add
+  those of layers >= K to the kept visual tokens only;
 - a pre-hook on every layer >= K hands it the pruned inputs: at prefill the hidden states (at layer K), RoPE
   cos/sin, position ids and mask rows/columns gathered at the kept positions; while decoding, the mask's key
   columns of the kept prompt tokens and of the generated ones (SDPA without padding has no mask to slice).
@@ -131,8 +138,6 @@ class _Hooks:
         attn = layers[layer - 1].self_attn
         if not all(hasattr(attn, name) for name in ("q_proj", "k_proj", "head_dim", "scaling", "num_key_value_groups")):
             raise UnsupportedModelError(f"fastv reads q_proj/k_proj of a Llama-style attention; {type(attn).__name__} differs.")
-        if hasattr(attn, "q_norm") or hasattr(attn, "k_norm"):
-            raise UnsupportedModelError(f"fastv does not support attention with q/k norms ({type(attn).__name__}).")
         if visual_mask[:, -1].any():
             raise UnsupportedModelError("fastv ranks visual tokens by the last prompt token: the prompt must end with text.")
         self.attn, self.kept = attn, kept
@@ -140,6 +145,9 @@ class _Hooks:
         self.prompt = visual_mask.shape[1]
         self.run = FastVRun()
         self.state: _Pass | None = None
+        self.layer = layer
+        self.depth = {id(block): i for i, block in enumerate(layers)}
+        self.deep: list[torch.Tensor] = []  # DeepStack features of layers >= K, added by `_deepstack` hooks
         prompt = self.prompt  # layer K-1's last prompt query and the prompt's keys, at full passes only
         self.qk = QKCapture(attn, query=lambda q: q[:, prompt - 1 : prompt].clone(), keys=lambda k: k[:, :prompt],
                             active=lambda: self.state is not None and self.state.full).__enter__()
@@ -147,6 +155,7 @@ class _Hooks:
             decoder.register_forward_pre_hook(self._start, with_kwargs=True),
             decoder.register_forward_hook(self._finish),
             *(block.register_forward_pre_hook(self._prune, with_kwargs=True) for block in layers[layer:]),
+            *(block.register_forward_hook(self._deepstack) for block in layers[layer:]),
         ]
 
     def remove(self) -> None:
@@ -156,7 +165,7 @@ class _Hooks:
         self.state = None
 
     # ----- hooks ----------------------------------------------------------------------------------------------
-    def _start(self, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+    def _start(self, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
         inputs = kwargs.get("inputs_embeds")
         if inputs is None:
             inputs = kwargs.get("input_ids", args[0] if args else None)
@@ -165,9 +174,15 @@ class _Hooks:
         batch, length = inputs.shape[:2]
         state = _Pass(full=past == 0, past=past, length=length)
         self.qk.clear()
+        self.state = state
+        self.deep = []
         if state.full:
             state.visual, state.valid = self._full_pass_masks(batch, length, kwargs.get("attention_mask"))
-        self.state = state
+            deep = kwargs.get("deepstack_visual_embeds")
+            if deep is not None and len(deep) > self.layer:  # layers >= K add theirs to the kept tokens only
+                self.deep = list(deep[self.layer:])
+                return args, {**kwargs, "deepstack_visual_embeds": list(deep[: self.layer])}
+        return None
 
     def _finish(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
         self.state = None
@@ -185,6 +200,19 @@ class _Hooks:
             else:
                 state.inputs = self._decode_inputs(kwargs, state)
         return args, {**kwargs, **state.inputs}
+
+    def _deepstack(self, module: torch.nn.Module, args: tuple, output: Any) -> Any:
+        """After layer K + i of a full pass: its DeepStack features added at the kept visual tokens."""
+        index = self.depth[id(module)] - self.layer
+        if self.state is None or not self.state.full or index >= len(self.deep):
+            return None
+        keep, kept_visual = self.run.keep, self.run.kept_visual
+        per_row = int(self.state.visual[0].sum())
+        rows = (kept_visual + per_row * torch.arange(len(kept_visual), device=keep.device)[:, None]).flatten()
+        hidden = output[0] if isinstance(output, tuple) else output
+        hidden = hidden.clone()
+        hidden[self.state.visual.gather(1, keep)] += self.deep[index][rows].to(hidden.dtype)
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
     # ----- the method ---------------------------------------------------------------------------------------
     def _full_pass_masks(self, batch: int, length: int, attention_mask: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -246,6 +274,8 @@ class _Hooks:
             raise UnsupportedModelError("fastv could not read layer K-1's q_proj/k_proj outputs (fused projections?).")
         batch, length = self.qk.keys.shape[:2]
         query, keys = split_heads(self.qk.query, attn.head_dim), split_heads(self.qk.keys, attn.head_dim)
+        if hasattr(attn, "q_norm"):  # per-head norms before RoPE (Qwen3), as the layer applies them
+            query, keys = attn.q_norm(query), attn.k_norm(keys)
         prompt = self.prompt
         query, _ = apply_rotary_pos_emb(query, query, cos[:, prompt - 1 : prompt], sin[:, prompt - 1 : prompt])
         _, keys = apply_rotary_pos_emb(keys, keys, cos[:, :prompt], sin[:, :prompt])

@@ -27,6 +27,7 @@ from torch import nn
 from fastervlm.errors import CheckpointError
 
 if TYPE_CHECKING:
+    from fastervlm.frame_times import FrameTimes
     from fastervlm.methods.base import VisualTokens
     from fastervlm.timing import StageTimer
 
@@ -105,9 +106,11 @@ class VisualStream(ABC):
 
     @abstractmethod
     def encode(self, pixels: list[torch.Tensor], inputs: frozenset[str], timer: StageTimer | None = None, *,
-               keep_cls: bool = False) -> list[VisualTokens]:
+               keep_cls: bool = False, times: list[FrameTimes | None] | None = None) -> list[VisualTokens]:
         """Preprocessed pixels of each input, (T, 3, H, W) each, -> its candidate tokens with the requested
-        `inputs`; the [CLS] tokens too with `keep_cls`. Times "vision_encoder", "cls_scoring" and "projector"."""
+        `inputs`; the [CLS] tokens too with `keep_cls`. `times`: when each input's frames were taken (None:
+        unknown), for models whose positions depend on it (Qwen2.5-VL). Times "vision_encoder", "cls_scoring" and
+        "projector"."""
 
     @abstractmethod
     def project(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -85,7 +85,7 @@ class GridStream(VisualStream):
         return frozenset(found)
 
     def encode(self, pixels: list[torch.Tensor], inputs: frozenset[str], timer: StageTimer | None = None, *,
-               keep_cls: bool = False) -> list[VisualTokens]:
+               keep_cls: bool = False, times: list[Any] | None = None) -> list[VisualTokens]:
         batch = torch.stack(pixels) if isinstance(pixels, list) else pixels
         attention = self.feature_attention() if inputs & _FROM_QK else None
         capture = QKCapture(attention, query=_query_rows(inputs)) if attention is not None else nullcontext()

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 from transformers import AutoImageProcessor
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from fastervlm.errors import CheckpointError, FasterVLMError, UnsupportedModelError
 from fastervlm.models import base
@@ -105,9 +106,19 @@ class HFStream(GridStream):
         feeds_cls = self.has_cls and self.first_token_fed
         return frames * (self.tokens_per_frame + int(feeds_cls)) + (0 if trailing is None else len(trailing))
 
-    def package(self, items: list[torch.Tensor]) -> Any:
-        """Projected tokens per item -> the `pooler_output` the model's forward reads."""
-        return items if self.as_list else torch.cat(items)[None]
+    def inputs(self, call: dict[str, Any]) -> list[torch.Tensor]:
+        """The call's pixels of this stream (popped) -> (frames, 3, H, W) per item, as `encode` takes them."""
+        pixels = call.pop(self.pixel_key)
+        return list(pixels[:, None] if self.modality == "image" else pixels)
+
+    def placeholder_runs(self, kept: list[Any]) -> tuple[list[int], list[int]]:
+        """Each item's placeholder run in the stock prompt, and what it holds after pruning (`KeptTokens`)."""
+        return [self.stock_tokens(item.selection.frames) for item in kept], [len(item.item()) for item in kept]
+
+    def package(self, kept: list[Any]) -> BaseModelOutputWithPooling:
+        """Kept tokens per item (`KeptTokens`) -> the encoder output the model's forward reads (`pooler_output`)."""
+        items = [item.item() for item in kept]
+        return BaseModelOutputWithPooling(pooler_output=items if self.as_list else torch.cat(items)[None])
 
     def check(self) -> None:
         """Refuse layouts whose stock tokens this code cannot reproduce."""
@@ -167,6 +178,16 @@ class HFAdapter(ModelAdapter):
     def decoder_of(cls, model: nn.Module) -> nn.Module:
         """The model's Llama-style decoder (where FastV attaches)."""
         return model.model.language_model
+
+    @classmethod
+    def stock_positions(cls, model: nn.Module, call: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """For models with multi-axis positions (M-RoPE): the stock positions (P, B, S) of a call's whole prompt
+        and its rope deltas (B, 1), which `fastervlm.apply` gathers at the kept tokens; None for 1-D positions."""
+        return None
+
+    @classmethod
+    def continue_from(cls, model: nn.Module, rope_deltas: torch.Tensor) -> None:
+        """Where the model's own decoding steps continue after a shrunk prompt (M-RoPE models keep a rope delta)."""
 
     @classmethod
     def frame_processor(cls, path: Path) -> FrameProcessor:
@@ -263,6 +284,21 @@ class HFAdapter(ModelAdapter):
             )
         at = ids.index(token)
         return [ids[:at], VisualSlot(0, self.num_frames), ids[at + 1:]]
+
+    def processor_batch(self, questions: list[str], *, videos: list[Any] | None = None,
+                        images: list[np.ndarray] | None = None) -> dict[str, torch.Tensor]:
+        """What the model's processor returns for one question per decoded video (`pipeline.Frames`) or uint8
+        (H, W, 3) image (`fastervlm.processor_inputs`)."""
+        if (videos is not None and self.media == "image") or (images is not None and self.media == "video"):
+            given = "a video" if videos is not None else "an image"
+            raise FasterVLMError(f"{self.family} answers questions about {self.media}s, not {given}.")
+        if videos is not None:
+            pixels = torch.stack([frames.pixels for frames in videos])
+        else:
+            pixels = torch.cat([self.preprocess(image[None]) for image in images])  # one frame per image
+        input_ids, attention_mask = self.prompt_batch(questions)
+        return {"input_ids": input_ids, "attention_mask": attention_mask,
+                self.stream.pixel_key: pixels.to(self.device, self.dtype)}
 
     def prompt_batch(self, questions: list[str], placeholders: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded input_ids and attention_mask as the model's processor builds them: each prompt's placeholder

@@ -1,10 +1,11 @@
 """Transformers VLMs whose vision encoder has no [CLS] token (SigLIP, the Qwen-VL ViTs), and the refusal of those
-fastervlm has no adapter for (Qwen2-VL and its successors).
+fastervlm has no adapter for (Qwen2-VL, Qwen3-VL-MoE).
 
 Not a family fastervlm runs: it is registered last (builtin.py) so that loading such a checkpoint says why
 [CLS]-attention pruning cannot work on it and which methods would, instead of a bare "unsupported model".
-`fastervlm.apply` asks `encoder_without_cls` for the same reason, on families that do run (LLaVA-OneVision)
-as well. A family that runs is claimed by its own adapter first; this one only catches the rest.
+`fastervlm.apply` asks `encoder_without_cls` for the same reason, on families that do run (LLaVA-OneVision,
+Qwen2.5-VL, Qwen3-VL) as well, to name their encoder. A family that runs is claimed by its own adapter first;
+this one only catches the rest.
 """
 
 from __future__ import annotations

@@ -41,8 +41,9 @@ def default_dtype(declared: str | None, device: torch.device) -> torch.dtype:
 
 TOKENIZER_SLACK = 256
 """How many more embedding rows than tokenizer entries a checkpoint may have: checkpoints pad the embedding to a
-multiple of 64 or 128 (Video-LLaVA-7B-hf: 32064 rows, 32002 tokens). A damaged tokenizer.model reads as far fewer
-pieces (a cut file: 118 instead of 32000)."""
+multiple of 64 or 128 (Video-LLaVA-7B-hf: 32064 rows, 32002 tokens), large vocabularies by up to 1/256 of it
+(Qwen2.5-VL-7B: 152064 rows, 151665 tokens). A damaged tokenizer.model reads as far fewer pieces (a cut file: 118
+instead of 32000)."""
 
 
 def placement(device: torch.device) -> dict[str, Any]:
@@ -69,9 +70,11 @@ def load_tokenizer(path: Path, *, vocab_size: int | None = None) -> Any:
     except (ImportError, ValueError, OSError, RuntimeError) as err:
         raise CheckpointError(_unreadable_tokenizer(path, err)) from err
     damaged = f"{_tokenizer_file(path)} is damaged or does not belong to this checkpoint: re-download it"
-    if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
+    declares_bos = tokenizer.bos_token is not None  # Qwen's tokenizers declare none
+    if (declares_bos and tokenizer.bos_token_id is None) or tokenizer.eos_token_id is None:
         raise CheckpointError(f"{damaged} (it has no BOS/EOS tokens).")
-    if vocab_size is not None and not vocab_size - TOKENIZER_SLACK <= len(tokenizer) <= vocab_size:
+    slack = max(TOKENIZER_SLACK, (vocab_size or 0) // 256)
+    if vocab_size is not None and not vocab_size - slack <= len(tokenizer) <= vocab_size:
         raise CheckpointError(f"{damaged} (it has {len(tokenizer)} entries; the model's vocabulary has {vocab_size}).")
     return tokenizer
 
@@ -105,5 +108,5 @@ def generation_defaults(path: Path) -> GenerationConfig:
 def neutral_generation_config(text_config: Any) -> GenerationConfig:
     """Only the special ids: decoding settings come from GenerationSettings alone, so a checkpoint's max_length
     and the like never leak into decoding."""
-    return GenerationConfig(bos_token_id=text_config.bos_token_id, eos_token_id=text_config.eos_token_id,
-                            pad_token_id=text_config.pad_token_id)
+    ids = {name: getattr(text_config, name, None) for name in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    return GenerationConfig(**ids)

@@ -10,6 +10,8 @@ The picture is PNG (or any Pillow format) or, by the file's suffix, SVG or PDF (
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import math
 import os
 from collections.abc import Callable
@@ -112,7 +114,9 @@ def answer_notes(pipeline: Pipeline, answer: Answer, *, heatmap: bool, borrowed:
     [CLS] scores)."""
     from fastervlm.tiny.identity import RANDOM_NOTE, tiny_label
 
-    notes = selection_notes(answer, pipeline.num_frames)
+    notes = selection_notes(answer, answer_geometry(pipeline, answer)[0])
+    if answer.grid is not None and answer.grid[0] != answer.grid[1]:
+        notes.append(f"each frame is {answer.grid[0]} x {answer.grid[1]} tokens; the cells beyond it are padding")
     if (tiny := tiny_label(pipeline.path)) is not None:  # the picture says when it shows a random model's choices
         notes.append(f"model: {tiny} ({RANDOM_NOTE}, and what it keeps means nothing)")
     if heatmap and borrowed:
@@ -121,10 +125,19 @@ def answer_notes(pipeline: Pipeline, answer: Answer, *, heatmap: bool, borrowed:
     return notes
 
 
+def answer_geometry(pipeline: Pipeline, answer: Answer) -> tuple[int, int]:
+    """(frames, candidates per frame) of an answer: its own grid where the model picks one per input (Qwen-VL, whose
+    frames are temporal patches), else the model's."""
+    if answer.grid is None:
+        return pipeline.num_frames, pipeline.num_patches
+    return len(answer.tokens_per_frame or []), answer.grid[0] * answer.grid[1]
+
+
 def answer_header(pipeline: Pipeline, answer: Answer, *, heatmap: bool, borrowed: bool = False) -> Header:
     """The header of `render_answer`'s picture: title, legend of what is drawn, notes."""
-    return header_for(describe_selection(answer, pipeline.num_frames, pipeline.num_patches),
-                      marks=mark_kinds(answer.kept_indices, answer.merge_groups, pipeline.num_patches),
+    frames, patches = answer_geometry(pipeline, answer)
+    return header_for(describe_selection(answer, frames, patches),
+                      marks=mark_kinds(answer.kept_indices, answer.merge_groups, patches),
                       score_name=score_name(pipeline, answer) if heatmap else None,
                       notes=answer_notes(pipeline, answer, heatmap=heatmap, borrowed=borrowed))
 
@@ -168,11 +181,11 @@ def _grid_picture(draw: Callable[..., Any], pipeline: Pipeline, frames: Frames, 
                   cls_scores: torch.Tensor | None, heatmap: bool, layout: Layout) -> Any:
     """`draw` (`render_kept_tokens` or `write_kept_tokens_figure`) called with the answer's arrays, its header's
     title, a layout whose header strip fits the header, and `_extras`."""
-    grid_side, images, scores = _prepare(pipeline, frames, answer, cls_scores, heatmap)
-    header = answer_header(pipeline, answer, heatmap=scores is not None, borrowed=answer.cls_scores is None)
-    layout = layout.fit_header(header, len(images), images.shape[1])
-    return draw(images, answer.kept_indices, scores, grid_side, header.title, layout=layout,
-                **_extras(pipeline, frames, answer, scores))
+    drawn = _prepare(pipeline, frames, answer, cls_scores, heatmap)
+    header = answer_header(pipeline, answer, heatmap=drawn.scores is not None, borrowed=answer.cls_scores is None)
+    layout = layout.fit_header(header, len(drawn.images), drawn.images.shape[1])
+    return draw(drawn.images, drawn.kept, drawn.scores, drawn.side, header.title, layout=layout,
+                **_extras(pipeline, frames, answer, drawn))
 
 
 def write_answer_animation(
@@ -186,10 +199,10 @@ def write_answer_animation(
     fps: float = 2.0,
 ) -> Path:
     """`render_answer`'s frames in motion (.gif or .mp4)."""
-    grid_side, images, scores = _prepare(pipeline, frames, answer, cls_scores, heatmap)
-    title = describe_selection(answer, pipeline.num_frames, pipeline.num_patches)
-    return write_kept_tokens_animation(path, images, answer.kept_indices, scores, grid_side, title, fps=fps,
-                                       **_extras(pipeline, frames, answer, scores))
+    drawn = _prepare(pipeline, frames, answer, cls_scores, heatmap)
+    title = describe_selection(answer, *answer_geometry(pipeline, answer))
+    return write_kept_tokens_animation(path, drawn.images, drawn.kept, drawn.scores, drawn.side, title, fps=fps,
+                                       **_extras(pipeline, frames, answer, drawn))
 
 
 def heatmap_scores(pipeline: Pipeline, frames: Frames) -> torch.Tensor:
@@ -209,26 +222,71 @@ def heatmap_scores(pipeline: Pipeline, frames: Frames) -> torch.Tensor:
     return getattr(tokens, score).float().cpu()
 
 
-def _extras(pipeline: Pipeline, frames: Frames, answer: Answer, scores: torch.Tensor | None) -> dict:
+def _extras(pipeline: Pipeline, frames: Frames, answer: Answer, drawn: _Drawn) -> dict:
     """What every drawing of an answer takes besides the arrays: labels, notes, merged groups, the score's name."""
-    return {"labels": _labels(frames, answer), "merge_groups": answer.merge_groups,
+    return {"labels": _labels(frames, answer, len(drawn.images)), "merge_groups": drawn.groups,
             "score_name": score_name(pipeline, answer),
-            "notes": answer_notes(pipeline, answer, heatmap=scores is not None, borrowed=answer.cls_scores is None)}
+            "notes": answer_notes(pipeline, answer, heatmap=drawn.scores is not None,
+                                  borrowed=answer.cls_scores is None)}
+
+
+@dataclass
+class _Drawn:
+    """An answer's arrays as a picture draws them: a square grid of `side` x `side` cells per frame."""
+
+    side: int
+    images: np.ndarray
+    """The frames as the model saw them, uint8 (T, S, S, 3)."""
+    kept: list[list[int]] | None
+    groups: list[list[int]] | None
+    scores: torch.Tensor | None
+    """(T, side * side), or None: no heatmap."""
 
 
 def _prepare(pipeline: Pipeline, frames: Frames, answer: Answer, cls_scores: torch.Tensor | None,
-             heatmap: bool) -> tuple[int, np.ndarray, torch.Tensor | None]:
-    """Patches per side, the frames as the model saw them, and the scores to draw (None: no heatmap)."""
+             heatmap: bool) -> _Drawn:
+    """The frames, kept indices, merged groups and scores to draw, on a square grid of cells (`_on_square` for a
+    model that picks its grid per input)."""
     check_showable(answer.method.get("method", "?"))
+    scores = (answer.cls_scores if cls_scores is None else cls_scores) if heatmap else None
+    images = pipeline.display_frames(frames)
+    if answer.grid is not None:
+        return _on_square(images, answer.grid, answer.kept_indices, answer.merge_groups, scores)
     grid_side = math.isqrt(pipeline.num_patches)
     if grid_side * grid_side != pipeline.num_patches:
         raise FasterVLMError(f"{pipeline.num_patches} patches per frame do not form a square grid; show cannot place them.")
-    scores = (answer.cls_scores if cls_scores is None else cls_scores) if heatmap else None
-    return grid_side, pipeline.display_frames(frames), scores
+    return _Drawn(grid_side, images, answer.kept_indices, answer.merge_groups, scores)
 
 
-def _labels(frames: Frames, answer: Answer) -> list[str]:
+def _on_square(images: np.ndarray, grid: tuple[int, int], kept: list[list[int]] | None,
+               groups: list[list[int]] | None, scores: torch.Tensor | None) -> _Drawn:
+    """A frame of rows x cols cells (a model that picks its grid per input) on a square of max(rows, cols) cells:
+    the frame at the top left, white beyond it; kept indices, groups and scores renumbered on the square (the extra
+    cells are never kept or merged and score the frame's lowest)."""
+    import numpy as np
+
+    rows, cols = grid
+    side = max(rows, cols)
+    cell = images.shape[1] // rows
+    square = np.full((len(images), side * cell, side * cell, 3), 255, dtype=np.uint8)
+    square[:, : rows * cell, : cols * cell] = images[:, : rows * cell, : cols * cell]
+    renumbered = None if kept is None else [[index // cols * side + index % cols for index in frame] for frame in kept]
+    if groups is not None:
+        padded_groups = [[-1] * (side * side) for _ in groups]
+        for frame, own in zip(padded_groups, groups):
+            for index, token in enumerate(own):
+                frame[index // cols * side + index % cols] = token
+        groups = padded_groups
+    if scores is not None:
+        padded = scores.new_full((len(scores), side, side), 0.0) + scores.min(dim=1).values[:, None, None]
+        padded[:, :rows, :cols] = scores.view(-1, rows, cols)
+        scores = padded.flatten(1)
+    return _Drawn(side, square, renumbered, groups, scores)
+
+
+def _labels(frames: Frames, answer: Answer, count: int) -> list[str]:
     sources = frames.frame_indices or list(range(frames.pixels.shape[0]))
+    sources = sources[:: max(1, len(sources) // count)][:count]  # a temporal patch spans several input frames
     kept = [f"{len(k)} kept" for k in answer.kept_indices] if answer.kept_indices is not None else None
     merged = [f"{m} merged" for m in merged_per_frame(answer.merge_groups) or []] or None
     parts = [[p for p in (k, m) if p] for k, m in zip(kept or [None] * len(sources), merged or [None] * len(sources))]

@@ -3,9 +3,10 @@
 `write_tiny_hf_checkpoint(folder, family)` builds the config with transformers' own config classes and saves
 what a hub download holds: config.json and safetensors (save_pretrained), generation_config.json, a Llama
 tokenizer (SentencePiece, converted by transformers) with the <image>/<video>/<pad> tokens added as the hub
-checkpoints have them, preprocessor_config.json, and a chat template where the real checkpoint ships one
-(LLaVA-1.5: chat_template.json beside the processor; NeXT-Video: chat_template.jinja; Video-LLaVA: none, so the
-model card's prompt is used). Loading goes through `fastervlm.load`, like a real checkpoint. Seeded: the same
+checkpoints have them (the Qwen-VL families: a byte-level BPE tokenizer with Qwen's special tokens,
+`tiny.qwen_tokenizer`), preprocessor_config.json (and the video processor's), and a chat template where the real
+checkpoint ships one (LLaVA-1.5: chat_template.json beside the processor; NeXT-Video: chat_template.jinja;
+Video-LLaVA: none, so the model card's prompt is used). Loading goes through `fastervlm.load`, like a real checkpoint. Seeded: the same
 spec gives the same weights.
 
 Each family's config comes from its own tiny spec beside its adapter (`tiny_config`, `write_tiny_processor`);
@@ -24,6 +25,7 @@ from typing import Any
 from fastervlm.models.base import TinySizes
 from fastervlm.models.hf_base import TinyParts, hf_families
 from fastervlm.models.hf_no_cls import TINY_CONFIGS as _NO_CLS_TINY
+from fastervlm.models.qwen_base import QwenAdapter
 from fastervlm.tiny.identity import mark_tiny
 
 FAMILIES = tuple(cls.model_types[0] for cls in hf_families())
@@ -40,6 +42,9 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
 PLACEHOLDERS = {"image": "<image>", "video": "<video>", "pad": "<pad>"}
+QWEN_PLACEHOLDERS = {"image": "<|image_pad|>", "video": "<|video_pad|>", "pad": "<|endoftext|>",
+                     "vision_start": "<|vision_start|>", "vision_end": "<|vision_end|>"}
+"""The special tokens a Qwen-VL config names, in the tiny Qwen tokenizer."""
 
 
 @dataclass(frozen=True)
@@ -70,9 +75,22 @@ def tiny_tokenizer(spec: TinyHFSpec = TinyHFSpec()) -> Any:
     return tokenizer
 
 
+def uses_qwen_tokenizer(family: str) -> bool:
+    """The Qwen-VL families take Qwen's byte-level BPE tokenizer and special tokens."""
+    return family in FAMILIES and issubclass(_adapter(family), QwenAdapter)
+
+
+def tokenizer_for(family: str, spec: TinyHFSpec = TinyHFSpec()) -> Any:
+    """The tiny tokenizer of the family's kind: Qwen's byte-level BPE, or Llama's SentencePiece."""
+    from fastervlm.tiny.qwen_tokenizer import tiny_qwen_tokenizer
+
+    return tiny_qwen_tokenizer(spec.vocab_size) if uses_qwen_tokenizer(family) else tiny_tokenizer(spec)
+
+
 def tiny_parts(tokenizer: Any, spec: TinyHFSpec = TinyHFSpec()) -> TinyParts:
     """The Llama text config, CLIP vision config and placeholder ids every family's tiny config is built from."""
-    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in PLACEHOLDERS.items()}
+    placeholders = QWEN_PLACEHOLDERS if QWEN_PLACEHOLDERS["video"] in tokenizer.get_vocab() else PLACEHOLDERS
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in placeholders.items()}
     text = dict(model_type="llama", hidden_size=spec.llm_width, intermediate_size=spec.llm_intermediate,
                 num_hidden_layers=spec.llm_layers, num_attention_heads=spec.llm_heads,
                 num_key_value_heads=spec.llm_kv_heads, vocab_size=len(tokenizer), max_position_embeddings=4096,
@@ -119,7 +137,7 @@ def write_tiny_hf_checkpoint(
         raise ValueError(f"tiny checkpoints exist for {FAMILIES}; {family!r} is config-only (tiny_hf_config)")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tokenizer = tokenizer or tiny_tokenizer(spec)
+    tokenizer = tokenizer or tokenizer_for(family, spec)
     tiny_hf_model(family, tokenizer, spec).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     size = spec.image_size

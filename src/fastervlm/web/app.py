@@ -81,12 +81,20 @@ def ask_handler(pipeline: Any, settings: WebSettings) -> Callable[..., tuple]:
     return run
 
 
-def default_configurations() -> tuple[asking.Configuration, asking.Configuration]:
-    """What the page starts from (and warms up with): the registry's default method at reduction 0.9, and the
-    baseline that keeps every token."""
-    from fastervlm.methods import baseline_method, default_method
+def default_configurations(pipeline: Any = None) -> tuple[asking.Configuration, asking.Configuration]:
+    """What the page starts from (and warms up with): the registry's default method at reduction 0.9 (ranking by
+    the received attention where the model has no [CLS] token and the method can), and the baseline that keeps
+    every token."""
+    from fastervlm.errors import UnsupportedModelError
+    from fastervlm.methods import baseline_method, create_pruner, default_method, has_setting
 
-    return (asking.Configuration(default_method(True)),
+    method, settings = default_method(True), {}
+    if pipeline is not None and has_setting(method, "score"):
+        try:
+            pipeline.check_method(create_pruner(method, reduction=asking.TYPICAL_REDUCTION))
+        except UnsupportedModelError:
+            settings = {"score": "received"}
+    return (asking.Configuration(method, settings=settings),
             asking.Configuration(baseline_method(), asking.BUDGET_NONE, None))
 
 
@@ -98,7 +106,8 @@ def _configuration_controls(suffix: str, start: asking.Configuration, num_patche
         method_box = gr.Dropdown(asking.method_names(), value=start.method, label="Method", elem_id=f"method-{suffix}")
         budget_box = gr.Radio(list(asking.BUDGET_KINDS), value=start.budget, label="Budget", elem_id=f"budget-{suffix}")
     with gr.Row():
-        value_box = gr.Number(value=start.value, label=f"Reduction (0-1) or tokens kept per frame (of {num_patches})",
+        of = num_patches or "a number that depends on the video"
+        value_box = gr.Number(value=start.value, label=f"Reduction (0-1) or tokens kept per frame (of {of})",
                               elem_id=f"value-{suffix}")
         settings_box = gr.Textbox(_settings_text(start.method), label="Method settings (JSON)",
                                   elem_id=f"settings-{suffix}")
@@ -144,7 +153,7 @@ def ask_tab(pipeline: Any, settings: WebSettings, sample_video: Path) -> None:
             button = gr.Button("Ask", variant="primary", elem_id="ask")
             message = gr.Markdown(elem_id="message")
             speedup = gr.Markdown(elem_id="speedup")
-    pruned, unpruned = default_configurations()
+    pruned, unpruned = default_configurations(pipeline)
     with gr.Row(equal_height=False):
         with gr.Column(variant="panel"):
             gr.Markdown("### Configuration A")
@@ -223,7 +232,8 @@ def build_app(pipeline: Any, settings: WebSettings, work_dir: Path) -> Any:
     plot_dir.mkdir(exist_ok=True)
     with gr.Blocks(title=f"fastervlm · {model_name(pipeline.path)}", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(f"## fastervlm · {model_title(pipeline.path)}\n{pipeline.num_frames} frames × "
-                    f"{pipeline.num_patches} patches per video; ask a question, see which visual tokens each "
+                    f"{pipeline.num_patches or 'input-sized grids of'} patches per video; ask a question, see which "
+                    "visual tokens each "
                     "pruning configuration keeps and what it saves.")
         with gr.Tab("Ask", elem_id="tab-ask"):
             ask_tab(pipeline, settings, sample)
@@ -237,7 +247,7 @@ def warm_up(pipeline: Any, sample: Path, settings: WebSettings) -> None:
     from dataclasses import replace
 
     unlimited = replace(settings, max_upload_mb=float("inf"), max_video_seconds=float("inf"))  # the page's limits are for uploads
-    asking.ask(pipeline, sample, SAMPLE_QUESTION, list(default_configurations()), unlimited, max_new_tokens=2)
+    asking.ask(pipeline, sample, SAMPLE_QUESTION, list(default_configurations(pipeline)), unlimited, max_new_tokens=2)
 
 
 def serve(pipeline: Any, settings: WebSettings, *, host: str = "127.0.0.1", port: int = 7860) -> None:

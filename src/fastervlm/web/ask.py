@@ -92,11 +92,13 @@ def keeps_every_token(name: str) -> bool:
     return get_method(name).budget == "unbudgeted"
 
 
-def typical_budgets(num_patches: int) -> dict[str, float | None]:
-    """What each budget kind starts from when chosen: reduction 0.9, the per-frame count that it keeps, none."""
+def typical_budgets(num_patches: int | None) -> dict[str, float | None]:
+    """What each budget kind starts from when chosen: reduction 0.9, the per-frame count that it keeps (none
+    without a fixed number of patches per frame), none."""
     from fastervlm.methods import create_pruner, default_method
 
-    keep = create_pruner(default_method(True), reduction=TYPICAL_REDUCTION).per_frame_budget(num_patches)
+    pruner = create_pruner(default_method(True), reduction=TYPICAL_REDUCTION)
+    keep = None if num_patches is None else pruner.per_frame_budget(num_patches)
     return {BUDGET_REDUCTION: TYPICAL_REDUCTION, BUDGET_KEEP: keep, BUDGET_NONE: None}
 
 
