@@ -105,7 +105,10 @@ def selection_notes(answer: Answer, frames: int) -> list[str]:
 def score_name(pipeline: Pipeline, answer: Answer) -> str:
     """What the heatmap shows: the answer's own [CLS] scores, or `heatmap_scores`' ([CLS] attention where the
     encoder has a [CLS] token, else the attention each patch receives)."""
-    return CLS_ATTENTION if answer.cls_scores is not None or pipeline.adapter.stream.has_cls else RECEIVED_ATTENTION
+    from fastervlm.methods.base import CLS_SCORES
+
+    has_cls = CLS_SCORES in pipeline.adapter.stream.provides
+    return CLS_ATTENTION if answer.cls_scores is not None or has_cls else RECEIVED_ATTENTION
 
 
 def answer_notes(pipeline: Pipeline, answer: Answer, *, heatmap: bool, borrowed: bool = False) -> list[str]:
