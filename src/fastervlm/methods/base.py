@@ -177,7 +177,8 @@ class Selection:
     """(K,) bool: True for a token that merges several candidates; None when every token is a single candidate."""
     groups: torch.Tensor | None = None
     """(T x N,) long: for each candidate, the token (0 .. K-1) it was merged into, -1 for one kept as itself or
-    dropped; None when nothing was merged."""
+    dropped; None when nothing was merged. A candidate averaged into several tokens (FastVID merges a segment into
+    each of its anchor frames) names one of them, the method's docstring says which."""
     projected: bool = False
     """The features are already in the LLM's embedding space (rows of `VisualTokens.projected`): do not project."""
     keeps_patches: bool = True

@@ -73,15 +73,16 @@ def density_peaks(tokens: torch.Tensor) -> torch.Tensor:
     return delta * density
 
 
-def merge_into_anchors(anchors: torch.Tensor, members: torch.Tensor,
-                       anchor_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A, C) anchors and (M, C) members -> (A, C) merged anchors and (M,) the anchor each member joined (the most
-    cosine-similar; the first on ties): w x anchor + (1 - w) x mean of its members, w = max(weight, 1/(count+1))."""
-    joins = (F.normalize(members, dim=-1) @ F.normalize(anchors, dim=-1).T).argmax(dim=-1)
-    counts = torch.bincount(joins, minlength=len(anchors)).unsqueeze(-1).to(members.dtype)
-    sums = torch.zeros_like(anchors).index_add_(0, joins, members)
+def merge_into_anchors(anchors: torch.Tensor, members: torch.Tensor, anchor_units: torch.Tensor,
+                       member_units: torch.Tensor, anchor_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, C) anchors and (M, C) members, with their unit vectors -> (A, C) merged anchors and (M,) the anchor each
+    member joined (the most cosine-similar; the first on ties): w x anchor + (1 - w) x the mean of its members,
+    w = max(anchor_weight, 1 / (members + 1))."""
+    joins = (member_units @ anchor_units.T).argmax(dim=-1)
+    one_hot = F.one_hot(joins, len(anchors)).to(members.dtype)  # (M, A)
+    counts = one_hot.sum(dim=0).unsqueeze(-1)
     weight = (1 / (counts + 1)).clamp(min=anchor_weight)
-    return weight * anchors + (1 - weight) * sums / counts.clamp(min=1), joins
+    return weight * anchors + (1 - weight) * (one_hot.T @ members) / counts.clamp(min=1), joins
 
 
 @register
@@ -138,6 +139,7 @@ class FastVID(ImportanceScored):
         frames, patches, width = projected.shape
         offsets = patches * torch.arange(frames, device=projected.device)[:, None]
         candidates = take_rows(projected.float(), rest)  # (T, R, C)
+        units = F.normalize(candidates, dim=-1)
         peaks = descending_order(density_peaks(candidates))
         segment_of = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).tolist()
         features = [projected.flatten(0, 1)[(salient + offsets).flatten()].float()]
@@ -151,7 +153,7 @@ class FastVID(ImportanceScored):
                 pool = [t for t in range(frames) if segment_of[t] == segment_of[frame]]
             anchors = peaks[frame, :count]
             merged, joins = merge_into_anchors(candidates[frame, anchors], candidates[pool].flatten(0, 1),
-                                               self.anchor_weight)
+                                               units[frame, anchors], units[pool].flatten(0, 1), self.anchor_weight)
             features.append(merged)
             sources.append(rest[frame, anchors] + frame * patches)
             joined.append((frame, (rest[pool] + offsets[pool]).flatten(), sources[-1][joins]))
