@@ -338,6 +338,16 @@ def check_fraction(value: Any, setting_name: str, example: str) -> None:
         raise BudgetError(f"{setting_name} must be a number between 0 and 1 (got {value!r}), e.g. {example}.")
 
 
+def check_number(value: Any, setting_name: str, example: str, low: float, high: float = math.inf, *,
+                 low_included: bool = True) -> None:
+    """A method setting that must be a number from `low` (excluded unless `low_included`) to `high`; else a
+    BudgetError showing `example`."""
+    number = not isinstance(value, bool) and isinstance(value, (int, float))
+    if not number or not (low <= value if low_included else low < value) or not value <= high:
+        bound = f"{'from' if low_included else 'above'} {low:g}" + ("" if high == math.inf else f" to {high:g}")
+        raise BudgetError(f"{setting_name} must be a number {bound} (got {value!r}), e.g. {example}.")
+
+
 def check_choice(value: Any, setting_name: str, example: str, choices: tuple[str, ...]) -> None:
     """A method setting that must be one of `choices`; else a BudgetError listing them and showing `example`."""
     if value not in choices:

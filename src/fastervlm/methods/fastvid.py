@@ -28,8 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fastervlm.errors import BudgetError
-from fastervlm.methods.base import (CLS_SCORES, PROJECTED, Selection, VisualTokens, check_fraction,
+from fastervlm.methods.base import (CLS_SCORES, PROJECTED, Selection, VisualTokens, check_fraction, check_number,
                                     check_whole_number, keep_all_tokens, setting)
 from fastervlm.methods.ranking import ImportanceScored
 from fastervlm.methods.registry import register
@@ -56,8 +55,9 @@ def anchor_counts(lengths: list[int], per_frame: int, every: int) -> list[int]:
     for length in lengths:
         holders = math.ceil(length / every)
         share, extra = divmod(per_frame * length, holders)
-        back = [share + (rank < extra) if offset % every == 0 else 0
-                for offset, rank in ((offset, offset // every) for offset in range(length))]
+        back = [0] * length  # the segment's frames, its last one first
+        for rank, offset in enumerate(range(0, length, every)):
+            back[offset] = share + (rank < extra)
         counts.extend(reversed(back))
     return counts
 
@@ -113,14 +113,11 @@ class FastVID(ImportanceScored):
         check_whole_number(self.anchor_every, "fastvid's {anchor_every}", "{anchor_every}=4", minimum=1)
         check_fraction(self.merge_share, "fastvid's {merge_share}", "{merge_share}=0.4")
         check_fraction(self.anchor_weight, "fastvid's {anchor_weight}", "{anchor_weight}=0.6")
-        if isinstance(self.cut_below, bool) or not isinstance(self.cut_below, (int, float)) \
-                or not -1 <= self.cut_below <= 1:
-            raise BudgetError(f"fastvid's {{cut_below}} is a cosine similarity between -1 and 1 (got "
-                              f"{self.cut_below!r}), e.g. {{cut_below}}=0.9.")
+        check_number(self.cut_below, "fastvid's {cut_below} (a cosine similarity)", "{cut_below}=0.9", -1, 1)
 
     def select(self, tokens: VisualTokens) -> Selection:
         projected = tokens.require(PROJECTED, self.name)
-        frames, patches, _ = projected.shape
+        patches = projected.shape[1]
         keep = self.per_frame_budget(patches)
         if keep == patches:
             return keep_all_tokens(tokens.features)
@@ -142,8 +139,8 @@ class FastVID(ImportanceScored):
         units = F.normalize(candidates, dim=-1)
         peaks = descending_order(density_peaks(candidates))
         segment_of = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).tolist()
-        features = [projected.flatten(0, 1)[(salient + offsets).flatten()].float()]
-        sources, joined = [(salient + offsets).flatten()], []
+        kept = (salient + offsets).flatten()
+        features, sources, joined = [projected.flatten(0, 1)[kept].float()], [kept], []
         for frame, count in enumerate(counts):
             count = min(count, rest.shape[1])  # an anchor frame never holds more than its non-ATS tokens
             if count == 0:

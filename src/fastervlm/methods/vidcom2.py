@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from fastervlm.errors import BudgetError
-from fastervlm.methods.base import (PROJECTED, Selection, VisionPruner, VisualTokens, keep_all_tokens,
+from fastervlm.methods.base import (PROJECTED, Selection, VisionPruner, VisualTokens, check_number, keep_all_tokens,
                                     select_candidates, setting)
 from fastervlm.methods.registry import register
 from fastervlm.selection import descending_order
@@ -109,10 +109,7 @@ class VidCom2(VisionPruner):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) \
-                or not self.temperature > 0:
-            raise BudgetError(f"vidcom2's {{temperature}} must be a number above 0 (got {self.temperature!r}), "
-                              "e.g. {temperature}=0.01.")
+        check_number(self.temperature, "vidcom2's {temperature}", "{temperature}=0.01", 0, low_included=False)
 
     def select(self, tokens: VisualTokens) -> Selection:
         projected = tokens.require(PROJECTED, self.name)
