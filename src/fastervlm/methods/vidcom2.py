@@ -37,7 +37,7 @@ def low_variance_channels(tokens: torch.Tensor) -> torch.Tensor:
     """(M, C) tokens -> (M, int(C x CHANNEL_SHARE)): the channels whose variance over the M tokens is lowest."""
     variance = tokens.var(dim=0, unbiased=False)
     chosen = torch.sort(variance, stable=True).indices[: int(tokens.shape[-1] * CHANNEL_SHARE)]
-    return tokens[:, chosen]
+    return tokens.index_select(1, chosen)
 
 
 def gaussian_similarity(tokens: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
