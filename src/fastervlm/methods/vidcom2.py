@@ -56,7 +56,8 @@ def similarities(projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return video, frame
 
 
-def apportion(shares: torch.Tensor, total: int, low: int, high: int, priority: torch.Tensor | None = None) -> torch.Tensor:
+def apportion(shares: torch.Tensor, total: int, low: int, high: int,
+              priority: torch.Tensor | None = None) -> torch.Tensor:
     """(T,) positive shares -> (T,) whole counts in [low, high] that sum to `total`, proportional to the shares.
 
     A count that would fall outside the bounds is pinned to the bound and the rest of the total is shared again
