@@ -91,9 +91,10 @@ def test_every_method_without_cls_answers(method: str, pipeline) -> None:
     assert answer.visual_tokens == kept and full.visual_tokens == SPEC.num_frames * N
     if pruner.stage == "vision":  # the prompt shrinks by the dropped tokens, the newline stays
         assert full.prompt_tokens - answer.prompt_tokens == SPEC.num_frames * N - kept
-    if answer.kept_indices is not None:  # FastV spends frames x L over the whole video, the others L per frame
+    if answer.kept_indices is not None:  # FastV and the "video" budgets spend frames x L over the whole video
         counts = [len(frame) for frame in answer.kept_indices]
-        assert sum(counts) == kept and (pruner.stage == "llm" or counts == [kept // SPEC.num_frames] * SPEC.num_frames)
+        per_frame = pruner.stage == "vision" and pruner.budget != "video"
+        assert sum(counts) == kept and (not per_frame or counts == [kept // SPEC.num_frames] * SPEC.num_frames)
         assert all(0 <= index < N for frame in answer.kept_indices for index in frame)
     assert 1 <= len(answer.output_ids) <= SHORT.max_new_tokens
 

@@ -180,7 +180,8 @@ class Selection:
     """(K,) bool: True for a token that merges several candidates; None when every token is a single candidate."""
     groups: torch.Tensor | None = None
     """(T x N,) long: for each candidate, the token (0 .. K-1) it was merged into, -1 for one kept as itself or
-    dropped; None when nothing was merged."""
+    dropped; None when nothing was merged. A candidate averaged into several tokens (FastVID merges a segment into
+    each of its anchor frames) names one of them, the method's docstring says which."""
     projected: bool = False
     """The features are already in the LLM's embedding space (rows of `VisualTokens.projected`): do not project."""
     keeps_patches: bool = True
@@ -339,6 +340,16 @@ def check_fraction(value: Any, setting_name: str, example: str) -> None:
     """A method setting that must be a number between 0 and 1; else a BudgetError showing `example`."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
         raise BudgetError(f"{setting_name} must be a number between 0 and 1 (got {value!r}), e.g. {example}.")
+
+
+def check_number(value: Any, setting_name: str, example: str, low: float, high: float = math.inf, *,
+                 low_included: bool = True) -> None:
+    """A method setting that must be a number from `low` (excluded unless `low_included`) to `high`; else a
+    BudgetError showing `example`."""
+    number = not isinstance(value, bool) and isinstance(value, (int, float))
+    if not number or not (low <= value if low_included else low < value) or not value <= high:
+        bound = f"{'from' if low_included else 'above'} {low:g}" + ("" if high == math.inf else f" to {high:g}")
+        raise BudgetError(f"{setting_name} must be a number {bound} (got {value!r}), e.g. {example}.")
 
 
 def check_choice(value: Any, setting_name: str, example: str, choices: tuple[str, ...]) -> None:
