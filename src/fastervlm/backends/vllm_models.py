@@ -1,8 +1,8 @@
 """vLLM's own Llama and Qwen2, reading the LLM's tensors out of a whole fastervlm checkpoint.
 
-vLLM imports this module by name in its own processes (the `model_class_overrides` that
-`backends/vllm_text.py` names), never fastervlm: it imports vLLM at the top. The only change to vLLM's classes is
-the weight names they are fed (`text_weights`: the tower and projector skipped, the LLM's prefix renamed).
+vLLM imports this module by name in its own processes (the `model_class_overrides` that `backends/vllm_text.py`
+names), never fastervlm: it imports vLLM at the top, and of fastervlm only the leaf `vllm_names`. The only change
+to vLLM's classes is the weight names they are fed (`text_weights`: tower and projector skipped, prefix renamed).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from vllm.model_executor.models.llama import LlamaForCausalLM
 from vllm.model_executor.models.qwen2 import Qwen2ForCausalLM
 
-from fastervlm.backends.vllm_text import text_weights
+from fastervlm.backends.vllm_names import text_weights
 
 
 class FasterVLMLlamaForCausalLM(LlamaForCausalLM):

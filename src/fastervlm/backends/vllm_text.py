@@ -7,7 +7,8 @@ or `model.language_model.*` beside the tower and the projector). vLLM loads a te
 text config.json and weight files. `text_model_folder` writes that folder once into the fastervlm cache:
 config.json of the LLM, whose architecture names one of our vLLM model classes (`backends/vllm_models.py`),
 and symbolic links to the checkpoint's own weight files (an export of a 7B model costs a few KB instead of
-~13 GB). Those classes rename the keys while vLLM reads them (`text_weights`) and skip the tower and projector.
+~13 GB). Those classes rename the keys while vLLM reads them (`vllm_names.text_weights`) and skip the tower and
+projector.
 
 No vLLM import here: the folder is written in fastervlm's process, the weights are read in vLLM's.
 """
@@ -19,9 +20,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from fastervlm.errors import UnsupportedModelError
 from fastervlm.models.weights import weight_files
@@ -33,35 +33,7 @@ MODELS_MODULE = "fastervlm.backends.vllm_models"
 TEXT_ARCHITECTURES = {"llama": "FasterVLMLlamaForCausalLM", "qwen2": "FasterVLMQwen2ForCausalLM"}
 """model_type of the LLM -> our vLLM class for it (a subclass of vLLM's own that reads our checkpoints' keys)."""
 MROPE_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen2_vl_text", "qwen2_5_vl_text", "qwen3_vl_text")
-
-LLM_PREFIXES = (
-    ("language_model.model.", "model."),
-    ("language_model.lm_head.", "lm_head."),
-    ("model.language_model.", "model."),
-    ("language_model.", "model."),
-)
-"""Where each layout keeps the LLM, renamed to a text model's names; the first matching prefix wins."""
-TEXT_MODULES = ("model.embed_tokens.", "model.layers.", "model.norm.", "lm_head.")
-"""What a text model holds: every other tensor (tower, projector, image_newline) is skipped."""
-
-T = TypeVar("T")
-
-
-def text_name(name: str) -> str | None:
-    """A checkpoint tensor name -> its name in a text-only model, None for a tensor outside the LLM."""
-    for prefix, replacement in LLM_PREFIXES:
-        if name.startswith(prefix):
-            name = replacement + name[len(prefix):]
-            break
-    return name if name.startswith(TEXT_MODULES) else None
-
-
-def text_weights(weights: Iterable[tuple[str, T]]) -> Iterator[tuple[str, T]]:
-    """The LLM's tensors of a checkpoint, under a text model's names (what vLLM's loader is fed)."""
-    for name, tensor in weights:
-        renamed = text_name(name)
-        if renamed is not None:
-            yield renamed, tensor
+"""LLMs that place visual tokens with 3-D (M-RoPE) positions: refused."""
 
 
 def text_architecture(llm_config: Any) -> str:
