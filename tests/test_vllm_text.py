@@ -169,3 +169,16 @@ def test_only_the_engine_side_of_the_backend_imports_vllm() -> None:
             if any(name == "vllm" or name.startswith("vllm.") for name in names):
                 importers.add(file.relative_to(source).as_posix())
     assert importers == {"backends/vllm_worker.py", "backends/vllm_models.py"}
+
+
+def test_llm_stage_methods_are_refused_and_vision_stage_ones_pass() -> None:
+    from fastervlm.methods import create_pruner, get_method, list_methods
+
+    assert {get_method(name).stage for name in list_methods()} == {"vision", "llm"}
+    for name in list_methods():
+        pruner = create_pruner(name)
+        if get_method(name).stage == "vision":
+            backend.check_method(pruner)
+        else:
+            with pytest.raises(UnsupportedModelError, match=f"{name} prunes inside the LLM's attention"):
+                backend.check_method(pruner)

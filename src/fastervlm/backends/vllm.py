@@ -29,7 +29,7 @@ import torch
 
 from fastervlm.backends.vllm_process import EngineProcess, VLLMError
 from fastervlm.backends.vllm_text import model_class_overrides, text_model_folder
-from fastervlm.errors import PromptTooLongError
+from fastervlm.errors import PromptTooLongError, UnsupportedModelError
 from fastervlm.paths import default_cache_dir
 
 PYTHON_ENV = "FASTERVLM_VLLM_PYTHON"
@@ -131,6 +131,14 @@ def vllm_python() -> str:
     if built.is_file():
         return str(built)
     raise VLLMError(f"vLLM is not installed here, {PYTHON_ENV} is not set and {built} does not exist: {INSTALL_HINT}.")
+
+
+def check_method(pruner: Any) -> None:
+    """Refuse a method that acts inside the LLM (FastV): vLLM's attention kernels expose no attention to rank by."""
+    if pruner.stage != "vision":
+        raise UnsupportedModelError(
+            f"{pruner.name} prunes inside the LLM's attention, which the vLLM backend cannot reach: use a vision-stage "
+            "method (e.g. fastervlm) with the vLLM backend, or the transformers backend for this one.")
 
 
 def fixed_arguments() -> dict[str, Any]:

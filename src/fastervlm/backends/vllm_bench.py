@@ -112,7 +112,8 @@ def measure(family: str, prompts_count: int, new_tokens: int, repeats: int, sett
         seconds, each = _timed(transformers_each, repeats)
         rows.insert(0, {"path": "transformers, one prompt at a time", "seconds": seconds, "ttft": None,
                         "same": sum(a == b for a, b in zip(each, reference)), "start": None})
-        with VLLMBackend(path, adapter.llm_config, dtype=torch.float32, engine_settings=settings) as backend:
+        with VLLMBackend(path, adapter.llm_config, dtype=torch.float32, engine_settings=settings,
+                         cache_dir=Path(scratch)) as backend:
             decoding = DecodingSettings.from_generation_config(config)
             seconds, results = _timed(lambda: backend.generate(unpadded(prompts), decoding), repeats)
             rows.append({"path": f"vLLM {backend.vllm_version}, one request batch of {prompts_count}",
