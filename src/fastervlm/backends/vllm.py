@@ -7,8 +7,9 @@ stages stay ours), with vLLM's continuous batching, paged KV cache and paralleli
     backend.close()
 
 The engine lives in a process of its own (`vllm_worker`), started with the Python of an environment where vLLM
-imports: this one when vLLM is installed here, else the one $FASTERVLM_VLLM_PYTHON names (vLLM pins an older
-transformers than fastervlm, so the two usually live in two environments: docs/vllm.md). The engine loads the
+imports (`vllm_python`: the one $FASTERVLM_VLLM_PYTHON names, else this one, else the one
+scripts/install-vllm-cpu.sh builds): vLLM pins an older transformers than fastervlm, so the two usually live in
+two environments (docs/vllm.md). The engine loads the
 checkpoint's language model from a text-only folder of links (`vllm_text`), so no weight is copied.
 Nothing here imports vLLM.
 """
