@@ -137,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastervlm.backends.vllm_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--llm", choices=sorted(FAMILIES), default="llama",
                         help="llama: tiny original-format Video-LLaVA (512 visual tokens); qwen2: tiny LLaVA-OneVision (73)")
-    parser.add_argument("--prompts", type=int, default=16, help="prompts in the batch (default 16)")
-    parser.add_argument("--new-tokens", type=int, default=32, help="max new tokens per prompt (default 32)")
+    parser.add_argument("--prompts", type=int, default=8, help="prompts in the batch (default 8)")
+    parser.add_argument("--new-tokens", type=int, default=16, help="max new tokens per prompt (default 16)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up; the median is shown")
     parser.add_argument("--engine-setting", action="append", default=[], metavar="KEY=VALUE",
                         help="a vLLM engine option (repeatable); default: max_model_len=2048 enforce_eager=true "
