@@ -21,7 +21,7 @@ import fastervlm
 from fastervlm import engine
 from fastervlm.backends.vllm import DecodingSettings, VLLMBackend, VLLMError, vllm_python
 from fastervlm.errors import PromptTooLongError, UnsupportedModelError
-from fastervlm.methods import create_pruner, get_method, list_methods
+from fastervlm.methods import baseline_method, create_pruner, get_method, list_methods
 from fastervlm.models.base import GenerationSettings
 from fastervlm.models.generation import generation_config
 
@@ -78,7 +78,7 @@ def test_greedy_ids_equal_the_transformers_path_for_every_vision_method(served) 
     assert len(set(prompts.lengths)) > 1  # prompts of different lengths in one batch
     settings = GenerationSettings(max_new_tokens=24)
     with torch.inference_mode():
-        expected, _ = engine.generate(pipeline.adapter, prompts, create_pruner("none"), settings)
+        expected, _ = engine.generate(pipeline.adapter, prompts, create_pruner(baseline_method()), settings)
     results = backend.generate(unpadded(prompts), decoding(pipeline, settings)[1])
     assert [r.ids for r in results] == expected
     for result in results:

@@ -84,14 +84,14 @@ def measure(family: str, prompts_count: int, new_tokens: int, repeats: int, sett
     import fastervlm
     from fastervlm import engine
     from fastervlm.backends.vllm import DecodingSettings, VLLMBackend
-    from fastervlm.methods import create_pruner
+    from fastervlm.methods import baseline_method, create_pruner
     from fastervlm.models.base import GenerationSettings
     from fastervlm.models.generation import generation_config
 
     with tempfile.TemporaryDirectory(prefix="fastervlm-vllm-bench-") as scratch:
         path = write_checkpoint(family, Path(scratch))
         pipeline = fastervlm.load(path, device="cpu", dtype="float32")
-        adapter, none = pipeline.adapter, create_pruner("none")
+        adapter, none = pipeline.adapter, create_pruner(baseline_method())
         questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(prompts_count)]
         prompts = stage_prompts(pipeline, questions, [none] * prompts_count)
         generation = GenerationSettings(max_new_tokens=new_tokens)
