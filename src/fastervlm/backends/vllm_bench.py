@@ -10,12 +10,13 @@ per-request overhead, its scheduling), not what it gains on a 7B model on a GPU 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -28,9 +29,20 @@ FAMILIES = {"llama": "video_llava_original", "qwen2": "llava_onevision"}
 other transformers family, by its model_type, is written too)."""
 
 
+Spec = TypeVar("Spec")
+
+
+def with_head_dim_64(spec: Spec) -> Spec:
+    """A tiny spec (`fastervlm.tiny`'s TinySpec, TinyHFSpec) with an LLM of 64-wide attention heads (width 128, 2
+    heads; 1 key/value head where the spec has grouped-query attention): vLLM's CPU engine refuses the default's
+    16-wide heads. Everything else is kept; every family's tiny writer takes it."""
+    kv = {"llm_kv_heads": 1} if hasattr(spec, "llm_kv_heads") else {}
+    return dataclasses.replace(spec, llm_width=128, llm_intermediate=256, llm_heads=2, **kv)  # type: ignore[type-var]
+
+
 def write_checkpoint(family: str, folder: Path) -> Path:
     """The family's tiny checkpoint with 64-wide LLM heads, written into `folder`."""
-    from fastervlm.tiny import TinySpec, with_head_dim_64, write_tiny_checkpoint
+    from fastervlm.tiny import TinySpec, write_tiny_checkpoint
     from fastervlm.tiny.hf import TinyHFSpec, write_tiny_hf_checkpoint
 
     if family == FAMILIES["llama"]:
