@@ -140,7 +140,7 @@ def test_cli_and_web_hold_no_pruning_or_inference_logic() -> None:
 @pytest.mark.parametrize("module", ["fastervlm", "fastervlm.pipeline", "fastervlm.engine", "fastervlm.hf"])
 def test_importing_the_library_loads_no_heavy_optional_package(module: str) -> None:
     code = (f"import sys, {module}\n"
-            "heavy = ['gradio', 'openai', 'matplotlib', 'torch.distributed.run', 'fastervlm.web']\n"
+            "heavy = ['gradio', 'openai', 'matplotlib', 'torch.distributed.run', 'fastervlm.web', 'vllm']\n"
             "print([m for m in heavy if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
