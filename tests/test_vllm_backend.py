@@ -15,11 +15,10 @@ from typing import Any
 
 import pytest
 import torch
-from vllm_tiny import ORIGINAL, QUESTIONS, head_dim_64_checkpoint, stage_prompts, unpadded
+from vllm_tiny import ORIGINAL, QUESTIONS, head_dim_64_checkpoint, stage_prompts, transformers_ids, unpadded
 
 import fastervlm
-from fastervlm import engine
-from fastervlm.backends.vllm import DecodingSettings, VLLMBackend, VLLMError, vllm_python
+from fastervlm.backends.vllm import DecodingSettings, VLLMEngine, VLLMError, vllm_python
 from fastervlm.errors import PromptTooLongError, UnsupportedModelError
 from fastervlm.methods import baseline_method, create_pruner, get_method, list_methods
 from fastervlm.models.base import GenerationSettings
@@ -39,11 +38,11 @@ def engine_python() -> str:
 
 @pytest.fixture(scope="session", params=[ORIGINAL, "llava_onevision"], ids=["llama", "qwen2"])
 def served(request: pytest.FixtureRequest, engine_python: str,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, VLLMBackend]]:
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, VLLMEngine]]:
     """A family's pipeline (transformers) and a vLLM engine on the same checkpoint's LLM."""
     path = head_dim_64_checkpoint(request.param, tmp_path_factory)
     pipeline = fastervlm.load(path, device="cpu", dtype="float32")
-    backend = VLLMBackend(path, pipeline.adapter.llm_config, dtype=torch.float32, engine_settings=SETTINGS)
+    backend = VLLMEngine(path, pipeline.adapter.llm_config, dtype=torch.float32, engine_settings=SETTINGS)
     yield pipeline, backend
     backend.close()
 
@@ -55,7 +54,8 @@ def vision_methods(pipeline: Any) -> list[Any]:
         cls = get_method(name)
         if cls.stage != "vision":
             continue
-        pruner = create_pruner(name, reduction=0.75) if cls.budget == "per_frame" and not cls.baseline else create_pruner(name)
+        budgeted = cls.budget != "unbudgeted" and not cls.baseline
+        pruner = create_pruner(name, reduction=0.75) if budgeted else create_pruner(name)
         try:
             pipeline.check_method(pruner)
         except UnsupportedModelError:
@@ -75,10 +75,9 @@ def test_greedy_ids_equal_the_transformers_path_for_every_vision_method(served) 
     methods = vision_methods(pipeline)
     assert len(methods) >= 4  # those that run on the family (OneVision refuses the [CLS]-based ones)
     prompts = stage_prompts(pipeline, QUESTIONS[: len(methods)], methods)
-    assert len(set(prompts.lengths)) > 1  # prompts of different lengths in one batch
+    assert len({prompt.length for prompt in prompts}) > 1  # prompts of different lengths in one batch
     settings = GenerationSettings(max_new_tokens=24)
-    with torch.inference_mode():
-        expected, _ = engine.generate(pipeline.adapter, prompts, create_pruner(baseline_method()), settings)
+    expected = transformers_ids(pipeline, prompts, create_pruner(baseline_method()), settings)
     results = backend.generate(unpadded(prompts), decoding(pipeline, settings)[1])
     assert [r.ids for r in results] == expected
     for result in results:
@@ -123,14 +122,14 @@ def test_bad_engine_settings_are_clear_errors(engine_python: str, tmp_path_facto
     path = head_dim_64_checkpoint("llava_onevision", tmp_path_factory)
     config = fastervlm.load(path, device="cpu", dtype="float32").adapter.llm_config
     with pytest.raises(VLLMError, match=message) as error:
-        VLLMBackend(path, config, dtype=torch.float32, engine_settings=settings, quiet=True)
+        VLLMEngine(path, config, dtype=torch.float32, engine_settings=settings, quiet=True)
     assert error.value.kind == "settings"
 
 
 def test_settings_fastervlm_owns_are_refused_before_any_work(tmp_path: Path) -> None:
     config = type("Config", (), {"model_type": "llama"})()
     with pytest.raises(VLLMError, match="dtype, enable_prompt_embeds is set by fastervlm"):
-        VLLMBackend(tmp_path, config, dtype=torch.float32, engine_settings=["dtype=half", "enable_prompt_embeds=0"])
+        VLLMEngine(tmp_path, config, dtype=torch.float32, engine_settings=["dtype=half", "enable_prompt_embeds=0"])
 
 
 def test_a_device_this_vllm_build_lacks_is_a_clear_error(engine_python: str,
@@ -144,5 +143,69 @@ def test_a_device_this_vllm_build_lacks_is_a_clear_error(engine_python: str,
     path = head_dim_64_checkpoint("llava_onevision", tmp_path_factory)
     config = fastervlm.load(path, device="cpu", dtype="float32").adapter.llm_config
     with pytest.raises(VLLMError, match=f"this vLLM runs on {found}, not {other}") as error:
-        VLLMBackend(path, config, dtype=torch.float32, device=other, engine_settings=SETTINGS, quiet=True)
+        VLLMEngine(path, config, dtype=torch.float32, device=other, engine_settings=SETTINGS, quiet=True)
     assert error.value.kind == "device"
+
+
+def _on_vllm(pipeline: Any, backend: VLLMEngine) -> Any:
+    """The same loaded model with its LLM stage on the session's running engine."""
+    from fastervlm.backends.vllm import VLLMBackend
+    from fastervlm.pipeline import Pipeline
+
+    return Pipeline(pipeline.adapter, pipeline.path, VLLMBackend(pipeline.adapter, engine=backend, keep_local_llm=True))
+
+
+def test_a_pipeline_on_the_vllm_backend_answers_as_the_transformers_one(served, synthetic_video) -> None:
+    pipeline, backend = served
+    on_vllm = _on_vllm(pipeline, backend)
+    settings = GenerationSettings(max_new_tokens=12)
+    for method in vision_methods(pipeline)[:3]:
+        ours = pipeline.answer("What happens?", video=synthetic_video, method=method, generation=settings)
+        theirs = on_vllm.answer("What happens?", video=synthetic_video, method=method, generation=settings)
+        assert (theirs.output_ids, theirs.text, theirs.visual_tokens) == (ours.output_ids, ours.text, ours.visual_tokens)
+        assert theirs.prefix_tokens == 0 and theirs.timings["llm_prefill"] > 0
+    with pytest.raises(UnsupportedModelError, match="fastv prunes inside the LLM"):
+        on_vllm.answer("What happens?", video=synthetic_video, method="fastv", reduction=0.5, generation=settings)
+
+
+def test_eval_predict_on_the_vllm_backend_equals_the_transformers_harness(served, tmp_path: Path) -> None:
+    """Every item of the run submitted to the engine in one submission; records equal the transformers harness's."""
+    from eval_helpers import write_questions
+
+    from fastervlm.eval.benchmarks import BENCHMARKS, load_items
+    from fastervlm.eval.predict import predict_items, prepare_run
+    from fastervlm.tiny.video import write_synthetic_video
+
+    pipeline, backend = served
+    root = tmp_path / "data"
+    videos = write_questions(root, [("a", "What moves?"), ("b", "Is it day?"), ("a", "Which colour is it?")])
+    for seed, name in enumerate("ab"):
+        write_synthetic_video(videos / f"{name}.avi", num_frames=10, height=32, width=48, seed=seed)
+    loaded = load_items(BENCHMARKS["msvd"], root)
+    pruner = vision_methods(pipeline)[1]
+    settings = GenerationSettings(max_new_tokens=8)
+    records = {}
+    for name, each in (("transformers", pipeline), ("vllm", _on_vllm(pipeline, backend))):
+        run = prepare_run(each, loaded, root, pruner, settings, out=tmp_path / name)
+        summary = predict_items(each, run, loaded, root, pruner, settings, progress=False)
+        records[name] = {i: (r["pred"], r["output_ids"]) for i, r in run.predictions().items()}
+        if name == "vllm":
+            assert summary.batches == 1  # the whole run in one submission: the engine batches it
+    assert records["vllm"] == records["transformers"] and len(records["vllm"]) == 3
+
+
+def test_answer_with_backend_vllm_on_the_command_line(engine_python: str, tmp_path_factory: pytest.TempPathFactory,
+                                                      synthetic_video, capsys) -> None:
+    """`fastervlm answer --backend vllm --engine-option ...`: the engine starts, answers as transformers does."""
+    import json
+
+    from fastervlm.cli import main
+
+    path = head_dim_64_checkpoint("llava_onevision", tmp_path_factory)
+    common = ["answer", "--model", str(path), "--video", str(synthetic_video), "--question", "What moves?",
+              "--device", "cpu", "--max-new-tokens", "6", "--method", "random", "--reduction", "0.5", "--json"]
+    assert main(common) == 0
+    ours = json.loads(capsys.readouterr().out)
+    assert main([*common, "--backend", "vllm", *(f"--engine-option={s}" for s in SETTINGS)]) == 0
+    theirs = json.loads(capsys.readouterr().out)
+    assert theirs["output_ids"] == ours["output_ids"] and theirs["kept_indices"] == ours["kept_indices"]

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from fastervlm.backends.vllm_bench import FAMILIES as LLM_FAMILIES
-from fastervlm.backends.vllm_bench import QUESTIONS, stage_prompts, unpadded, write_checkpoint  # noqa: F401
+from fastervlm.backends.vllm_bench import (QUESTIONS, stage_prompts, transformers_ids, unpadded,  # noqa: F401
+                                           write_checkpoint)
 from fastervlm.tiny.hf import FAMILIES
 
 ORIGINAL = LLM_FAMILIES["llama"]

@@ -244,14 +244,17 @@ def load(
     dtype: str | torch.dtype | None = None,
     share_prefix: bool = True,
     static_cache: bool | None = None,
+    backend: str = "transformers",
+    engine_settings: Any = None,
     **options: Any,
 ) -> Pipeline:
     """Load a checkpoint directory once; the family is detected from its config.json.
 
     share_prefix: questions on one input share the prompt prefix computed once (False: every prompt prefilled whole;
     the same answers). static_cache: decode on a static KV cache with a compiled step (None: on CUDA only; see
-    `fastervlm.llm.TransformersLLM`). options are family-specific, e.g. `video_tower=` for original-format
-    Video-LLaVA.
+    `fastervlm.llm.TransformersLLM`). backend: "transformers" (the LLM stage in this process) or "vllm" (a vLLM
+    engine; `engine_settings`: its options as KEY=VALUE strings or a dict; docs/vllm.md). options are
+    family-specific, e.g. `video_tower=` for original-format Video-LLaVA.
     """
     path = Path(model).expanduser()
     adapter_cls = adapter_for(path)
@@ -260,5 +263,17 @@ def load(
         if option not in accepted:
             flag = "--" + option.replace("_", "-")
             raise FasterVLMError(f"{flag} does not apply to {adapter_cls.family} checkpoints ({path}); leave it out.")
+    if backend not in BACKENDS:
+        raise FasterVLMError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}.")
+    if engine_settings and backend != "vllm":
+        raise FasterVLMError("engine settings (--engine-option) are the vLLM engine's: give them with --backend vllm.")
     adapter = adapter_cls.load(path, device=resolve_device(device), dtype=resolve_dtype(dtype), **options)
+    if backend == "vllm":
+        from fastervlm.backends.vllm import VLLMBackend
+
+        return Pipeline(adapter, path, VLLMBackend(adapter, path, engine_settings=engine_settings))
     return Pipeline(adapter, path, TransformersLLM(adapter, share_prefix=share_prefix, static_cache=static_cache))
+
+
+BACKENDS = ("transformers", "vllm")
+"""Where the LLM stage runs: this process (transformers), or a vLLM engine."""

@@ -1,5 +1,5 @@
 """Engines other than transformers that can run the LLM stage.
 
-`fastervlm.backends.vllm.VLLMBackend` runs it in vLLM from prompt embeddings. Nothing here is imported by
+`fastervlm.backends.vllm.VLLMEngine` runs it in vLLM from prompt embeddings. Nothing here is imported by
 `import fastervlm`: a backend loads its engine inside the calls that need it.
 """

@@ -1,10 +1,12 @@
 """The LLM stage on vLLM: answers for prompts given as embeddings (our encode -> select -> project -> prompt
 stages stay ours), with vLLM's continuous batching, paged KV cache and parallelism.
 
-    backend = VLLMBackend(checkpoint, adapter.llm_config, dtype=torch.float32, device="cpu",
-                          engine_settings=["max_model_len=4096", "enforce_eager=true"])
-    results = backend.generate([embeds_1, embeds_2], DecodingSettings.from_generation_config(config, seed=0))
+    pipeline = fastervlm.load(checkpoint, backend="vllm", engine_settings=["max_model_len=4096"])  # or, by hand:
+    backend = VLLMBackend(adapter, checkpoint, engine_settings=["max_model_len=4096", "enforce_eager=true"])
+    output = backend.generate(prompts, pruner, settings)          # fastervlm.llm.LLMBackend
     backend.close()
+
+`VLLMBackend` is the LLM stage; `VLLMEngine` is the engine client underneath (embeddings in, ids out).
 
 The engine lives in a process of its own (`vllm_worker`), started with the Python of an environment where vLLM
 imports (`vllm_python`: the one $FASTERVLM_VLLM_PYTHON names, else this one, else the one
@@ -158,7 +160,7 @@ def engine_device(device: str | torch.device) -> tuple[str, dict[str, str]]:
     return device.type, env
 
 
-class VLLMBackend:
+class VLLMEngine:
     """A vLLM engine serving one checkpoint's language model, answering batches of prompt embeddings.
 
     checkpoint: the checkpoint folder (its weight files are read in place); llm_config: the language model's
@@ -223,8 +225,72 @@ class VLLMBackend:
         """Stop the engine (and its processes)."""
         self._process.close()
 
-    def __enter__(self) -> VLLMBackend:
+    def __enter__(self) -> VLLMEngine:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class VLLMBackend:
+    """The LLM stage (`fastervlm.llm.LLMBackend`) on a vLLM engine serving the adapter's language model: each
+    prompt's embeddings go to the engine, which batches them across videos and questions itself (its own prefix
+    cache; fastervlm's shared-prefix prefill is the transformers backend's). Refused: methods that act inside the
+    LLM (FastV) and LLMs with multi-axis positions or per-token side inputs (Qwen-VL's M-RoPE, DeepStack), which
+    prompt embeddings cannot carry.
+
+    Once the engine runs, the adapter's own decoder layers are released (`keep_local_llm=False`): only its
+    embedding table is needed here, and a 7B LLM would otherwise sit in memory twice."""
+
+    name = "vllm"
+
+    def __init__(self, adapter: Any, checkpoint: str | os.PathLike | None = None, *,
+                 engine_settings: Iterable[str] | Mapping[str, Any] | None = None,
+                 cache_dir: str | os.PathLike | None = None, quiet: bool = False, keep_local_llm: bool = False,
+                 engine: VLLMEngine | None = None) -> None:
+        """Start an engine on `checkpoint`'s language model, or take a running `engine` serving it."""
+        self.adapter = adapter
+        if engine is None:
+            if checkpoint is None:
+                raise VLLMError("give the checkpoint folder whose language model the engine serves.", "settings")
+            engine = VLLMEngine(checkpoint, adapter.llm_config, dtype=adapter.dtype, device=adapter.device,
+                                engine_settings=engine_settings, cache_dir=cache_dir, quiet=quiet)
+        self.engine = engine
+        if not keep_local_llm:
+            release_decoder_layers(adapter)
+
+    def generate(self, prompts: list[Any], pruner: Any, settings: Any, timer: Any = None) -> Any:
+        """The prompts' answers from the engine, with its clocks as the stages "llm_prefill" (until the batch's last
+        first token) and "llm_decode" (the rest)."""
+        from fastervlm.llm import LLMOutput
+        from fastervlm.models.generation import generation_config
+
+        check_method(pruner)
+        for number, prompt in enumerate(prompts):
+            if prompt.positions.ndim != 1 or prompt.side_features:
+                raise UnsupportedModelError(
+                    f"prompt {number} carries multi-axis positions or per-token side inputs (M-RoPE, DeepStack), "
+                    "which vLLM takes from prompt embeddings only as 0, 1, 2, ...: use the transformers backend.")
+        adapter = self.adapter
+        config = generation_config(settings, adapter.tokenizer, adapter.generation_defaults)
+        started = time.perf_counter()
+        results = self.engine.generate([prompt.embeds for prompt in prompts],
+                                       DecodingSettings.from_generation_config(config, settings.seed))
+        wall = time.perf_counter() - started
+        if timer is not None:
+            first = min(wall, max((r.ttft_s or 0.0) for r in results))
+            timer.add("llm_prefill", first)
+            timer.add("llm_decode", wall - first)
+        none = [0] * len(prompts)
+        return LLMOutput([r.ids for r in results], None, none, none)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def release_decoder_layers(adapter: Any) -> None:
+    """Free the adapter's LLM decoder layers (the embedding table stays: prompts are embedded here)."""
+    decoder = adapter.decoder
+    decoder.layers = torch.nn.ModuleList()
+    if torch.cuda.is_available() and adapter.device.type == "cuda":
+        torch.cuda.empty_cache()

@@ -50,34 +50,32 @@ def write_checkpoint(family: str, folder: Path) -> Path:
     return write_tiny_hf_checkpoint(folder, family, with_head_dim_64(TinyHFSpec()))
 
 
-def stage_prompts(pipeline: Any, questions: list[str], methods: list[Any], seed: int = 0) -> Any:
-    """A left-padded PromptBatch built by the engine's own stages: a random video encoded once, each method's
-    selection projected, one question each (methods and questions of different sizes give different lengths)."""
-    from fastervlm import engine
+def stage_prompts(pipeline: Any, questions: list[str], methods: list[Any], seed: int = 0) -> list[Any]:
+    """Prompts built by the engine's own stages: a random video encoded once, each method's selection projected,
+    one question each (methods and questions of different sizes give different lengths)."""
+    from fastervlm.prompts import build_prompts
 
     adapter = pipeline.adapter
     video = np.random.default_rng(seed).integers(0, 256, (adapter.num_frames, 96, 128, 3), dtype=np.uint8)
     frames = pipeline.frames(pixels=adapter.preprocess(video))
     unique = list({id(method): method for method in methods}.values())
-    encoding = pipeline.encode(frames, unique)
-    prepared = {id(method): pipeline.prepare(encoding, method).visual for method in unique}
+    tokens = pipeline.encode(frames, unique)
+    prepared = {id(method): pipeline.prepare(tokens, method) for method in unique}
     with torch.inference_mode():
-        return engine.build_prompts(adapter, questions, [prepared[id(method)] for method in methods])
+        return build_prompts(adapter, questions, [prepared[id(method)] for method in methods])
 
 
-def unpadded(prompts: Any) -> list[torch.Tensor]:
-    """Each prompt's embeddings without the left padding."""
-    return [prompts.embeds[i, -length:] for i, length in enumerate(prompts.lengths)]
+def unpadded(prompts: list[Any]) -> list[torch.Tensor]:
+    """Each prompt's embeddings (what the engine takes)."""
+    return [prompt.embeds for prompt in prompts]
 
 
-def single(prompts: Any, index: int) -> Any:
-    """One prompt of a padded batch as a batch of its own (its padding dropped)."""
-    from fastervlm.engine import PromptBatch
+def transformers_ids(pipeline: Any, prompts: list[Any], pruner: Any, settings: Any) -> list[list[int]]:
+    """The transformers backend's greedy ids for these prompts in one batch, each prefilled whole (as the engine
+    takes them)."""
+    from fastervlm.llm import TransformersLLM
 
-    length = prompts.lengths[index]
-    row = slice(index, index + 1)
-    return PromptBatch(prompts.embeds[row, -length:], prompts.attention_mask[row, -length:],
-                       prompts.visual_mask[row, -length:], [length])
+    return TransformersLLM(pipeline.adapter, share_prefix=False).generate(prompts, pruner, settings).ids
 
 
 def _timed(run: Any, repeats: int) -> tuple[float, Any]:
@@ -94,8 +92,7 @@ def _timed(run: Any, repeats: int) -> tuple[float, Any]:
 def measure(family: str, prompts_count: int, new_tokens: int, repeats: int, settings: list[str]) -> list[dict]:
     """One row per path: transformers one prompt at a time, transformers one padded batch, vLLM one batch."""
     import fastervlm
-    from fastervlm import engine
-    from fastervlm.backends.vllm import DecodingSettings, VLLMBackend
+    from fastervlm.backends.vllm import DecodingSettings, VLLMEngine
     from fastervlm.methods import baseline_method, create_pruner
     from fastervlm.models.base import GenerationSettings
     from fastervlm.models.generation import generation_config
@@ -110,12 +107,10 @@ def measure(family: str, prompts_count: int, new_tokens: int, repeats: int, sett
         config = generation_config(generation, adapter.tokenizer, adapter.generation_defaults)
 
         def transformers_batch() -> list[list[int]]:
-            with torch.inference_mode():
-                return engine.generate(adapter, prompts, none, generation)[0]
+            return transformers_ids(pipeline, prompts, none, generation)
 
         def transformers_each() -> list[list[int]]:
-            with torch.inference_mode():
-                return [engine.generate(adapter, single(prompts, i), none, generation)[0][0] for i in range(prompts_count)]
+            return [transformers_ids(pipeline, [prompt], none, generation)[0] for prompt in prompts]
 
         rows = []
         seconds, reference = _timed(transformers_batch, repeats)
@@ -124,7 +119,7 @@ def measure(family: str, prompts_count: int, new_tokens: int, repeats: int, sett
         seconds, each = _timed(transformers_each, repeats)
         rows.insert(0, {"path": "transformers, one prompt at a time", "seconds": seconds, "ttft": None,
                         "same": sum(a == b for a, b in zip(each, reference)), "start": None})
-        with VLLMBackend(path, adapter.llm_config, dtype=torch.float32, engine_settings=settings,
+        with VLLMEngine(path, adapter.llm_config, dtype=torch.float32, engine_settings=settings,
                          cache_dir=Path(scratch)) as backend:
             decoding = DecodingSettings.from_generation_config(config)
             seconds, results = _timed(lambda: backend.generate(unpadded(prompts), decoding), repeats)

@@ -1,5 +1,5 @@
 """The process that owns the vLLM engine: `python -m fastervlm.backends.vllm_worker SOCKET`, started by
-`VLLMBackend` with the Python of an environment where vLLM imports.
+`VLLMEngine` with the Python of an environment where vLLM imports.
 
 Why a process of its own: vLLM pins an older transformers than fastervlm does, so the two usually live in two
 environments; vLLM also starts its engine core in spawned processes, which wants a `__main__` guard that a

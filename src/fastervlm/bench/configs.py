@@ -102,6 +102,9 @@ class ModelSource:
     share_prefix: bool = True
     static_cache: bool | None = None
     """The LLM stage's options (`fastervlm.llm.TransformersLLM`)."""
+    backend: str = "transformers"
+    engine_settings: tuple[str, ...] | None = None
+    """Where the LLM stage runs (`fastervlm.load`'s backend) and the serving engine's KEY=VALUE options."""
 
     @staticmethod
     def tiny(device: str | None = "cpu") -> ModelSource:
@@ -146,8 +149,13 @@ class ModelSource:
         llm = {"share_prefix": self.share_prefix, "static_cache": self.static_cache}
         if self.geometry is None:
             options = {"video_tower": self.video_tower} if self.video_tower else {}
+            if self.backend != "transformers":
+                options.update(backend=self.backend, engine_settings=list(self.engine_settings or ()))
             return load(self.checkpoint, device=device, dtype=torch.float32 if device.type == "cpu" else None,
                         **llm, **options)
+        if self.backend != "transformers":
+            raise FasterVLMError(f"--backend {self.backend} serves a checkpoint folder's language model; a --geometry "
+                                 "model lives only in memory: give --model.")
         from fastervlm.tiny import build_adapter
 
         dtype = torch.float32 if device.type == "cpu" else torch.float16

@@ -131,45 +131,65 @@ def run_eval_benchmark(
     check_size(videos, questions, shape)
     device = resolve_device(source.device)
     before = load_average()
-    pipeline = source.build()
+    pipelines = _pipelines(source)
+    pipeline = pipelines[0][1]  # the transformers one: the per-item loop's
     check_configs(pipeline, configs)
     generation = GenerationSettings(max_new_tokens=max_new_tokens)
-    loops: list[EvalRunRow] = []
-    harnesses: list[EvalRunRow] = []
+    rounds_rows: list[list[EvalRunRow]] = []
     loads: list[float | None] = []
     with tempfile.TemporaryDirectory(prefix="fastervlm-bench-eval-") as scratch:
         data = write_synthetic_benchmark(Path(scratch) / "data", videos=videos, questions=questions, shape=shape)
-        _warm_up(pipeline, data, configs, generation)
+        for _, each in pipelines:
+            _warm_up(each, data, configs, generation)
         for index in range(rounds):
             loads.append(load_average())
-            runs = _one_round(pipeline, data, configs, generation, Path(scratch) / f"runs-{index}", batch_size,
-                              loop_first=index % 2 == 0, progress=progress)
-            loops.append(runs[0])
-            harnesses.append(runs[1])
-    loop, harness = _median_row(loops), _median_row(harnesses)
-    ratios = [h.items_per_second / l.items_per_second for l, h in zip(loops, harnesses)]
-    loop.speedup, harness.speedup = 1.0, statistics.median(ratios)
-    harness.speedup_range = (min(ratios), max(ratios))
-    harness.identical = min(h.identical or 0 for h in harnesses)  # every round must agree with the loop
+            rounds_rows.append(_one_round(pipelines, data, configs, generation, Path(scratch) / f"runs-{index}",
+                                          batch_size, forward=index % 2 == 0, progress=progress))
+    rows = [_median_row([row[column] for row in rounds_rows]) for column in range(len(pipelines) + 1)]
+    rows[0].speedup = 1.0
+    for column, row in enumerate(rows[1:], start=1):
+        ratios = [r[column].items_per_second / r[0].items_per_second for r in rounds_rows]
+        row.speedup, row.speedup_range = statistics.median(ratios), (min(ratios), max(ratios))
+        row.identical = min(r[column].identical or 0 for r in rounds_rows)  # every round must agree with the loop
+    for _, each in pipelines[1:]:
+        each.llm.close()
     return EvalBenchResult(
         model=source.describe(), device=str(device), dtype=source.dtype_name(device),
         threads=torch.get_num_threads(), torch_version=torch.__version__, data=data.describe(),
-        configurations=[c.label for c in configs], max_new_tokens=max_new_tokens, rows=[loop, harness],
+        configurations=[c.label for c in configs], max_new_tokens=max_new_tokens, rows=rows,
         load_average=None if before is None else (before, load_average()), rounds=rounds, round_loads=loads,
     )
 
 
-def _one_round(pipeline: Pipeline, data: SyntheticBenchmark, configs: Sequence[BenchConfig], generation: Any,
-               out: Path, batch_size: int | None, *, loop_first: bool, progress: bool) -> tuple[EvalRunRow, EvalRunRow]:
-    """The loop and the harness once each, in the given order; the harness's predictions compared with the loop's."""
-    if loop_first:
-        loop, answers = _per_item_loop(pipeline, data, configs, generation, progress)
-        harness, predictions = _harness(pipeline, data, configs, generation, out, batch_size)
-    else:
-        harness, predictions = _harness(pipeline, data, configs, generation, out, batch_size)
-        loop, answers = _per_item_loop(pipeline, data, configs, generation, progress)
-    _compare(harness, answers, predictions)
-    return loop, harness
+def _pipelines(source: ModelSource) -> list[tuple[str, Pipeline]]:
+    """The harness's pipelines by name: the transformers one (which the per-item loop also uses), and the one on
+    the source's serving engine when it names one, so that the engine is measured against our own harness."""
+    from dataclasses import replace
+
+    local = replace(source, backend="transformers", engine_settings=None)
+    pipelines = [(HARNESS, local.build())]
+    if source.backend != "transformers":
+        pipelines.append((f"{HARNESS} on {source.backend}", source.build()))
+    return pipelines
+
+
+def _one_round(pipelines: list[tuple[str, Pipeline]], data: SyntheticBenchmark, configs: Sequence[BenchConfig],
+               generation: Any, out: Path, batch_size: int | None, *, forward: bool,
+               progress: bool) -> list[EvalRunRow]:
+    """The loop and each harness once, in order or in reverse; each harness's predictions compared with the loop's.
+    Returns [loop, harness, ...]."""
+    runs: list[tuple[str, Pipeline | None]] = [(LOOP, None), *pipelines]
+    found: dict[str, tuple[EvalRunRow, dict]] = {}
+    for name, pipeline in runs if forward else runs[::-1]:
+        if pipeline is None:
+            found[name] = _per_item_loop(pipelines[0][1], data, configs, generation, progress)
+        else:
+            found[name] = _harness(pipeline, data, configs, generation, out / name.replace(" ", "-"), batch_size,
+                                   name)
+    answers = found[LOOP][1]
+    for name, _ in pipelines:
+        _compare(found[name][0], answers, found[name][1])
+    return [found[name][0] for name, _ in runs]
 
 
 def _median_row(rounds: list[EvalRunRow]) -> EvalRunRow:
@@ -240,13 +260,14 @@ def _per_item_loop(pipeline: Pipeline, data: SyntheticBenchmark, configs: Sequen
 
 
 def _harness(pipeline: Pipeline, data: SyntheticBenchmark, configs: Sequence[BenchConfig], generation: Any,
-             out: Path, batch_size: int | None) -> tuple[EvalRunRow, dict[tuple[str, str], _Prediction]]:
+             out: Path, batch_size: int | None, name: str = HARNESS,
+             ) -> tuple[EvalRunRow, dict[tuple[str, str], _Prediction]]:
     """The harness with its defaults: `eval predict` for one configuration, `eval sweep`'s prediction step for
     several (run folders under `out`)."""
     from fastervlm.eval.predict import predict_items, prepare_run
     from fastervlm.eval.sweep import Cell, sweep_predict
 
-    name = HARNESS if len(configs) == 1 else f"{HARNESS} (sweep of {len(configs)})"
+    name = name if len(configs) == 1 else f"{name} (sweep of {len(configs)})"
     with count_video_encodings(pipeline) as encodings:
         started = time.perf_counter()
         if len(configs) == 1:

@@ -89,6 +89,10 @@ def _model_flags(bench: argparse.ArgumentParser) -> None:
                        "what sharing each video's prompt prefix saves)")
     model.add_argument("--no-static-cache", action="store_true", help="on CUDA, decode on the dynamic KV cache without "
                        "a compiled step")
+    model.add_argument("--backend", choices=("transformers", "vllm"), help="--eval: also run the harness with its LLM "
+                       "stage on this engine (vllm: docs/vllm.md), beside the transformers harness and the loop")
+    model.add_argument("--engine-option", action="append", metavar="KEY=VALUE", help="with --backend vllm: a vLLM "
+                       "engine option, repeatable")
 
 
 def _data_flags(bench: argparse.ArgumentParser) -> None:
@@ -204,6 +208,7 @@ FLAG_MODES: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("video", "question", "no_reference", "in_process", "warmup"), ("",)),
     **dict.fromkeys(("methods", "method_option", "reductions", "keeps", "max_new_tokens", "model", "geometry",
                      "video_tower", "device", "no_share_prefix", "no_static_cache"), ("", "eval")),
+    **dict.fromkeys(("backend", "engine_option"), ("eval",)),
 }
 """Which modes each flag applies to (flags whose default is None, False or [] when not given)."""
 
@@ -251,6 +256,7 @@ def _source(args: argparse.Namespace) -> Any:
     """What to measure, after every check that needs no model (the files the flags name, --device)."""
     from fastervlm.bench import ModelSource
     from fastervlm.cli.common import check_files, tiny_fallback
+    from fastervlm.errors import FasterVLMError
 
     if not args.geometry:
         tiny_fallback(args, "bench")
@@ -262,8 +268,10 @@ def _source(args: argparse.Namespace) -> Any:
         source = ModelSource(checkpoint=args.model, video_tower=args.video_tower, device=args.device)
     else:
         source = ModelSource.tiny(device=args.device)
-    return replace(source, share_prefix=not args.no_share_prefix,
-                   static_cache=False if args.no_static_cache else None)
+    if args.engine_option and args.backend != "vllm":
+        raise FasterVLMError("--engine-option sets the vLLM engine: give it with --backend vllm.")
+    return replace(source, share_prefix=not args.no_share_prefix, static_cache=False if args.no_static_cache else None,
+                   backend=args.backend or "transformers", engine_settings=tuple(args.engine_option or ()) or None)
 
 
 def _out_dir(args: argparse.Namespace) -> Path:

@@ -37,6 +37,12 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = Tru
                      "the prompt prefix shared by the questions on one video once (slower; for measuring it)")
     llm.add_argument("--no-static-cache", action="store_true", help="on CUDA, decode on the dynamic KV cache without "
                      "compiling the step (the default there is a static cache with a compiled step, CUDA graphs)")
+    llm.add_argument("--backend", choices=("transformers", "vllm"), default="transformers",
+                     help="where the LLM stage runs: in this process (transformers, the default) or on a vLLM engine "
+                     "(docs/vllm.md; methods inside the LLM such as fastv, and Qwen-VL's positions, are refused there)")
+    llm.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
+                     help="a vLLM engine option with --backend vllm, repeatable (tensor_parallel_size=2, "
+                     "gpu_memory_utilization=0.8, max_model_len=4096, enforce_eager=true, ...)")
 
 
 def tiny_fallback(args: argparse.Namespace, command: str) -> None:
@@ -372,6 +378,10 @@ def load_model(args: argparse.Namespace) -> Any:
         options["share_prefix"] = False
     if getattr(args, "no_static_cache", False):
         options["static_cache"] = False
+    if getattr(args, "backend", "transformers") != "transformers":
+        options["backend"] = args.backend
+    if getattr(args, "engine_option", None):
+        options["engine_settings"] = args.engine_option
     if args.model == TINY_MODEL:
         return tiny_pipeline(device=args.device, dtype=args.dtype, **options)
     return fastervlm.load(args.model, device=args.device, dtype=args.dtype, **options)

@@ -40,9 +40,16 @@ answers (measured on an H200: 3 of 64 in fp16, 12 of 64 in bf16); one at a time 
 to answering the item alone. --batch-size N trades that for speed."""
 
 
-def default_batch_size(device: Any, dtype: Any = None) -> int:
-    """The batch size `eval predict` uses unless told: one item at a time in half precision (identical predictions),
-    else CPU_BATCH_SIZE on the CPU and CUDA_BATCH_SIZE on a GPU."""
+ENGINE_BATCH_SIZE = 256
+"""Items per submission to a serving engine (the vLLM backend), which batches them across videos and questions
+itself: large enough to keep it busy, small enough that a crash loses little (records are written per submission)."""
+
+
+def default_batch_size(device: Any, dtype: Any = None, backend: str = "transformers") -> int:
+    """The batch size `eval predict` uses unless told: ENGINE_BATCH_SIZE for a serving engine; one item at a time in
+    half precision (identical predictions), else CPU_BATCH_SIZE on the CPU and CUDA_BATCH_SIZE on a GPU."""
+    if backend != "transformers":
+        return ENGINE_BATCH_SIZE
     if str(dtype).removeprefix("torch.") in ("float16", "bfloat16"):
         return HALF_PRECISION_BATCH_SIZE
     return CPU_BATCH_SIZE if str(device).split(":")[0] == "cpu" else CUDA_BATCH_SIZE

@@ -198,7 +198,8 @@ def predict_configurations(
     once for all of them. Each run's records equal those of predicting it alone. One summary per configuration."""
     rank = rank or Rank()
     generation = generation or _default_generation()
-    batch_size = default_batch_size(pipeline.adapter.device, pipeline.adapter.dtype) if batch_size is None else batch_size
+    if batch_size is None:
+        batch_size = default_batch_size(pipeline.adapter.device, pipeline.adapter.dtype, pipeline.llm.name)
     if batch_size < 1:
         raise FasterVLMError(f"--batch-size is a number of items per generate call: 1 or more (got {batch_size}).")
     for _, pruner in configurations:
