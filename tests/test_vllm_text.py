@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from vllm_tiny import ALL_FAMILIES, head_dim_64_checkpoint
+from vllm_tiny import SERVED_FAMILIES, head_dim_64_checkpoint
 from transformers import GenerationConfig, Qwen2VLConfig
 
 import fastervlm
@@ -22,7 +22,7 @@ from fastervlm.backends.vllm import DecodingSettings, VLLMError, parse_engine_se
 from fastervlm.backends.vllm_names import text_name
 from fastervlm.backends.vllm_process import EngineProcess
 from fastervlm.backends.vllm_text import TEXT_ARCHITECTURES, text_architecture, text_model_folder
-from fastervlm.errors import UnsupportedModelError
+from fastervlm.errors import FasterVLMError, UnsupportedModelError
 from fastervlm.models.base import GenerationSettings
 from fastervlm.models.generation import generation_config
 from fastervlm.models.weights import load_prefix
@@ -30,7 +30,7 @@ from fastervlm.tiny import TinySpec
 from fastervlm.tiny.hf import TinyHFSpec
 
 
-@pytest.fixture(scope="module", params=ALL_FAMILIES)
+@pytest.fixture(scope="module", params=SERVED_FAMILIES)
 def loaded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, fastervlm.Pipeline]:
     path = head_dim_64_checkpoint(request.param, tmp_path_factory)
     return path, fastervlm.load(path, device="cpu", dtype="float32")
@@ -182,3 +182,16 @@ def test_llm_stage_methods_are_refused_and_vision_stage_ones_pass() -> None:
         else:
             with pytest.raises(UnsupportedModelError, match=f"{name} prunes inside the LLM's attention"):
                 backend.check_method(pruner)
+
+
+def test_a_qwen_vl_checkpoint_is_refused_by_the_vllm_backend_before_any_engine(tmp_path_factory) -> None:
+    """Qwen-VL's M-RoPE positions cannot ride on prompt embeddings: `load(backend="vllm")` says so at once."""
+    from hf_tiny import checkpoint
+
+    import fastervlm
+
+    path = checkpoint("qwen2_5_vl", tmp_path_factory)
+    with pytest.raises(UnsupportedModelError, match="M-RoPE.*transformers backend"):
+        fastervlm.load(path, device="cpu", backend="vllm")
+    with pytest.raises(FasterVLMError, match="--engine-option.*--backend vllm"):
+        fastervlm.load(path, device="cpu", engine_settings=["max_model_len=64"])

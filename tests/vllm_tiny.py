@@ -13,8 +13,9 @@ from fastervlm.backends.vllm_bench import (QUESTIONS, stage_prompts, transformer
 from fastervlm.tiny.hf import FAMILIES
 
 ORIGINAL = LLM_FAMILIES["llama"]
-ALL_FAMILIES = (ORIGINAL, *FAMILIES)
-"""Every family with a tiny checkpoint: original-format Video-LLaVA and the transformers families."""
+SERVED_FAMILIES = (ORIGINAL, *(family for family in FAMILIES if not family.startswith("qwen")))
+"""Every family whose language model the vLLM backend serves (original-format Video-LLaVA and the LLaVA-style
+transformers families); the Qwen-VL families place visual tokens with M-RoPE and are refused."""
 _WRITTEN: dict[str, Path] = {}
 
 
