@@ -61,6 +61,11 @@ class FasterVLM(lmms):
         adapter = self.pipeline.adapter
         self.questions_per_call = model_args.batch_size(batch_size, default_batch_size(adapter.device, adapter.dtype))
 
+    @property
+    def device(self) -> Any:
+        """The model's device (lmms-eval gathers its per-rank counts there)."""
+        return self.pipeline.adapter.device
+
     def _processes(self, device: str | None) -> str | None:
         """One process per GPU under `accelerate launch`: this process's rank and GPU (lmms-eval shards the docs)."""
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
