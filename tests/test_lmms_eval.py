@@ -96,7 +96,8 @@ def tasks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for seed, name in enumerate("ab"):
         write_synthetic_video(folder / "videos" / f"{name}.mp4", seed=seed, num_frames=12)
     (folder / "utils.py").write_text(UTILS)
-    docs = {"fvlm_qa": [{"id": f"qa{i}", "video": f"{v}.mp4", "question": q, "answer": a} for i, (v, q, a) in enumerate(QA)],
+    docs = {"fvlm_qa": [{"id": f"qa{i}", "video": f"{v}.mp4", "question": q, "answer": a}
+                        for i, (v, q, a) in enumerate(QA)],
             "fvlm_mc": [{"id": f"mc{i}", "video": f"{v}.mp4", "question": q, "options": o, "answer": a}
                         for i, (v, q, o, a) in enumerate(MC)]}
     for task, (prefix, _, tokens, metric) in TASKS.items():
@@ -112,7 +113,8 @@ def _utils(tasks: Path) -> Any:
     return module
 
 
-def lmms_eval(args: list[str], home: Path, launcher: tuple[str, ...] = (), timeout: int = 900) -> subprocess.CompletedProcess:
+def lmms_eval(args: list[str], home: Path, launcher: tuple[str, ...] = (),
+              timeout: int = 900) -> subprocess.CompletedProcess:
     """`python [-m launcher] -m lmms_eval ...` with this checkout's fastervlm, offline, one thread per process (as
     the reference answers)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
@@ -151,7 +153,8 @@ def evaluated(tasks: Path, tiny_checkpoint: Path, tmp_path_factory: pytest.TempP
     onevision = checkpoint("llava_onevision", tmp_path_factory)
     tower = tiny_checkpoint.parent / TOWER_DIR
     runs = [  # (checkpoint, model_args after pretrained, method settings, --batch_size)
-        (tiny_checkpoint, f"video_tower={tower},method=fastervlm,reduction=0.5", dict(method="fastervlm", reduction=0.5), 1),
+        (tiny_checkpoint, f"video_tower={tower},method=fastervlm,reduction=0.5",
+         dict(method="fastervlm", reduction=0.5), 1),
         (tiny_checkpoint, "method=fastv,reduction=0.5", dict(method="fastv", reduction=0.5), 2),
         (onevision, "method=fastervlm,reduction=0.5,score=received",
          dict(method="fastervlm", reduction=0.5, score="received"), 2),

@@ -43,8 +43,9 @@ class FasterVLM(lmms):
                  dtype: str | None = None, batch_size: int | str | None = None, max_batch_size: int | None = None,
                  **options: Any) -> None:
         """model_args: pretrained (checkpoint folder), method, the method's settings and budget (keep= or
-        reduction=), the family's load options (video_tower=, num_frames=, keep_cls=), device, dtype; lmms-eval's
-        --batch_size (N or auto) sets the questions per LLM call."""
+        reduction=), the family's load options (video_tower=, num_frames=, keep_cls=), device, dtype (auto: the
+        default). lmms-eval's --batch_size (N or auto) sets the questions per LLM call; its max_batch_size (for
+        its own auto search) has no use here."""
         super().__init__()
         import fastervlm
         from fastervlm.eval.grouped import default_batch_size
@@ -56,7 +57,8 @@ class FasterVLM(lmms):
                                  "pretrained=ckpts/Video-LLaVA-7B-hf,method=fastervlm,reduction=0.9")
         settings, load_options = model_args.split_options(pretrained, method, options)
         device = self._processes(device)
-        self.pipeline = fastervlm.load(pretrained, device=device, dtype=dtype, **load_options)
+        self.pipeline = fastervlm.load(pretrained, device=device, dtype=None if dtype == "auto" else dtype,
+                                       **load_options)
         self.pruner = self.pipeline.pruner(method, **settings)
         adapter = self.pipeline.adapter
         self.questions_per_call = model_args.batch_size(batch_size, default_batch_size(adapter.device, adapter.dtype))
@@ -67,7 +69,8 @@ class FasterVLM(lmms):
         return self.pipeline.adapter.device
 
     def _processes(self, device: str | None) -> str | None:
-        """One process per GPU under `accelerate launch`: this process's rank and GPU (lmms-eval shards the docs)."""
+        """One process per GPU under torchrun or accelerate launch: this process's rank and GPU (lmms-eval shards
+        the docs by rank)."""
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return device
         from accelerate import Accelerator

@@ -56,14 +56,16 @@ def generation_settings(gen_kwargs: Mapping[str, Any]) -> tuple[GenerationSettin
     beams = gen_kwargs.get("num_beams") or 1
     if int(beams) > 1:
         raise FasterVLMError(f"the task asks for beam search (num_beams={beams}); fastervlm decodes greedily or by "
-                             "sampling: set num_beams: 1 in the task's generation_kwargs (or --gen_kwargs num_beams=1).")
+                             "sampling: set num_beams: 1 in the task's generation_kwargs (or pass --gen_kwargs "
+                             "num_beams=1).")
     temperature = float(gen_kwargs.get("temperature") or 0.0)
     sample = bool(gen_kwargs.get("do_sample")) and temperature > 0
     if sample and any(gen_kwargs.get(key) not in (None, 1.0, 0) for key in ("top_p", "top_k")):
         warnings.warn("the task's top_p / top_k are not applied: fastervlm samples with the checkpoint's own "
                       "(generation_config.json).", stacklevel=2)
-    settings = GenerationSettings(max_new_tokens=int(gen_kwargs.get("max_new_tokens") or GenerationSettings.max_new_tokens),
-                                  sample=sample, temperature=temperature if sample else GenerationSettings.temperature)
+    tokens = int(gen_kwargs.get("max_new_tokens") or GenerationSettings.max_new_tokens)
+    settings = GenerationSettings(max_new_tokens=tokens, sample=sample,
+                                  temperature=temperature if sample else GenerationSettings.temperature)
     until = gen_kwargs.get("until") or ()
     return settings, (until,) if isinstance(until, str) else tuple(until)
 
