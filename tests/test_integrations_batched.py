@@ -159,6 +159,18 @@ def test_model_args_split_into_method_settings_and_load_options(tiny_checkpoint:
         split_options(tiny_checkpoint, "no-such-method", {})
 
 
+def test_fastervlm_loads_own_keyword_options_are_model_args_too(tiny_checkpoint: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastervlm import pipeline
+
+    def load(model, *, device=None, dtype=None, share_prefix=True, **options):  # a load with an option of its own
+        raise AssertionError("only its signature is read")
+
+    monkeypatch.setattr(pipeline, "load", load)
+    assert split_options(tiny_checkpoint, None, {"share_prefix": False, "keep": 2}) == ({"keep": 2},
+                                                                                         {"share_prefix": False})
+
+
 def test_generation_kwargs_become_decoding_settings_and_stop_strings() -> None:
     settings, stop = generation_settings({"max_new_tokens": 16, "temperature": 0, "do_sample": False, "until": "\n"})
     assert settings == GenerationSettings(max_new_tokens=16) and stop == ("\n",)

@@ -19,13 +19,18 @@ from fastervlm.methods.base import BUDGET_PARAMETERS
 from fastervlm.models.base import GenerationSettings, adapter_for
 
 _LOADER_PARAMETERS = ("cls", "path", "device", "dtype")
-"""Parameters of an adapter's `load` that the plug-in fills itself (from `pretrained`, `device`, `dtype`)."""
+"""Parameters of `load` that the plug-in fills itself (from `pretrained`, `device`, `dtype`)."""
 
 
 def load_options(path: str | Path) -> list[str]:
-    """The family-specific options `fastervlm.load` takes for this checkpoint (e.g. video_tower, num_frames)."""
+    """The options `fastervlm.load` takes for this checkpoint: its own keyword options, then the family's (e.g.
+    video_tower, num_frames)."""
+    from fastervlm import pipeline
+
+    general = [name for name, parameter in inspect.signature(pipeline.load).parameters.items()
+               if parameter.kind is parameter.KEYWORD_ONLY and name not in _LOADER_PARAMETERS]
     adapter = adapter_for(Path(path).expanduser())
-    return [name for name in inspect.signature(adapter.load).parameters if name not in _LOADER_PARAMETERS]
+    return general + [name for name in inspect.signature(adapter.load).parameters if name not in _LOADER_PARAMETERS]
 
 
 def split_options(path: str | Path, method: str | None, options: Mapping[str, Any]) -> tuple[dict, dict]:
