@@ -137,10 +137,17 @@ def test_cli_and_web_hold_no_pruning_or_inference_logic() -> None:
             assert not bad, f"{folder}/{name} imports {bad}"
 
 
-@pytest.mark.parametrize("module", ["fastervlm", "fastervlm.pipeline", "fastervlm.engine", "fastervlm.hf"])
+def test_only_the_lmms_eval_integration_imports_lmms_eval() -> None:
+    """lmms-eval is an optional extra: one module imports it, and lmms-eval loads that module (entry point)."""
+    importers = [name for name, tree in _modules().items() if any(i.split(".")[0] == "lmms_eval" for i in _imports(tree))]
+    assert importers == ["integrations/lmms_eval.py"]
+
+
+@pytest.mark.parametrize("module", ["fastervlm", "fastervlm.pipeline", "fastervlm.engine", "fastervlm.hf",
+                                    "fastervlm.integrations", "fastervlm.integrations.batched"])
 def test_importing_the_library_loads_no_heavy_optional_package(module: str) -> None:
     code = (f"import sys, {module}\n"
-            "heavy = ['gradio', 'openai', 'matplotlib', 'torch.distributed.run', 'fastervlm.web', 'vllm']\n"
+            "heavy = ['gradio', 'openai', 'matplotlib', 'torch.distributed.run', 'fastervlm.web', 'vllm', 'lmms_eval']\n"
             "print([m for m in heavy if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
