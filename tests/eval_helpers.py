@@ -84,6 +84,7 @@ class FakePipeline:
 
     num_frames = 2
     num_patches = 16
+    llm = SimpleNamespace(name="transformers")
 
     def __init__(self, root: Path, delay: float = 0.0) -> None:
         self.path = root / "fake-model"

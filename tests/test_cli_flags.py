@@ -75,7 +75,7 @@ def test_bench_lists_accept_commas(tmp_path, capsys, monkeypatch) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(bench, "run_benchmark", stop)
-    monkeypatch.setattr(bench.ModelSource, "tiny", staticmethod(lambda device=None: None))
+    monkeypatch.setattr(bench.ModelSource, "tiny", staticmethod(lambda device=None: bench.ModelSource("tiny")))
     for argv in (["--reductions", "0.5,0.9"], ["--reductions", "0.5", "0.9"]):
         assert main(["bench", "--device", "cpu", "--methods", "fastervlm", "--out", str(tmp_path), *argv]) == 130
     assert seen[0] == seen[1] == ["none", "fastervlm reduction=0.5", "fastervlm reduction=0.9"]

@@ -153,7 +153,7 @@ def test_model_args_split_into_method_settings_and_load_options(tiny_checkpoint:
     settings, load = split_options(onevision, None, {"keep": 4, "score": "received", "num_frames": 4})
     assert settings == {"keep": 4, "score": "received"} and load == {"num_frames": 4}
     with pytest.raises(FasterVLMError, match=r"reductoin: not a setting of method 'fastervlm' \(.*reduction.*\) nor a "
-                                             r"load option of this checkpoint \(video_tower\)"):
+                                             r"load option of this checkpoint \(.*video_tower\)"):
         split_options(tiny_checkpoint, "fastervlm", {"reductoin": 0.9})
     with pytest.raises(FasterVLMError, match="fastervlm"):  # the registry's error lists the methods
         split_options(tiny_checkpoint, "no-such-method", {})
