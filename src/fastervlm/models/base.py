@@ -13,7 +13,6 @@ never import each other, cli, eval, bench, show or web. A new family is one file
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from fastervlm.errors import CheckpointError
+from fastervlm.models.checkpoint import read_config
 
 Modality = Literal["video", "image"]
 
@@ -237,19 +237,6 @@ def register_adapter(cls: type[ModelAdapter]) -> type[ModelAdapter]:
 def registered_adapters() -> list[type[ModelAdapter]]:
     """Every registered family, fallbacks last (`fastervlm.models` imports the built-in ones)."""
     return sorted(_ADAPTERS, key=lambda cls: cls.fallback)
-
-
-def read_config(path: Path) -> dict[str, Any]:
-    """A checkpoint directory's config.json, with clear errors for a missing or broken one."""
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint directory {path} does not exist: pass --model the folder that holds config.json.")
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise CheckpointError(f"{path} has no config.json: pass --model the checkpoint folder itself (it holds config.json and the weights).")
-    try:
-        return json.loads(config_file.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{config_file} is not valid JSON ({err}); re-download the checkpoint.") from err
 
 
 def adapter_for(path: Path) -> type[ModelAdapter]:
