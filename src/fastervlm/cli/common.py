@@ -227,12 +227,10 @@ def check_max_new_tokens(value: int) -> None:
 
 
 def generation_settings(args: argparse.Namespace) -> Any:
-    from fastervlm.errors import FasterVLMError
+    """The decoding flags as GenerationSettings, which refuses a bad temperature or seed (before any model loads)."""
     from fastervlm.models.base import GenerationSettings
 
     check_max_new_tokens(args.max_new_tokens)
-    if args.sample and args.temperature <= 0:
-        raise FasterVLMError("--temperature must be above 0 with --sample; leave out --sample for greedy decoding.")
     return GenerationSettings(max_new_tokens=args.max_new_tokens, sample=args.sample, temperature=args.temperature, seed=args.seed)
 
 

@@ -13,6 +13,7 @@ never import each other, cli, eval, bench, show or web. A new family is one file
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastervlm.errors import CheckpointError
+from fastervlm.errors import CheckpointError, FasterVLMError
+from fastervlm.methods.base import SEED_RANGE
 from fastervlm.models.checkpoint import read_config
 
 Modality = Literal["video", "image"]
@@ -41,6 +43,19 @@ class GenerationSettings:
     sample: bool = False
     temperature: float = 0.1
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Refuse, before any model work, values that would fail deep inside torch or sample garbage."""
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise FasterVLMError(f"max_new_tokens (--max-new-tokens) must be a whole number of at least 1 (got "
+                                 f"{self.max_new_tokens!r}).")
+        if self.sample and not (isinstance(self.temperature, (int, float)) and 0 < self.temperature < math.inf):
+            raise FasterVLMError(f"temperature (--temperature) must be a finite number above 0 for sampling (got "
+                                 f"{self.temperature!r}, e.g. 0.1); leave out sample (--sample) for greedy decoding.")
+        low, high = SEED_RANGE
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not low <= self.seed <= high:
+            raise FasterVLMError(f"seed (--seed) must be a whole number that fits in 64 bits, from -2**63 to 2**64 - 1 "
+                                 f"(got {self.seed!r}).")
 
 
 @dataclass(frozen=True)
