@@ -236,6 +236,9 @@ def _judge_all(pending: list[dict[str, Any]], hits: list[tuple[dict[str, Any], d
 def _down_error(judge: Judge, streak: int, last: Outcome) -> JudgeUnavailable:
     if last.failure == "not_json":
         return JudgeUnavailable(f"{last.error} ({streak} items in a row got no usable answer).")
+    if last.failure == "empty":
+        return JudgeUnavailable(f"{last.error}, for {streak} items in a row and {judge.settings.max_attempts} attempts "
+                                "each: check the server (its logs, and that it serves --judge-model).")
     return JudgeUnavailable(
         f"the judge endpoint {judge.url} looks down: {streak} items in a row failed {judge.settings.max_attempts} "
         f"attempts (last: {last.error})."
