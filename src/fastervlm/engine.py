@@ -257,6 +257,18 @@ def check_context(adapter: ModelAdapter, visual_masks: list[torch.Tensor]) -> No
                 "tokens (a smaller keep, a larger reduction).", sample)
 
 
+def check_answer_room(adapter: ModelAdapter, lengths: list[int], max_new_tokens: int) -> None:
+    """Refuse a prompt whose answer could run past the LLM's context (it would be generated, silently wrong, at
+    positions the model was never trained on): prompt + max_new_tokens must fit, naming both and the fixes."""
+    limit = adapter.max_context
+    for sample, length in enumerate(lengths):
+        if limit is not None and length + max_new_tokens > limit:
+            raise PromptTooLongError(
+                f"the prompt is {length} tokens and its answer may take up to {max_new_tokens} more (max_new_tokens), "
+                f"past the {limit} tokens {adapter.family}'s LLM was built for: lower max_new_tokens (--max-new-tokens) to "
+                f"{max(limit - length, 0)} or less, ask a shorter question, or keep fewer visual tokens.", sample)
+
+
 def _left_padded(rows: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device, dtype: torch.dtype) -> PromptBatch:
     lengths = [len(embeds) for embeds, _ in rows]
     longest, width = max(lengths), rows[0][0].shape[-1]
@@ -328,6 +340,7 @@ def answer_visuals(
     fp16/bf16 a padded batch sums attention in another order and can flip some (docs/evaluation.md)."""
     with torch.inference_mode():
         prompts = build_prompts(adapter, questions, visuals)
+        check_answer_room(adapter, prompts.lengths, settings.max_new_tokens)
         outputs, llm_kept = generate(adapter, prompts, pruner, settings, timer)
     return [generated(adapter, pruner, ids, prompts.lengths[i], visuals[i], None if llm_kept is None else llm_kept[i])
             for i, ids in enumerate(outputs)]
