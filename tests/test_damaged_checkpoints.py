@@ -115,6 +115,12 @@ def test_a_tower_width_that_disagrees_with_its_weights(original: Path) -> None:
                        ".weight in pytorch_model.bin has shape [32, 3, 14, 14]")
 
 
+def test_a_tower_frame_count_that_is_not_a_number(original: Path) -> None:
+    config = original.parent / TOWER / "config.json"
+    _edit(config, lambda c: c | {"vision_config": c["vision_config"] | {"num_frames": "8"}})
+    _refused(original, "has num_frames = '8', not a positive whole number")
+
+
 def test_a_tower_config_without_a_size(original: Path) -> None:
     config = original.parent / TOWER / "config.json"
     _edit(config, lambda c: c | {"vision_config": {k: v for k, v in c["vision_config"].items() if k != "patch_size"}})
@@ -157,6 +163,7 @@ def test_a_damaged_transformers_config_is_named(transformers_copy, family: str, 
 @pytest.mark.parametrize("family, name, text, expected", [
     ("video_llava", "generation_config.json", "{", "generation_config.json is not valid JSON"),
     ("video_llava", "tokenizer_config.json", "{", "tokenizer_config.json is not valid JSON"),
+    ("video_llava", "added_tokens.json", "[", "added_tokens.json is not valid JSON"),
     ("video_llava", "tokenizer.json", '{"version": "1.0", "model": 3}', "tokenizer.json is damaged or does not belong"),
     ("video_llava", "preprocessor_config.json", "[1]", "preprocessor_config.json holds a JSON list"),
     ("llava_next_video", "preprocessor_config.json", '{"crop_size": "big"}', "the preprocessing settings in"),

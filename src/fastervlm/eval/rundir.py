@@ -201,7 +201,12 @@ class RunDir:
         root = self.path / JUDGE_DIR
         found = []
         for settings in sorted(root.glob("*/judge.json")):
-            found.append(json.loads(settings.read_text())["judge_model"])
+            try:
+                found.append(str(json.loads(settings.read_text())["judge_model"]))
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise FasterVLMError(
+                    f"{settings} is damaged ({type(err).__name__}: {err}): delete it and run `fastervlm eval judge` on "
+                    f"{self.path} again (the judgments it had come back from the judge cache, at no cost).") from err
         return found
 
 

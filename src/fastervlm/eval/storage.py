@@ -99,13 +99,18 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
             if not line.strip():
                 continue
             try:
-                yield json.loads(line)
+                record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise FasterVLMError(
-                    f"{path} line {number} is not JSON ({err}): the file was edited or damaged. Repair or delete that "
-                    "line and run the command again (a deleted prediction is made again, a deleted judgment is "
-                    "judged again, from the judge cache when it holds it)."
-                ) from err
+                raise FasterVLMError(_damaged_line(path, number, f"is not JSON ({err})")) from err
+            if not isinstance(record, dict) or "id" not in record:
+                raise FasterVLMError(_damaged_line(path, number, "is not a JSON object with an id"))
+            yield record
+
+
+def _damaged_line(path: Path, number: int, problem: str) -> str:
+    return (f"{path} line {number} {problem}: the file was edited or damaged. Repair or delete that line and run the "
+            "command again (a deleted prediction is made again, a deleted judgment is judged again, from the judge "
+            "cache when it holds it).")
 
 
 class JsonlAppender:

@@ -141,6 +141,9 @@ def vision_config_from_dict(vision: dict, source: str = "vision_config") -> CLIP
         raise CheckpointError(f"{source} lacks {', '.join(missing)}; re-download the tower.")
     if vision.get("add_time_attn") and "num_frames" not in vision:
         raise CheckpointError(f"{source} sets add_time_attn but not num_frames; re-download the tower.")
+    frames = vision.get("num_frames", 1)
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
+        raise CheckpointError(f"{source} has num_frames = {frames!r}, not a positive whole number; re-download the tower.")
     return CLIPVisionConfig(**{k: v for k, v in vision.items() if k not in ("architectures", "model_type")})
 
 
