@@ -25,6 +25,7 @@ from fastervlm.bench.configs import ModelSource
 from fastervlm.bench.synthetic import VideoShape, write_synthetic_benchmark
 from fastervlm.engine import build_prompts
 from fastervlm.eval.benchmarks import video_path
+from fastervlm.methods import baseline_method
 from fastervlm.models.attention import rows_alone
 from fastervlm.models.base import GenerationSettings
 
@@ -46,7 +47,7 @@ def measure(source: ModelSource, batch_sizes: list[int], *, videos: int, questio
             rows: bool = False) -> list[BatchRow]:
     """Answer videos x questions items at each batch size (batch 1 first, the reference)."""
     pipeline = source.build()
-    pruner = pipeline.pruner("none")
+    pruner = pipeline.pruner(baseline_method())  # every visual token
     with tempfile.TemporaryDirectory(prefix="fastervlm-batching-") as scratch:
         data = write_synthetic_benchmark(scratch, videos=videos, questions=questions, shape=VideoShape(seconds=2.0))
         items = data.loaded.items
