@@ -66,3 +66,15 @@ def test_the_measuring_script_compares_batch_sizes(capsys) -> None:
     out = capsys.readouterr().out
     assert "| 1 | 0 of 3 | - | 0 |" in out  # batch 1 against itself
     assert "\n| 3 | " in out and "1 videos x 3 questions, 2 new tokens" in out
+
+
+def test_the_ops_measurements_compare_like_with_like() -> None:
+    """A wrong mask or a shifted row would show as a difference of order 1, not rounding."""
+    from fastervlm.bench.batching import _spans, attention_padding, matmul_prefill, matmul_rows
+
+    prefill, decode = attention_padding(heads=2, head_dim=8, keys=50, pad=7)
+    assert 0 <= prefill < 1e-5 and 0 <= decode < 1e-5
+    assert matmul_prefill((32, 16), rows=10) < 1e-5
+    same_as_1, same_as_2 = matmul_rows((32, 16), most=4)
+    assert 1 in same_as_1 and 2 in same_as_2
+    assert _spans([1, 2, 3, 5, 7, 8]) == "1-3, 5, 7-8"
