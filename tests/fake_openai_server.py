@@ -8,7 +8,8 @@
 Requests whose user message contains a fault's text consume that fault's actions in order; afterwards, and for
 every other request, the default judge answers: yes/5 when the correct answer appears in the prediction, else no/1.
 `served_model` is the model name the responses report (default: the requested one, as most servers do); `port`
-starts the server at an address used before (the same endpoint, restarted).
+starts the server at an address used before (the same endpoint, restarted). `Hold` keeps a request in flight until
+the test sets `server.release`.
 """
 
 from __future__ import annotations
@@ -46,6 +47,14 @@ class Sleep:
 
 
 @dataclass
+class Hold:
+    """Wait until the test sets `server.release` (or `seconds` pass), then answer with the default judgment: a
+    request in flight while the client is stopped."""
+
+    seconds: float = 60.0
+
+
+@dataclass
 class Raw:
     """Answer 200 with this body and content type (an nginx welcome page, a proxy's login form, broken JSON)."""
 
@@ -58,7 +67,7 @@ class EchoAuth:
     """Answer 500 with the request's Authorization header in the body (a server that leaks the key)."""
 
 
-Action = Reply | Status | Sleep | Raw | EchoAuth
+Action = Reply | Status | Sleep | Hold | Raw | EchoAuth
 
 
 def default_judgment(user_message: str) -> str:
@@ -75,6 +84,8 @@ class FakeOpenAI:
         self.served_model = served_model
         self.port = port
         self.calls: list[dict[str, Any]] = []
+        self.release = threading.Event()
+        """Set it to let requests held by `Hold` be answered."""
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -134,6 +145,8 @@ class FakeOpenAI:
                     return
                 if isinstance(action, Sleep):
                     time.sleep(action.seconds)
+                if isinstance(action, Hold):
+                    fake.release.wait(action.seconds)
                 content = action.content if isinstance(action, Reply) else default_judgment(user)
                 try:
                     self._send(200, {

@@ -129,6 +129,37 @@ def test_isolated_run_measures_in_own_processes_with_shared_weights(synthetic_vi
     assert row.visual_tokens == 8 * 64 and row.kv_cache_bytes > 0
 
 
+def test_a_model_with_hundreds_of_tensors_starts_its_workers(synthetic_video) -> None:
+    """A 24-layer tower has about 650 tensors; handed over one descriptor each, starting a worker died with
+    "ValueError: too many fds" (the README's `--vision-layers 24` line). One shared buffer per dtype instead."""
+    from fastervlm.tiny import TinySpec
+
+    source = ModelSource(geometry=TinySpec(vision_layers=24), geometry_name="tiny, 24 vision layers", device="cpu")
+    result = run_benchmark(source, [BenchConfig("none")], video=synthetic_video, warmup=0, repeats=1,
+                           max_new_tokens=2, reference=False, isolate=True, progress=False)
+    (row,) = result.rows
+    assert row.memory.kind == "peak RSS, own process" and row.visual_tokens == 8 * 64
+
+
+def test_the_handover_shares_every_weight_through_a_few_buffers() -> None:
+    from fastervlm.bench.handover import hand_over
+    from fastervlm.tiny import TinySpec
+
+    pipeline = ModelSource(geometry=TinySpec(vision_layers=24), device="cpu").build()
+    before = {name: t.clone() for name, t in pipeline.adapter.llm.state_dict().items()}
+    handover = hand_over(pipeline)
+    # one buffer per dtype (the weights' float32, the tower's int64 position ids): two descriptors, not ~750
+    assert len(handover.buffers) == 2 and all(buffer.is_shared() for buffer in handover.buffers)
+    spans = [(b.data_ptr(), b.data_ptr() + b.numel() * b.element_size()) for b in handover.buffers]
+    rebuilt = handover.pipeline()
+    for module in (rebuilt.adapter.llm, rebuilt.adapter.tower, rebuilt.adapter.projector):
+        for tensor in [*module.parameters(), *module.buffers()]:
+            assert any(start <= tensor.data_ptr() < end for start, end in spans)  # a view of a buffer, not a copy
+    after = rebuilt.adapter.llm.state_dict()
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    assert isinstance(rebuilt.adapter.llm.lm_head.weight, torch.nn.Parameter)
+
+
 def test_a_failing_configuration_stops_the_other_processes_quietly(synthetic_video, capfd) -> None:
     from fastervlm.errors import BudgetError
     from fastervlm.tiny import TinySpec

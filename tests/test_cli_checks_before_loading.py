@@ -33,7 +33,7 @@ def _no_gpu() -> None:
 
 DECODING = [
     (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
-    (["--sample", "--temperature", "0"], "--temperature must be above 0 with --sample"),
+    (["--sample", "--temperature", "0"], "temperature (--temperature) must be a finite number above 0"),
     (["--device", "cuda:0"], "asks for a GPU but torch sees none"),
 ]
 FILES = [

@@ -162,6 +162,49 @@ def test_duplicate_ids_and_bad_entries_are_errors(tmp_path: Path) -> None:
         load_items(BENCHMARKS["msvd"], tmp_path)
 
 
+@pytest.mark.parametrize("field, value, expected", [
+    ("question", None, "question is null, not a non-empty text"),
+    ("question", "", 'question is "", not a non-empty text'),
+    ("question", ["what?"], 'question is ["what?"], not a non-empty text'),
+    ("video_name", 7, "video_name is 7, not a non-empty text"),
+    ("question_id", None, "question_id is null, not a text or a whole number"),
+    ("question_id", True, "question_id is true"),
+])
+def test_a_question_that_is_not_text_is_refused_naming_the_file_and_item(tmp_path: Path, field: str, value,
+                                                                      expected: str) -> None:
+    """A null question used to be asked as the text "None" and answered."""
+    qs, ans = _qa(3)
+    qs[1][field] = value
+    folder = _write_pair(tmp_path, "MSVD_Zero_Shot_QA", qs, ans)
+    with pytest.raises(FasterVLMError) as err:
+        load_items(BENCHMARKS["msvd"], tmp_path)
+    message = str(err.value)
+    assert message.startswith(f"{folder / 'test_q_1k.json'} entry 1 (question_id ") and expected in message, message
+    assert "Fix or remove that entry" in message
+
+
+def test_a_null_answer_is_refused(tmp_path: Path) -> None:
+    qs, ans = _qa(2)
+    ans[0]["answer"] = None
+    folder = _write_pair(tmp_path, "MSVD_Zero_Shot_QA", qs, ans)
+    with pytest.raises(FasterVLMError, match=rf"{folder / 'test_a_1k.json'} entry 0 \(question_id \"v_vid0_0\"\): "
+                                             r"answer is null"):
+        load_items(BENCHMARKS["msvd"], tmp_path)
+
+
+def test_a_null_question_fails_predict_before_the_model_loads(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from fastervlm.cli import main
+
+    qs, ans = _qa(2)
+    qs[0]["question"] = None
+    _write_pair(tmp_path / "data", "MSVD_Zero_Shot_QA", qs, ans)
+    code = main(["eval", "predict", "--benchmarks", "msvd", "--data-root", str(tmp_path / "data"), "--model",
+                 str(tmp_path / "no-model"), "--out", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert code == 2 and "question is null" in err and "no-model" not in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_missing_files_name_the_fix(tmp_path: Path) -> None:
     with pytest.raises(FasterVLMError, match="pass --data-root the folder that holds MSVD_Zero_Shot_QA"):
         load_items(BENCHMARKS["msvd"], tmp_path)

@@ -53,6 +53,30 @@ def test_a_damaged_line_names_the_file_the_line_and_the_fix(tmp_path: Path) -> N
         list(read_jsonl(path))
 
 
+@pytest.mark.parametrize("line", ["[1]", '"q1"', '{"pred": "yes"}'])
+def test_a_line_that_is_not_a_record_is_named_too(tmp_path: Path, line: str) -> None:
+    """JSON, but not an object with an id: it used to stop `eval report` with a TypeError or KeyError traceback."""
+    path = tmp_path / "p.jsonl"
+    path.write_text(f'{{"id": "q0"}}\n{line}\n')
+    with pytest.raises(FasterVLMError, match=r"p\.jsonl line 2 is not a JSON object with an id.*Repair or delete"):
+        list(read_jsonl(path))
+
+
+def test_a_damaged_judge_json_is_named_with_the_fix(tmp_path: Path, capsys) -> None:
+    from eval_helpers import make_run
+
+    from fastervlm.cli import main
+
+    run = make_run(tmp_path / "runs" / "tiny" / "msvd" / "none", {"q0": ("a", "a")})
+    settings = run.judge_dir("gpt-3.5-turbo") / "judge.json"
+    settings.parent.mkdir(parents=True)
+    settings.write_text('{"judge_model": ')
+    assert main(["eval", "report", str(tmp_path / "runs"), "--no-plot"]) == 2
+    err = capsys.readouterr().err
+    assert f"{settings} is damaged (JSONDecodeError" in err and "run `fastervlm eval judge`" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
 def test_two_writers_on_one_file_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "p.jsonl"
     with JsonlAppender(path):

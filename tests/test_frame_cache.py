@@ -122,6 +122,32 @@ def test_a_damaged_entry_is_a_miss_that_heals(tmp_path, video, damage):
     assert media.read_video_frames(video, 8, cache=cache).method == "cache"
 
 
+@pytest.mark.parametrize("layout", ["4 frames instead of 8", "other positions", "other size", "other frame count"])
+def test_an_entry_with_the_right_key_and_another_layout_is_a_miss_that_heals(tmp_path, video, layout):
+    """Such an entry used to be returned as it was, and every item of the video became an error record."""
+    from fastervlm.frame_cache import _write_atomically
+
+    cache = FrameCache(tmp_path / "cache")
+    first = media.read_video_frames(video, 8, cache=cache)
+    key = cache.key(video, 8, "pyav")
+    frames, indices, total = first.frames, first.indices, first.total_frames
+    if layout == "4 frames instead of 8":
+        frames, indices = frames[::2], indices[::2]
+    elif layout == "other positions":
+        indices = [index + 1 for index in indices]
+    elif layout == "other size":
+        frames = np.ascontiguousarray(frames[:, ::2, ::2])
+    else:
+        total = total + 5
+    _write_atomically(cache.root, cache.entry(key), key, media.SampledFrames(frames, indices, total))
+    assert cache.get(video, 8, "pyav") is None
+    assert not cache.entry(key).exists()  # removed, so the next read rewrites it
+    again = media.read_video_frames(video, 8, cache=cache)
+    assert again.method == "seek"
+    np.testing.assert_array_equal(again.frames, first.frames)
+    assert media.read_video_frames(video, 8, cache=cache).method == "cache"
+
+
 def test_writes_leave_no_temporary_files_and_stale_ones_are_swept(tmp_path, video):
     cache = FrameCache(tmp_path / "cache")
     media.read_video_frames(video, 8, cache=cache)

@@ -185,6 +185,20 @@ def test_generation_kwargs_become_decoding_settings_and_stop_strings() -> None:
     assert any("top_p" in str(w.message) for w in caught)
 
 
+@pytest.mark.parametrize("kwargs, named", [
+    ({"max_new_tokens": "many"}, "max_new_tokens='many' is not a whole number"),
+    ({"max_new_tokens": 16.5}, "max_new_tokens=16.5 is not a whole number"),
+    ({"num_beams": [2]}, "num_beams=[2] is not a whole number"),
+    ({"do_sample": True, "temperature": "warm"}, "temperature='warm' is not a number"),
+    ({"do_sample": True, "temperature": float("nan")}, "temperature (--temperature) must be a finite number"),
+    ({"max_new_tokens": 0}, "max_new_tokens (--max-new-tokens) must be a whole number of at least 1"),
+])
+def test_a_task_s_bad_generation_kwargs_are_named(kwargs: dict, named: str) -> None:
+    with pytest.raises(FasterVLMError) as err:
+        generation_settings(kwargs)
+    assert named in str(err.value)
+
+
 def test_stop_strings_and_batch_sizes() -> None:
     assert cut_at_stop("yes. no\n\nmore", ["\n\n", "."]) == "yes"
     assert cut_at_stop("no stop here", ["</s>", ""]) == "no stop here"

@@ -79,7 +79,7 @@ def test_eval_predict_answers_as_each_item_alone(path: Path, data_root: Path, tm
 def test_eval_predict_command(path: Path, data_root: Path, tmp_path: Path) -> None:
     from fastervlm.eval.rundir import RunDir
 
-    assert main(["eval", "predict", "--benchmark", "msvd", "--data-root", str(data_root), "--model", str(path),
+    assert main(["eval", "predict", "--benchmarks", "msvd", "--data-root", str(data_root), "--model", str(path),
                  "--run-dir", str(tmp_path / "run"), "--device", "cpu", "--max-new-tokens", "2", "--no-progress",
                  "--keep", "2", *RECEIVED]) == 0
     records = RunDir(tmp_path / "run").predictions()

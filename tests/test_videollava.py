@@ -121,7 +121,7 @@ def _in_memory_adapter(spec: TinySpec, checkpoint: Path) -> VideoLlavaAdapter:
     tower.load_state_dict(weights.tower)
     projector = build_projector(config)
     projector.load_state_dict(weights.projector)
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint, config=llm.config)  # not config.json: a LLaVA-1.5 config to transformers
     return VideoLlavaAdapter(llm.eval(), projector.eval(), tower.eval(), tokenizer, config, GenerationConfig())
 
 

@@ -27,7 +27,7 @@ from fastervlm.methods.base import CLS_SCORES, PATCH_KEYS, Pruner, Selection, Vi
     keep_all_tokens
 from fastervlm.models.base import FRAME_CLS, GenerationSettings, ModelAdapter, VisualStream
 from fastervlm.models.grid_stream import timed
-from fastervlm.prompts import KeptTokens, build_prompts
+from fastervlm.prompts import KeptTokens, build_prompts, check_answer_room
 from fastervlm.selection import split_by_frame
 from fastervlm.timing import StageTimer, time_to_first_token
 
@@ -169,6 +169,7 @@ def ask(adapter: ModelAdapter, kept: list[KeptTokens], questions: list[str], pru
     timer = timer or StageTimer(adapter.device)
     with torch.inference_mode():
         prompts = build_prompts(adapter, questions, kept)
+        check_answer_room(adapter, prompts, settings.max_new_tokens)
         output = (llm or TransformersLLM(adapter)).generate(prompts, pruner, settings, timer)
     share = {stage: seconds / len(prompts) for stage, seconds in timer.seconds.items()}
     return [_answer(adapter, pruner, output, row, prompt.length, prompt.kept, share)

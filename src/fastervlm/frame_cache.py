@@ -7,7 +7,9 @@ An entry is an uncompressed .npz (numpy arrays, no pickle) named by a hash of th
 path, size, mtime_ns, inode, device) and of the sampling (num_frames, backend, `media.DECODER_VERSION`, the PyAV and
 FFmpeg versions, decord's for its backend): a changed file, or a changed decoder, misses. Writes go to a temporary
 file in the cache folder and are renamed into place (`os.replace`), so concurrent processes never read half an
-entry; an entry that does not load (a crash mid-write on a full disk, a damaged file) is a miss and is deleted. The
+entry; an entry that does not load (a crash mid-write on a full disk, a damaged file), or whose frames are not what
+this sampling of this video gives (another frame count, other positions, another frame size), is a miss and is
+deleted, so that the decoded frames replace it. The
 folder is kept under `max_bytes` by deleting the least recently used entries (a hit refreshes an entry's mtime).
 Turn it off by passing no cache (the default), or with FASTERVLM_FRAME_CACHE=off for `default_frame_cache`.
 """
@@ -80,6 +82,7 @@ class FrameCache:
         entry = self.entry(key)
         try:
             sampled = _load(entry, key)
+            _check_layout(sampled, num_frames, Path(path))
         except (FileNotFoundError, NotADirectoryError):
             return None
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
@@ -173,6 +176,26 @@ def _write_atomically(root: Path, target: Path, key: str, sampled: media.Sampled
         Path(temp).unlink(missing_ok=True)
         raise
     return target
+
+
+def _check_layout(sampled: media.SampledFrames, num_frames: int, path: Path) -> None:
+    """ValueError when the entry's frames are not what this sampling of this video gives: `num_frames` frames at
+    the sampled positions of its frame count, each of the video stream's size (either way round: a turned video)."""
+    if len(sampled.frames) != num_frames or sampled.indices != media.sample_indices(sampled.total_frames, num_frames):
+        raise ValueError(f"the entry holds frames {sampled.indices} of {sampled.total_frames}, not {num_frames} sampled")
+    size = _stream_size(path)
+    if size is not None and sampled.frames.shape[1:3] not in (size, size[::-1]):
+        raise ValueError(f"the entry's frames are {sampled.frames.shape[1:3]}, the video's {size}")
+
+
+def _stream_size(path: Path) -> tuple[int, int] | None:
+    """(height, width) the container declares for its video stream (headers only), or None when it does not say."""
+    try:
+        with av.open(str(path)) as container:
+            codec = container.streams.video[0].codec_context
+            return (codec.height, codec.width) if codec.height and codec.width else None
+    except (av.FFmpegError, IndexError, OSError):
+        return None  # the decoder will say what is wrong with the file
 
 
 def _load(entry: Path, key: str) -> media.SampledFrames:

@@ -129,7 +129,7 @@ class TransformersLLM:
                     logits, cache, mask = _extend(adapter, prompts)
                 ids = _decode(adapter, logits, self._steps(cache, mask, settings), prompts, settings, timer)
                 return LLMOutput(ids, None, computed, [_prefix_length(p) for p in prompts])
-            batch = _left_padded(adapter, prompts)
+            batch = left_padded(adapter, prompts)
             frames, patches = one_geometry(pruner, [p.kept.selection for p in prompts])
             with llm_stage(pruner, adapter.decoder, batch.visual_mask, frames, patches) as run:
                 with timer("llm_prefill"):
@@ -207,7 +207,8 @@ class PaddedBatch:
     side: LLMSideInputs | None
 
 
-def _left_padded(adapter: ModelAdapter, prompts: list[Prompt]) -> PaddedBatch:
+def left_padded(adapter: ModelAdapter, prompts: list[Prompt]) -> PaddedBatch:
+    """Whole prompts left-padded into one batch, with their positions (0 at the padding)."""
     width = max(p.length for p in prompts)
     embeds = torch.stack([F.pad(p.embeds, (0, 0, width - p.length, 0)) for p in prompts])
     mask = torch.stack([F.pad(torch.ones(p.length, dtype=torch.long, device=adapter.device), (width - p.length, 0))

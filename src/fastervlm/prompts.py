@@ -174,3 +174,20 @@ def check_context(adapter: ModelAdapter, prompts: list[Prompt]) -> None:
             f"the prompt is {prompt.length} tokens ({visual} visual + {prompt.length - visual} text), longer than the "
             f"{limit} tokens {adapter.family}'s LLM was built for: ask a shorter question, or keep fewer visual "
             "tokens (a smaller keep, a larger reduction).", sample)
+
+
+def check_answer_room(adapter: ModelAdapter, prompts: list[Prompt], max_new_tokens: int) -> None:
+    """Refuse a prompt whose answer could run past the LLM's context (it would be generated, silently wrong, at
+    positions the model was never trained on): the last answer token's position must fit, naming both numbers and
+    the fixes."""
+    limit = adapter.max_context
+    if limit is None:
+        return
+    for sample, prompt in enumerate(prompts):
+        if prompt.next_position + max_new_tokens <= limit:
+            continue
+        raise PromptTooLongError(
+            f"the prompt is {prompt.length} tokens and its answer may take up to {max_new_tokens} more "
+            f"(max_new_tokens), past the {limit} tokens {adapter.family}'s LLM was built for: lower max_new_tokens "
+            f"(--max-new-tokens) to {max(limit - prompt.next_position, 0)} or less, ask a shorter question, or keep "
+            "fewer visual tokens.", sample)

@@ -1,5 +1,6 @@
 """Running a benchmark: the schedule of warm-up and timed runs, interleaved across configurations, each
-configuration measured in this process or in a worker process of its own (the weights shared, not copied)."""
+configuration measured in this process or in a worker process of its own (the weights shared, not copied: one
+shared buffer per dtype, bench/handover.py)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from fastervlm.errors import FasterVLMError
 from fastervlm.models.base import SupportsEagerReference
 
 if TYPE_CHECKING:
+    from fastervlm.bench.handover import Handover
     from fastervlm.pipeline import Pipeline
 
 def run_benchmark(
@@ -136,10 +138,13 @@ def _workers(pipeline: Pipeline, tasks: list[Task], isolate: bool, progress: boo
         return
     import torch.multiprocessing as mp  # its pickler sends tensors through shared memory
 
+    from fastervlm.bench.handover import hand_over
+
     context = _context(mp)
+    handover = hand_over(pipeline)  # the weights as a few shared buffers: one descriptor each, not one per tensor
     remotes: list[_Remote] = []
     try:
-        _start(remotes, lambda task: _Remote(context, pipeline, task), tasks, progress)
+        _start(remotes, lambda task: _Remote(context, handover, task), tasks, progress)
         yield [(task, remote) for task, remote in zip(tasks, remotes)]
     finally:
         for remote in remotes:
@@ -173,10 +178,10 @@ def _start(remotes: list[_Remote], make: Callable[[Task], _Remote], tasks: list[
 class _Remote:
     """A process that measures one task against the shared model, driven over a pipe."""
 
-    def __init__(self, context: Any, pipeline: Pipeline, task: Task) -> None:
+    def __init__(self, context: Any, handover: Handover, task: Task) -> None:
         self.task = task
         self.connection, child = context.Pipe()
-        self.process = context.Process(target=_remote_main, args=(child, pipeline, task), daemon=True)
+        self.process = context.Process(target=_remote_main, args=(child, handover, task), daemon=True)
         self.process.start()
         child.close()
         self.ready = False
@@ -208,8 +213,9 @@ class _Remote:
             self.process.terminate()
 
 
-def _remote_main(connection: Any, pipeline: Pipeline, task: Task) -> None:
-    """The worker process: make the shared weights resident (so they count before the first run), then serve.
+def _remote_main(connection: Any, handover: Handover, task: Task) -> None:
+    """The worker process: rebuild the pipeline on the shared weights, make them resident (so they count before the
+    first run), then serve.
 
     Ctrl-C is the parent's to handle: it closes the pipes, and a worker whose parent stopped (Ctrl-C, or another
     configuration failed) ends quietly instead of printing a traceback of its own."""
@@ -217,6 +223,7 @@ def _remote_main(connection: Any, pipeline: Pipeline, task: Task) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
+        pipeline = handover.pipeline()
         for module in [m for m in vars(pipeline.adapter).values() if isinstance(m, torch.nn.Module)]:
             for tensor in [*module.parameters(), *module.buffers()]:
                 tensor.sum()

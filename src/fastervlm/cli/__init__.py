@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from fastervlm import __version__
 
@@ -34,14 +35,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a cluster scheduler's or a service manager's stop) ends a command as Ctrl-C does: work in flight is
+    finished and kept (a judge run writes its judgments file; its requests in flight still reach the cache)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; FasterVLMError becomes a one-line message and exit code 2, Ctrl-C exit code 130."""
+    """Entry point; FasterVLMError becomes a one-line message and exit code 2, Ctrl-C or SIGTERM exit code 130."""
     from fastervlm.cli.common import CliParameterNames
     from fastervlm.errors import BudgetError, FasterVLMError
 
     args = build_parser().parse_args(argv)
     try:
-        return int(args.handler(args) or 0)
+        with _sigterm_interrupts():
+            return int(args.handler(args) or 0)
     except BudgetError as err:  # the library names its parameters (keep=); the CLI its flags (--keep)
         print(f"fastervlm: error: {err.render(CliParameterNames())}", file=sys.stderr)
         return 2

@@ -301,17 +301,14 @@ def check_max_new_tokens(value: int) -> None:
 
 
 def generation_settings(args: argparse.Namespace) -> Any:
-    """The decoding flags as GenerationSettings; without --max-new-tokens, the length `answer_length` gives for
-    --model."""
-    from fastervlm.errors import FasterVLMError
+    """The decoding flags as GenerationSettings (which refuses a bad temperature or seed, before any model loads);
+    without --max-new-tokens, the length `answer_length` gives for --model."""
     from fastervlm.models.base import GenerationSettings
 
     max_new_tokens = args.max_new_tokens
     if max_new_tokens is None:
         max_new_tokens = answer_length(getattr(args, "model", None), args.default_max_new_tokens)
     check_max_new_tokens(max_new_tokens)
-    if args.sample and args.temperature <= 0:
-        raise FasterVLMError("--temperature must be above 0 with --sample; leave out --sample for greedy decoding.")
     return GenerationSettings(max_new_tokens=max_new_tokens, sample=args.sample, temperature=args.temperature, seed=args.seed)
 
 

@@ -281,9 +281,13 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
+    from fastervlm.eval.compare import batch_size_only
     from fastervlm.eval.report import compare_runs
 
     t = compare_runs(args.run_a, args.run_b, judge_model=args.judge_model, mode=args.metrics)
+    note = batch_size_only(args.run_a, args.run_b)
+    if note:
+        print(note)
     print(f"{t.common} items judged in both runs ({args.metrics} metrics)")
     if t.accuracy_diff is not None:
         print(f"accuracy B - A: {100 * t.accuracy_diff:+.2f} points; A-only correct {t.a_only_correct}, "

@@ -174,6 +174,12 @@ def benchmark_record(benchmark: Benchmark) -> dict[str, Any]:
     return json.loads(json.dumps(asdict(benchmark)))
 
 
+TEXT_FIELDS = ("question", "video_name")
+"""Fields that must be non-empty text: a null question would be asked as the text "None"."""
+ID_TYPES = (str, int)
+"""question_id: text or a whole number (the seed's files use both)."""
+
+
 def _read_list(path: Path, required: tuple[str, ...]) -> list[dict[str, Any]]:
     try:
         data = json.loads(path.read_text())
@@ -184,7 +190,24 @@ def _read_list(path: Path, required: tuple[str, ...]) -> list[dict[str, Any]]:
     for position, entry in enumerate(data):
         if not isinstance(entry, dict) or any(k not in entry for k in required):
             raise FasterVLMError(f"{path} entry {position} must be an object with {', '.join(required)}; found {entry!r:.200}.")
+        _check_entry(path, position, entry, required)
     return data
+
+
+def _check_entry(path: Path, position: int, entry: dict[str, Any], required: tuple[str, ...]) -> None:
+    """Each required field of the right kind: text fields non-empty text, the id text or a whole number, the
+    answer text or a number (never null)."""
+    problems = [f"{name} is {json.dumps(entry[name])}, not a non-empty text" for name in TEXT_FIELDS
+                if name in required and not (isinstance(entry[name], str) and entry[name].strip())]
+    qid = entry["question_id"]
+    if isinstance(qid, bool) or not isinstance(qid, ID_TYPES) or qid == "":
+        problems.append(f"question_id is {json.dumps(qid)}, not a text or a whole number")
+    answer = entry.get("answer", "")
+    if "answer" in required and (isinstance(answer, bool) or not isinstance(answer, (str, int, float))):
+        problems.append(f"answer is {json.dumps(answer)}, not a text")
+    if problems:
+        raise FasterVLMError(f"{path} entry {position} (question_id {json.dumps(qid)}): {'; '.join(problems)}. Fix "
+                             "or remove that entry (the benchmark's original file has none like it).")
 
 
 def _by_id(entries: list[dict[str, Any]], path: Path) -> dict[str, dict[str, Any]]:

@@ -7,7 +7,7 @@ import os
 from fastervlm.errors import FasterVLMError
 from fastervlm.eval.metrics import Mode, PairedTest, paired_test
 from fastervlm.eval.reading import judged_models, read_run
-from fastervlm.eval.rundir import RunDir
+from fastervlm.eval.rundir import BATCH_SIZE, RunDir, config_differences
 
 
 def _run_to_compare(path: str | os.PathLike) -> RunDir:
@@ -48,3 +48,15 @@ def compare_runs(a: str | os.PathLike, b: str | os.PathLike, *, judge_model: str
     if ra.metrics is None or rb.metrics is None:
         raise FasterVLMError(f"both runs need judgments from {judge_model}: run `fastervlm eval judge` on them first.")
     return paired_test(ra.metrics, rb.metrics)
+
+
+def batch_size_only(a: str | os.PathLike, b: str | os.PathLike) -> str | None:
+    """A note when the two runs' configurations differ in their batch size and nothing else (None otherwise):
+    then their predictions differ only where a batch's floating-point sums tipped a near-tie, not by the method."""
+    config_a, config_b = _run_to_compare(a).config(), _run_to_compare(b).config()
+    differences = config_differences(config_a, config_b)
+    if len(differences) != 1 or not differences[0].startswith(f"{BATCH_SIZE}:"):
+        return None
+    return (f"note: the two runs differ only in their batch size ({config_a.get(BATCH_SIZE)} and "
+            f"{config_b.get(BATCH_SIZE)} items per generate call), so every difference between them comes from how "
+            "floating-point sums round in a batch (docs/evaluation.md, \"What batching changes\"), not from the method.")

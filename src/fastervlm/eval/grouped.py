@@ -10,8 +10,10 @@ kept tokens (with the prompt prefix the LLM computed for them) live only while i
 
 Crash safety: every record of a batch is written (flushed and fsynced) as soon as the batch ends, so a killed run
 loses at most the batches in flight, and a resumed run skips every item already written. Greedy answers do not
-depend on the sharing, nor in fp32 on the batch (tests/test_eval_grouped*.py hold them equal to one item at a time);
-in fp16/bf16 a padded batch can flip some, so the default batch size there is 1 (`default_batch_size`).
+depend on the sharing. In fp32 a batch changes the logits in the last bits (docs/evaluation.md, "What batching
+changes"), which flips a greedy answer only at a near-tie (tests/test_eval_grouped*.py hold the tiny models' records
+equal to one item at a time), so a run records its batch size and keeps it; in fp16/bf16 a padded batch flips more,
+so the default batch size there is 1 (`default_batch_size`).
 """
 
 from __future__ import annotations

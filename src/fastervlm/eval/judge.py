@@ -1,13 +1,15 @@
 """Judging runs: every prediction of a run asked of the judge once, with the verdicts kept in the run and in a
 shared cache, so judging again costs no calls.
 
-A judgment is cached under a key of (the endpoint's host, the model name the server reports, prompt version,
-question, answer, prediction) (judge_cache.py), both in the shared cache folder and in the run's own judgments
-file. Each judgment records every reply the judge gave (one per attempt), the served model and the key. Items
-that stay unjudged are reported and make the command fail; they are never scored as wrong.
+A judgment is cached under a key of (the endpoint's host, the requested judge model, prompt version, question,
+answer, prediction) (judge_cache.py): what a rerun knows before it asks, so a judge command stopped in any way
+(Ctrl-C, SIGTERM, kill -9) pays for nothing twice. It is kept both in the shared cache folder and in the run's own
+judgments file, and records every reply the judge gave (one per attempt), the model name the server reported and
+the key. Items that stay unjudged are reported and make the command fail; they are never scored as wrong.
 
-Judgments written before the endpoint was part of the key (no "served_model" field, the format-1 key) stay
-readable: `eval report` counts them, and `eval judge` reuses them when the run's judge.json names the same host.
+Judgments written under older keys stay readable: format 2 (keyed by the served model name) through the served
+name remembered for the endpoint, format 1 (no "served_model" field) when the run's judge.json names the same host;
+`eval report` counts both.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fastervlm.errors import FasterVLMError
-from fastervlm.eval.judge_cache import JudgeCache, default_cache_dir, judgment_key, legacy_key
+from fastervlm.eval.judge_cache import JudgeCache, default_cache_dir, judgment_key, legacy_key, served_key
 from fastervlm.eval.judge_client import (DEFAULT_JUDGE_MODEL, OPENAI_URL, Judge, JudgeSettings, JudgeUnavailable,
                                          Outcome, api_key_from_env, endpoint_host)
 from fastervlm.eval.prompt import PROMPT_VERSION, PROMPTS, judge_messages
@@ -70,18 +72,24 @@ class JudgeSummary:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """What identifies the judge of a run: its host, the requested model, the model name the server reports
-    (None until known) and the prompt version."""
+    """What identifies the judge of a run: its host, the requested model and the prompt version (the key), and the
+    model name the server reported last (None until known; it finds judgments cached under the format-2 key)."""
 
     host: str
     model: str
     prompt_version: str
     served: str | None
 
-    def key(self, prediction: dict[str, Any], served: str | None = None) -> str:
-        name = served or self.served or self.model
-        return judgment_key(self.host, name, self.prompt_version, prediction["question"], prediction["answer"],
+    def key(self, prediction: dict[str, Any]) -> str:
+        return judgment_key(self.host, self.model, self.prompt_version, prediction["question"], prediction["answer"],
                             prediction["pred"])
+
+    def keys(self, prediction: dict[str, Any]) -> list[str]:
+        """Every key a valid judgment of `prediction` by this judge may be stored under, the current one first."""
+        older = [] if self.served is None else [served_key(self.host, self.served, self.prompt_version,
+                                                           prediction["question"], prediction["answer"],
+                                                           prediction["pred"])]
+        return [self.key(prediction), *older]
 
 
 def _record(item_id: str, key: str, outcome: Outcome, served: str, cached: bool) -> dict[str, Any]:
@@ -122,35 +130,38 @@ def recorded_host(settings: dict[str, Any]) -> str:
 
 def judgment_matches(record: dict[str, Any], prediction: dict[str, Any], settings: dict[str, Any], judge_model: str) -> bool:
     """Whether a judgment was made for this prediction (same question, answer and prediction text) by the judge
-    that judge.json describes. Judgments of the format-1 key (no served_model field) are recognised too."""
+    that judge.json describes, under the current key or an older one."""
     version = settings.get("prompt_version", PROMPT_VERSION)
-    q, a, p = prediction["question"], prediction["answer"], prediction["pred"]
+    host, q, a, p = recorded_host(settings), prediction["question"], prediction["answer"], prediction["pred"]
+    if record.get("key") == judgment_key(host, judge_model, version, q, a, p):
+        return True
     if "served_model" in record:
-        served = record["served_model"] or judge_model
-        return record.get("key") == judgment_key(recorded_host(settings), served, version, q, a, p)
+        return record.get("key") == served_key(host, record["served_model"] or judge_model, version, q, a, p)
     return record.get("key") == legacy_key(judge_model, version, q, a, p)
 
 
 def _lookup(prediction: dict[str, Any], endpoint: Endpoint, reusable: dict[str, dict[str, Any]], cache: JudgeCache,
             legacy: bool) -> dict[str, Any] | None:
-    """A valid judgment of this prediction by this judge: the run's own, the shared cache's, or (legacy) the
-    run's format-1 one when its judge.json names the same host."""
-    if endpoint.served is not None:
-        key = endpoint.key(prediction)
-        hit = reusable.get(key) or cache.get(key)
-        if hit is not None:
-            return hit
+    """A valid judgment of this prediction by this judge, under the current key: the run's own, the shared
+    cache's, or one stored under an older key (format 2 by the served name; format 1, the run's own when its
+    judge.json names the same host)."""
+    for key in endpoint.keys(prediction):
+        found = [hit for hit in (reusable.get(key), cache.get(key)) if hit is not None]
+        if found:  # the one made by the model the server reports now, when the run and the cache differ
+            hit = next((h for h in found if h.get("served_model") == endpoint.served), found[0])
+            return {**hit, "key": endpoint.key(prediction)}
     if legacy:
         hit = reusable.get(legacy_key(endpoint.model, endpoint.prompt_version, prediction["question"],
                                       prediction["answer"], prediction["pred"]))
         if hit is not None and "served_model" not in hit:
-            return hit
+            return {**hit, "key": endpoint.key(prediction)}
     return None
 
 
-def _stale(hits: list[tuple[dict[str, Any], dict[str, Any]]], judge: Judge) -> list[dict[str, Any]]:
-    """Cached judgments by another model than the one the server reports now (its name moved to a new model)."""
-    now = judge.served_model
+def _stale(hits: list[tuple[dict[str, Any], dict[str, Any]]], judge: Judge, endpoint: Endpoint) -> list[dict[str, Any]]:
+    """Cached judgments by another model than the one the server reports now, or reported last (its name moved to a
+    new model)."""
+    now = judge.served_model or endpoint.served
     return [p for p, hit in hits if now and hit.get("served_model") not in (None, now)]
 
 
@@ -211,7 +222,7 @@ def _judge_all(pending: list[dict[str, Any]], hits: list[tuple[dict[str, Any], d
     asked = len(pending)
     try:
         _judge_pending(pending, judge, cache, endpoint, out, summary, progress)
-        stale = _stale(hits, judge)
+        stale = _stale(hits, judge, endpoint)
         summary.cached -= len(stale)
         asked += len(stale)
         _judge_pending(stale, judge, cache, endpoint, out, summary, progress)
@@ -225,6 +236,9 @@ def _judge_all(pending: list[dict[str, Any]], hits: list[tuple[dict[str, Any], d
 def _down_error(judge: Judge, streak: int, last: Outcome) -> JudgeUnavailable:
     if last.failure == "not_json":
         return JudgeUnavailable(f"{last.error} ({streak} items in a row got no usable answer).")
+    if last.failure == "empty":
+        return JudgeUnavailable(f"{last.error}, for {streak} items in a row and {judge.settings.max_attempts} attempts "
+                                "each: check the server (its logs, and that it serves --judge-model).")
     return JudgeUnavailable(
         f"the judge endpoint {judge.url} looks down: {streak} items in a row failed {judge.settings.max_attempts} "
         f"attempts (last: {last.error})."
@@ -240,6 +254,7 @@ def _judge_pending(pending: list[dict[str, Any]], judge: Judge, cache: JudgeCach
         return
     stop = threading.Event()
     streak = 0
+    remembered = {endpoint.served}
 
     def task(prediction: dict[str, Any]) -> tuple[Outcome, str, str] | None:
         """In a worker thread: judge one item and cache a success at once (paid work survives a stop)."""
@@ -253,9 +268,12 @@ def _judge_pending(pending: list[dict[str, Any]], judge: Judge, cache: JudgeCach
         if outcome.attempts == 0:
             return None
         served = outcome.served_model or endpoint.served or endpoint.model
-        key = endpoint.key(prediction, served)
+        key = endpoint.key(prediction)
         if outcome.valid:
             cache.put(key, _record(prediction["id"], key, outcome, served, cached=False))
+        if outcome.served_model and outcome.served_model not in remembered:  # now, not at the end: a kill keeps it
+            remembered.add(outcome.served_model)
+            cache.remember_served(endpoint.host, endpoint.model, outcome.served_model)
         return outcome, key, served
 
     pool = ThreadPoolExecutor(max_workers=max(1, judge.settings.concurrency), thread_name_prefix="fastervlm-judge")

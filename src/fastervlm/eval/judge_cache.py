@@ -1,14 +1,17 @@
 """The judgment cache: one small JSON file per judgment, keyed by what identifies the judge and the item.
 
-The key is sha256 of (the endpoint's host[:port], the model name the server reports in its responses, the prompt
-version, question, answer, prediction): two servers that both call their model "gpt-3.5-turbo" never share
-verdicts, and neither do two snapshots behind one name. The reported name is only known after a response, so
-the cache also remembers, per (host, requested model), the name the server reported last (`endpoints/`): that is
-what lookups use before the first call of a session.
+The key is sha256 of (the endpoint's host[:port], the requested judge model, the prompt version, question, answer,
+prediction): everything a command knows before it sends a request, so a rerun after a crash, a kill -9 or a
+scheduler's SIGTERM finds every judgment that was paid for, and two servers that both call their model
+"gpt-3.5-turbo" never share verdicts. The model name the server reported is kept inside each judgment
+(`served_model`): when a live call shows that the server now reports another name (a new snapshot behind the same
+name), the cached judgments of the old one are asked again (judge.py). The cache also remembers, per (host,
+requested model), the name the server reported last (`endpoints/`).
 
-Before this key (cache format 1) the key was sha256(requested model, prompt version, question, answer,
-prediction). Such cache files are left where they are and never used (they cannot say which server made them);
-a run's own judgments.jsonl of that format stays readable (see judge.py).
+Older keys stay readable: cache format 2 keyed by the served name instead of the requested one (`served_key`; found
+through the remembered served name), and format 1 by (requested model, prompt version, question, answer,
+prediction) with no endpoint (`legacy_key`): such shared-cache files cannot say which server made them and are
+never used, but a run's own judgments.jsonl of that format stays readable (see judge.py).
 """
 
 from __future__ import annotations
@@ -22,12 +25,19 @@ from typing import Any
 
 from fastervlm.eval.storage import write_json_atomic, writing
 
-KEY_FORMAT = "judge-key-2"
+KEY_FORMAT = "judge-key-3"
+SERVED_KEY_FORMAT = "judge-key-2"
 
 
-def judgment_key(host: str, served_model: str, prompt_version: str, question: str, answer: str, pred: str) -> str:
-    """The cache key of one judgment (see the module doc)."""
-    fields = [KEY_FORMAT, host, served_model, prompt_version, question, answer, pred]
+def judgment_key(host: str, model: str, prompt_version: str, question: str, answer: str, pred: str) -> str:
+    """The cache key of one judgment by the judge `model` (the requested name) at `host` (see the module doc)."""
+    fields = [KEY_FORMAT, host, model, prompt_version, question, answer, pred]
+    return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
+
+
+def served_key(host: str, served_model: str, prompt_version: str, question: str, answer: str, pred: str) -> str:
+    """The format-2 key (by the model name the server reported): how judgments cached before format 3 are found."""
+    fields = [SERVED_KEY_FORMAT, host, served_model, prompt_version, question, answer, pred]
     return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
 
 

@@ -5,11 +5,13 @@ Three kinds of failed attempt are retried (with exponential backoff) until `max_
 - the server did not answer: connection refused or reset, timeout (nothing came back);
 - it answered with an error status worth retrying (408, 409, 429, 5xx) or a 200 whose body is not an OpenAI chat
   completion (an HTML or text page from a proxy, a login wall, a web server's welcome page);
+- it answered, but with no message (empty `choices`, a null or empty content);
 - it answered, but the reply is not an exact {'pred': 'yes'|'no', 'score': 0..5}.
 Other statuses (bad key, unknown model, bad request) stop at once. When the endpoint has answered nothing for
 `dead_after` seconds and two requests in a row could not connect or timed out, it is called dead: judging stops
 within about max(dead_after, 2 x timeout) instead of waiting out every item's attempts. A server that answers,
-however slowly, is waited for. The API key is only handed to the SDK and is scrubbed from every message.
+however slowly, is waited for. The API key is only handed to the SDK and is hidden in every message
+(`SECRET_MIN_LENGTH`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ OPENAI_URL = "https://api.openai.com/v1"
 """The SDK's endpoint when neither --base-url nor OPENAI_BASE_URL is set."""
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 """Plus every 5xx: the server may answer later. Other 4xx mean the request or the set-up is wrong."""
+SECRET_MIN_LENGTH = 8
+"""API keys at least this long are hidden (as ***) wherever they appear in a message, reply or error. A shorter key
+is a placeholder for a local server that ignores keys (the docs say any value works there), not a secret: it is
+never searched for, because replacing every "a" of a message for a key "a" would garble every message and show the
+key by its gaps. It is still never written anywhere: fastervlm's messages never include request headers, so only a
+server that echoes its Authorization header back could show it."""
 BASE_URL_FIX = "check OPENAI_BASE_URL (or --base-url): it must be the /v1 address of an OpenAI-compatible server"
 
 
@@ -55,7 +63,8 @@ class JudgeSettings:
     cache_dir: Path | None = None
     down_after: int = 3
     """Stop the whole run when this many items in a row (or all of them, when fewer) failed every attempt without
-    a usable answer from the server (errors, timeouts, pages that are not OpenAI JSON)."""
+    a usable answer from the server (errors, timeouts, pages that are not OpenAI JSON, completions without a
+    message)."""
     dead_after: float = 60.0
     """Stop when the endpoint has answered nothing for this many seconds (since the first request or its last
     answer) and two requests in a row could not connect or timed out."""
@@ -122,8 +131,8 @@ class Outcome:
     error: str | None = None
     attempts: int = 0
     failure: str | None = None
-    """Why the last attempt got no reply: "transport" (no answer, or an error status) or "not_json"; None when
-    it got one."""
+    """Why the last attempt got no reply: "transport" (no answer, or an error status), "not_json" or "empty" (a
+    completion without a message: empty `choices`, a null or empty content); None when it got one."""
     served_model: str | None = None
     """The model name in the server's response."""
 
@@ -210,8 +219,9 @@ class Judge:
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0}
 
     def scrub(self, text: str) -> str:
-        """`text` without the API key in it."""
-        return text.replace(self.api_key, "***") if self.api_key else text
+        """`text` with every whole occurrence of the API key replaced by ***; a key shorter than SECRET_MIN_LENGTH
+        is never searched for (see there)."""
+        return text.replace(self.api_key, "***") if len(self.api_key) >= SECRET_MIN_LENGTH else text
 
     def _delay(self, attempt: int, error: Exception | None) -> float:
         delay = self.settings.backoff * 2 ** (attempt - 1) * (1 + 0.25 * random.random())
@@ -296,6 +306,11 @@ class Judge:
         outcome.failure, outcome.served_model = None, served
         outcome.reply = self.scrub(reply) if reply is not None else None
         outcome.replies.append(outcome.reply)
+        if reply is None or not reply.strip():  # empty `choices`, a null or empty content: no answer at all
+            outcome.failure = "empty"
+            outcome.error = (f"the endpoint at {self.url} answered with no message (empty choices, or a null or empty "
+                             "content)")
+            return None
         verdict, problem = strict_verdict(parse_reply(reply))
         if verdict is None:
             outcome.error = f"unusable reply: {problem}"

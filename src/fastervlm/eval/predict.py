@@ -22,8 +22,8 @@ from typing import Any
 from fastervlm.errors import FasterVLMError
 from fastervlm.eval.benchmarks import Item, LoadedBenchmark, benchmark_record
 from fastervlm.eval.grouped import Configuration, GroupedPredictor, add_seconds, default_batch_size, shard_by_video
-from fastervlm.eval.rundir import PROVENANCE, RunDir, is_error, run_name
-from fastervlm.eval.storage import JsonlAppender
+from fastervlm.eval.rundir import BATCH_SIZE, PROVENANCE, RunDir, is_error, run_name
+from fastervlm.eval.storage import JsonlAppender, write_json_atomic, writing
 
 DISTRIBUTED_TIMEOUT = timedelta(days=7)
 """Ranks that finish their shard early wait at the final barrier; the default 30 minutes is too short."""
@@ -198,10 +198,11 @@ def predict_configurations(
     once for all of them. Each run's records equal those of predicting it alone. One summary per configuration."""
     rank = rank or Rank()
     generation = generation or _default_generation()
-    if batch_size is None:
-        batch_size = default_batch_size(pipeline.adapter.device, pipeline.adapter.dtype, pipeline.llm.name)
+    batch_size = _pass_batch_size(pipeline, [run for run, _ in configurations]) if batch_size is None else batch_size
     if batch_size < 1:
         raise FasterVLMError(f"--batch-size is a number of items per generate call: 1 or more (got {batch_size}).")
+    for run, _ in configurations:
+        keep_batch_size(run, batch_size)
     for _, pruner in configurations:
         pipeline.check_method(pruner)  # a method this model cannot run fails here, not as an error per item
     started = time.perf_counter()
@@ -254,6 +255,39 @@ def _run_pass(predictor: GroupedPredictor, shard: list[Item], prefetch: int, pro
                        "writable folder.")
                 config.out = files.enter_context(JsonlAppender(config.run.prediction_file(predictor.rank), fix))
         predictor.run(shard, prefetch)
+
+
+def recorded_batch_size(run: RunDir) -> int | None:
+    """The batch size a run's config.json records (None: recorded before batch sizes were)."""
+    return run.config().get(BATCH_SIZE)
+
+
+def _pass_batch_size(pipeline: Any, runs: Sequence[RunDir]) -> int:
+    """The batch size the runs of a pass recorded (a resumed run keeps its own), else the device's default."""
+    recorded = {size for size in map(recorded_batch_size, runs) if size is not None}
+    if len(recorded) > 1:
+        raise FasterVLMError(f"the runs of this pass were predicted with batch sizes {sorted(recorded)}: resume them "
+                             "one at a time.")
+    return recorded.pop() if recorded else default_batch_size(pipeline.adapter.device, pipeline.adapter.dtype,
+                                                              pipeline.llm.name)
+
+
+def keep_batch_size(run: RunDir, batch_size: int) -> None:
+    """Record the batch size in the run's config.json, or refuse another one than it records: greedy answers can
+    differ with the batch size (docs/evaluation.md, "What batching changes"), so a run keeps its own. A run made
+    before batch sizes were recorded, with predictions already, is left as it is."""
+    recorded = recorded_batch_size(run)
+    if recorded == batch_size:
+        return
+    if recorded is not None:
+        raise FasterVLMError(
+            f"{run.path} was predicted with {recorded} items per generate call and this command asks for {batch_size}: "
+            "answers can differ with the batch size, so a run keeps its own. Leave out --batch-size (or pass "
+            f"--batch-size {recorded}), or use another --out, --tag or --run-dir.")
+    if run.prediction_files():
+        return
+    with writing(run.path, f"make {run.path} writable, or use another --out or --tag."):
+        write_json_atomic(run.config_file, {**run.config(), BATCH_SIZE: batch_size})
 
 
 def _default_generation() -> Any:

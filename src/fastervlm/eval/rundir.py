@@ -71,10 +71,15 @@ def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "
     return diffs
 
 
+BATCH_SIZE = "batch_size"
+"""The config field with the items per generate call: recorded and checked when predicting (predict.keep_batch_size)."""
+
+
 def _without_items(config: dict[str, Any]) -> dict[str, Any]:
-    """A config without the item count and digest: the items themselves are compared (and may grow) apart."""
+    """A config without the item count and digest (the items themselves are compared, and may grow, apart) and
+    without the batch size (checked when predicting)."""
     benchmark = {k: v for k, v in config.get("benchmark", {}).items() if k not in ("items", "items_sha256")}
-    return {**config, "benchmark": benchmark}
+    return {**{k: v for k, v in config.items() if k != BATCH_SIZE}, "benchmark": benchmark}
 
 
 def _item_text(items: list[dict[str, Any]], n: int) -> str:
@@ -151,7 +156,8 @@ class RunDir:
         old = self.items()
         if len(items) > len(old) and items[: len(old)] == old:
             write_json_atomic(self.path / ITEMS_FILE, items)  # items first: a crash in between leaves a readable run
-            write_json_atomic(self.config_file, {**config, PROVENANCE: recorded.get(PROVENANCE, {})})
+            kept = {key: recorded[key] for key in (BATCH_SIZE, PROVENANCE) if key in recorded}
+            write_json_atomic(self.config_file, {**config, PROVENANCE: {}, **kept})
             return
         if len(items) < len(old) and old[: len(items)] == items:
             raise FasterVLMError(
@@ -195,7 +201,12 @@ class RunDir:
         root = self.path / JUDGE_DIR
         found = []
         for settings in sorted(root.glob("*/judge.json")):
-            found.append(json.loads(settings.read_text())["judge_model"])
+            try:
+                found.append(str(json.loads(settings.read_text())["judge_model"]))
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise FasterVLMError(
+                    f"{settings} is damaged ({type(err).__name__}: {err}): delete it and run `fastervlm eval judge` on "
+                    f"{self.path} again (the judgments it had come back from the judge cache, at no cost).") from err
         return found
 
 

@@ -1,13 +1,14 @@
 """How the evaluation writes its files: JSON replaced atomically or created once, JSONL appended line by line, and
 one clear error when the file system refuses a write.
 
-Every write of paid work (a prediction, a judgment) is flushed and fsynced before the next one starts. A folder
+Every write of paid work (a prediction, a judgment) is written unbuffered and fsynced before the next one starts. A folder
 that cannot be written (read-only mount, `chmod a-w`, `chattr +i`, a full disk) is reported in one line that names
 the folder and what to do, instead of a traceback from deep inside the standard library.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -46,15 +47,27 @@ def writing(folder: Path, fix: str) -> Iterator[None]:
         raise NotWritableError(f"cannot write in {folder} ({reason}): {fix}") from None
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """All of `data` to the file descriptor, unbuffered (a refused write leaves nothing pending to flush at close,
+    which would raise a second time), then fsynced."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.fsync(fd)
+
+
 def _temp_json(path: Path, data: Any) -> str:
-    """`data` as JSON in a fsynced temporary file beside `path`; its name."""
+    """`data` as JSON in a fsynced temporary file beside `path`; its name. Nothing is left behind when a write fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        json.dump(data, tmp, indent=2, ensure_ascii=False)
-        tmp.write("\n")
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    return tmp.name
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        _write_all(fd, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    except BaseException:
+        os.close(fd)
+        os.unlink(name)
+        raise
+    os.close(fd)
+    return name
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -86,21 +99,27 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
             if not line.strip():
                 continue
             try:
-                yield json.loads(line)
+                record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise FasterVLMError(
-                    f"{path} line {number} is not JSON ({err}): the file was edited or damaged. Repair or delete that "
-                    "line and run the command again (a deleted prediction is made again, a deleted judgment is "
-                    "judged again, from the judge cache when it holds it)."
-                ) from err
+                raise FasterVLMError(_damaged_line(path, number, f"is not JSON ({err})")) from err
+            if not isinstance(record, dict) or "id" not in record:
+                raise FasterVLMError(_damaged_line(path, number, "is not a JSON object with an id"))
+            yield record
+
+
+def _damaged_line(path: Path, number: int, problem: str) -> str:
+    return (f"{path} line {number} {problem}: the file was edited or damaged. Repair or delete that line and run the "
+            "command again (a deleted prediction is made again, a deleted judgment is judged again, from the judge "
+            "cache when it holds it).")
 
 
 class JsonlAppender:
-    """Append records to a JSONL file, one line each, flushed and fsynced before `write` returns.
+    """Append records to a JSONL file, one line each, written and fsynced before `write` returns.
 
     Holds an exclusive lock so that two processes never write the same file, and cuts a torn last line
-    (left by a killed writer) before appending. A folder that refuses the writes (read-only, full) is a
-    NotWritableError that names it and says `fix`.
+    (left by a killed writer) before appending. Writes are unbuffered and all or nothing per call: when the file
+    system refuses one (read-only, full), what it had written of the call is cut off again and a NotWritableError
+    names the folder and says `fix`; closing then has nothing left to write.
     """
 
     def __init__(self, path: Path, fix: str = "make it writable (or free some space) and run the command again.") -> None:
@@ -108,11 +127,11 @@ class JsonlAppender:
         self._fix = fix
         with writing(path.parent, fix):
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(path, "a+b")
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self._file.close()
+            os.close(self._fd)
             raise FasterVLMError(
                 f"{path} is being written by another process: wait for it to finish, or stop it, before resuming."
             ) from None
@@ -120,31 +139,32 @@ class JsonlAppender:
             self._cut_torn_line()
 
     def _cut_torn_line(self) -> None:
-        size = self._file.seek(0, os.SEEK_END)
+        size = os.fstat(self._fd).st_size
         if size == 0:
             return
-        self._file.seek(0)
-        data = self._file.read()
-        if data.endswith(b"\n"):
-            return
-        self._file.truncate(data.rfind(b"\n") + 1)
-        self._file.seek(0, os.SEEK_END)
+        data = os.pread(self._fd, size, 0)
+        if not data.endswith(b"\n"):
+            os.ftruncate(self._fd, data.rfind(b"\n") + 1)
 
     def write(self, record: dict[str, Any]) -> None:
         self.write_many([record])
 
     def write_many(self, records: list[dict[str, Any]]) -> None:
-        """Append the records in one write, flushed and fsynced once (a batch's answers); nothing for none."""
+        """Append the records in one write, fsynced once (a batch's answers); nothing for none."""
         if not records:
             return
         data = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records).encode("utf-8")
         with writing(self.path.parent, self._fix):
-            self._file.write(data)
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            size = os.fstat(self._fd).st_size
+            try:
+                _write_all(self._fd, data)
+            except OSError:
+                with contextlib.suppress(OSError):  # a full disk still lets a file shrink
+                    os.ftruncate(self._fd, size)
+                raise
 
     def close(self) -> None:
-        self._file.close()  # closing releases the lock
+        os.close(self._fd)  # closing releases the lock
 
     def __enter__(self) -> JsonlAppender:
         return self

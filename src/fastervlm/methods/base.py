@@ -336,6 +336,17 @@ def check_whole_number(value: Any, setting_name: str, example: str, minimum: int
         raise BudgetError(f"{setting_name} must be a whole number{bound} (got {value!r}), e.g. {example}.")
 
 
+SEED_RANGE = (-(2**63), 2**64 - 1)
+"""The seeds torch accepts (64 bits, signed or unsigned); a larger one overflows inside torch.manual_seed."""
+
+
+def check_seed(value: Any, setting_name: str, example: str) -> None:
+    """A seed: a whole number in SEED_RANGE; else a BudgetError showing `example`."""
+    check_whole_number(value, setting_name, example)
+    if not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
+        raise BudgetError(f"{setting_name} must fit in 64 bits, from -2**63 to 2**64 - 1 (got {value}), e.g. {example}.")
+
+
 def check_fraction(value: Any, setting_name: str, example: str) -> None:
     """A method setting that must be a number between 0 and 1; else a BudgetError showing `example`."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fastervlm.methods.base import VisualTokens, check_whole_number, setting
+from fastervlm.methods.base import VisualTokens, check_seed, setting
 from fastervlm.methods.ranking import PatchSelector
 from fastervlm.methods.registry import register
 from fastervlm.selection import topk_per_frame
@@ -22,7 +22,7 @@ class RandomTokens(PatchSelector):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_whole_number(self.seed, "random's {seed}", "{seed}=1")
+        check_seed(self.seed, "random's {seed}", "{seed}=1")
 
     def choose(self, pools: VisualTokens, keep: int) -> torch.Tensor:
         # One draw of T x N scores on the CPU, the same on every device: per frame it ranks each frame's patches,

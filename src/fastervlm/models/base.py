@@ -14,7 +14,7 @@ never import each other, cli, eval, bench, show or web. A new family is one file
 
 from __future__ import annotations
 
-import json
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastervlm.errors import CheckpointError
+from fastervlm.errors import CheckpointError, FasterVLMError
+from fastervlm.methods.base import SEED_RANGE
+from fastervlm.models.checkpoint import read_config
 
 if TYPE_CHECKING:
     from fastervlm.frame_times import FrameTimes
@@ -47,6 +49,19 @@ class GenerationSettings:
     sample: bool = False
     temperature: float = 0.1
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Refuse, before any model work, values that would fail deep inside torch or sample garbage."""
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise FasterVLMError(f"max_new_tokens (--max-new-tokens) must be a whole number of at least 1 (got "
+                                 f"{self.max_new_tokens!r}).")
+        if self.sample and not (isinstance(self.temperature, (int, float)) and 0 < self.temperature < math.inf):
+            raise FasterVLMError(f"temperature (--temperature) must be a finite number above 0 for sampling (got "
+                                 f"{self.temperature!r}, e.g. 0.1); leave out sample (--sample) for greedy decoding.")
+        low, high = SEED_RANGE
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not low <= self.seed <= high:
+            raise FasterVLMError(f"seed (--seed) must be a whole number that fits in 64 bits, from -2**63 to 2**64 - 1 "
+                                 f"(got {self.seed!r}).")
 
 
 @dataclass(frozen=True)
@@ -261,19 +276,6 @@ def register_adapter(cls: type[ModelAdapter]) -> type[ModelAdapter]:
 def registered_adapters() -> list[type[ModelAdapter]]:
     """Every registered family, fallbacks last (`fastervlm.models` imports the built-in ones)."""
     return sorted(_ADAPTERS, key=lambda cls: cls.fallback)
-
-
-def read_config(path: Path) -> dict[str, Any]:
-    """A checkpoint directory's config.json, with clear errors for a missing or broken one."""
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint directory {path} does not exist: pass --model the folder that holds config.json.")
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise CheckpointError(f"{path} has no config.json: pass --model the checkpoint folder itself (it holds config.json and the weights).")
-    try:
-        return json.loads(config_file.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{config_file} is not valid JSON ({err}); re-download the checkpoint.") from err
 
 
 def adapter_for(path: Path) -> type[ModelAdapter]:

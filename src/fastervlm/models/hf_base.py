@@ -28,7 +28,7 @@ from fastervlm.models.base import Modality, ModelAdapter, PromptPiece, VisualSlo
 from fastervlm.models.grid_stream import GridStream
 from fastervlm.models.loading import (generation_defaults, load_tokenizer, neutral_generation_config, placement,
                                       quiet_transformers)
-from fastervlm.models.weights import weight_files
+from fastervlm.models.checkpoint import Part, check_transformers_checkpoint, read_json, vlm_parts
 
 FrameProcessor = Callable[[list[np.ndarray]], torch.Tensor]
 
@@ -143,6 +143,8 @@ class HFAdapter(ModelAdapter):
     """transformers model_type values it claims; the first names the family (llava_next_video: llava-next-video-hf)."""
     default_frames: ClassVar[int] = 8
     unpruned_inputs: ClassVar[tuple[str, ...]] = ()
+    checkpoint_parts: ClassVar[Callable[[dict[str, Any]], tuple[Part, ...]]] = staticmethod(vlm_parts)
+    """The networks config.json describes, checked against the weights before loading (`models.checkpoint`)."""
     """Pixel arguments of the model that pruning does not handle (refused while a method prunes)."""
     processor_options: ClassVar[dict[str, Any]] = {}
     """Keyword arguments for the image processor call (the current form of deprecated defaults)."""
@@ -192,9 +194,11 @@ class HFAdapter(ModelAdapter):
     @classmethod
     def frame_processor(cls, path: Path) -> FrameProcessor:
         """Per-frame preprocessing from the checkpoint's preprocessor_config.json, PIL backend (no torchvision)."""
+        if (path / "preprocessor_config.json").is_file():
+            read_json(path / "preprocessor_config.json")
         try:
             processor = AutoImageProcessor.from_pretrained(path, backend="pil")
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, TypeError, KeyError) as err:
             raise CheckpointError(f"cannot read the image processor in {path} ({err}); copy preprocessor_config.json "
                                   "from the checkpoint.") from err
         return lambda frames: _pixel_values(processor(images=frames, return_tensors="pt", **cls.processor_options))
@@ -233,7 +237,8 @@ class HFAdapter(ModelAdapter):
 
         if cls.media == "image" and num_frames not in (None, 1):
             raise FasterVLMError(f"--num-frames does not apply to {cls.family}, an image model; leave it out.")
-        weight_files(path)  # a clear error for missing, truncated or damaged weight files
+        # a clear error for damaged files, sizes that disagree with the weights
+        check_transformers_checkpoint(path, cls.checkpoint_parts)
         try:
             with quiet_transformers():
                 model, info = getattr(transformers, cls.model_class).from_pretrained(
@@ -251,10 +256,16 @@ class HFAdapter(ModelAdapter):
     @classmethod
     def around(cls, model: nn.Module, path: Path, *, keep_cls: bool = False, num_frames: int | None = None) -> HFAdapter:
         """The adapter of an already loaded `model` whose tokenizer and preprocessing files are in folder `path`."""
-        tokenizer = load_tokenizer(path, vocab_size=model.config.text_config.vocab_size)
-        return cls(model, tokenizer, cls.frame_processor(path), generation_defaults(path),
-                   chat_template=tokenizer.chat_template or _processor_chat_template(path), keep_cls=keep_cls,
-                   num_frames=1 if cls.media == "image" else (num_frames or cls.default_frames))
+        tokenizer = load_tokenizer(path, vocab_size=model.config.text_config.vocab_size, config=model.config)
+        try:
+            frame_processor = cls.frame_processor(path)
+        except (ValueError, TypeError, KeyError, AttributeError) as err:  # a setting of the wrong kind
+            raise _preprocessing_error(path, err) from err
+        adapter = cls(model, tokenizer, frame_processor, generation_defaults(path),
+                      chat_template=tokenizer.chat_template or _processor_chat_template(path), keep_cls=keep_cls,
+                      num_frames=1 if cls.media == "image" else (num_frames or cls.default_frames))
+        _try_once(adapter, path)
+        return adapter
 
     # ----- the engine contract -----------------------------------------------------------------------------------
     def preprocess(self, frames: np.ndarray, *, flip: bool = False) -> torch.Tensor:
@@ -356,11 +367,7 @@ def saved_frame_settings(path: Path, files: tuple[str, ...]) -> dict[str, Any]:
     for name in files:
         file = path / name
         if file.is_file():
-            try:
-                settings = json.loads(file.read_text())
-            except json.JSONDecodeError as err:
-                raise CheckpointError(f"{file} is not valid JSON ({err}); re-download the checkpoint.") from err
-            return {key: value for key, value in settings.items() if key in FRAME_SETTINGS}
+            return {key: value for key, value in read_json(file).items() if key in FRAME_SETTINGS}
     raise CheckpointError(f"{path} has none of {', '.join(files)}: copy the checkpoint's preprocessor files.")
 
 
@@ -373,5 +380,31 @@ def _processor_chat_template(path: Path) -> str | None:
     if (path / "chat_template.jinja").is_file():
         return (path / "chat_template.jinja").read_text()
     if (path / "chat_template.json").is_file():
-        return json.loads((path / "chat_template.json").read_text()).get("chat_template")
+        template = read_json(path / "chat_template.json").get("chat_template")
+        if not isinstance(template, str):
+            raise CheckpointError(f"{path / 'chat_template.json'} holds no chat_template text: re-download it.")
+        return template
     return None
+
+
+def _try_once(adapter: HFAdapter, path: Path) -> None:
+    """One blank frame through the preprocessing and one question through the chat template, at load: a setting or
+    template that does not work fails now, naming its files, instead of at the first answer."""
+    import jinja2
+
+    try:
+        adapter.preprocess(np.zeros((1, 16, 16, 3), dtype=np.uint8))
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        raise _preprocessing_error(path, err) from err
+    try:
+        adapter.prompt_text("?")
+    except jinja2.TemplateError as err:
+        where = next((path / name for name in ("chat_template.jinja", "chat_template.json") if (path / name).is_file()),
+                     path / "tokenizer_config.json")
+        raise CheckpointError(f"the chat template in {where} does not work ({type(err).__name__}: {err}): "
+                              "re-download it.") from err
+
+
+def _preprocessing_error(path: Path, err: Exception) -> CheckpointError:
+    return CheckpointError(f"the preprocessing settings in {path} do not work ({type(err).__name__}: {err}): "
+                           "re-download its preprocessor_config.json (and video_preprocessor_config.json).")

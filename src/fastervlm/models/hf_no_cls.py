@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from fastervlm.errors import UnsupportedModelError
-from fastervlm.models.base import ModelAdapter, PromptPiece, read_config, register_adapter
+from fastervlm.models.base import ModelAdapter, PromptPiece, register_adapter
+from fastervlm.models.checkpoint import read_config
 
 # Vision encoders known to have no [CLS] token, by the model_type of their config (or of the whole VLM's).
 _NO_CLS_VISION = {

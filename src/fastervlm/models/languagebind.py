@@ -21,7 +21,8 @@ from transformers.initialization import no_init_weights
 from transformers.models.clip.modeling_clip import CLIPAttention, CLIPMLP, CLIPVisionEmbeddings
 
 from fastervlm.errors import CheckpointError, FasterVLMError
-from fastervlm.models.base import feature_layer_index, read_config
+from fastervlm.models.base import feature_layer_index
+from fastervlm.models.checkpoint import VISION_SIZES, Part, check_parts, read_config
 from fastervlm.models.weights import load_into, load_prefix
 
 WEIGHT_PREFIX = "vision_model."
@@ -140,15 +141,25 @@ def vision_config_from_dict(vision: dict, source: str = "vision_config") -> CLIP
         raise CheckpointError(f"{source} lacks {', '.join(missing)}; re-download the tower.")
     if vision.get("add_time_attn") and "num_frames" not in vision:
         raise CheckpointError(f"{source} sets add_time_attn but not num_frames; re-download the tower.")
+    frames = vision.get("num_frames", 1)
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
+        raise CheckpointError(f"{source} has num_frames = {frames!r}, not a positive whole number; re-download the tower.")
     return CLIPVisionConfig(**{k: v for k, v in vision.items() if k not in ("architectures", "model_type")})
 
 
+TOWER_PARTS = (Part("vision_config", VISION_SIZES, {
+    f"{WEIGHT_PREFIX}embeddings.patch_embedding.weight": ("hidden_size", None, "patch_size", "patch_size")}),)
+"""A LanguageBind tower's config.json (a CLIPModel's: the text model's sizes are not read) and the tensor that
+shows its width."""
+
+
 def vision_config_from(tower_dir: Path) -> CLIPVisionConfig:
-    """The vision_config of a LanguageBind tower folder's config.json."""
-    vision = read_config(tower_dir).get("vision_config")
-    if not isinstance(vision, dict):
+    """The vision_config of a LanguageBind tower folder's config.json, checked against the tower's weights."""
+    config = read_config(tower_dir, flag="--video-tower")
+    if not isinstance(config.get("vision_config"), dict):
         raise CheckpointError(f"{tower_dir}/config.json has no vision_config: is this a LanguageBind video tower?")
-    return vision_config_from_dict(vision, f"{tower_dir}/config.json vision_config")
+    check_parts(tower_dir, config, TOWER_PARTS)
+    return vision_config_from_dict(config["vision_config"], f"{tower_dir}/config.json vision_config")
 
 
 def load_video_tower(tower_dir: Path, *, device: torch.device, dtype: torch.dtype) -> LanguageBindVideoTower:

@@ -17,6 +17,7 @@ from transformers import AutoTokenizer, GenerationConfig
 from transformers import logging as hf_logging
 
 from fastervlm.errors import CheckpointError
+from fastervlm.models.checkpoint import read_json
 
 
 @contextmanager
@@ -59,15 +60,25 @@ def placement(device: torch.device) -> dict[str, Any]:
     return {"device_map": {"": device}}
 
 
-def load_tokenizer(path: Path, *, vocab_size: int | None = None) -> Any:
+TOKENIZER_JSON_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "tokenizer.json")
+"""The tokenizer's JSON files: each is checked on its own first, so that a damaged one is named, not another."""
+
+
+def load_tokenizer(path: Path, *, vocab_size: int | None = None, config: Any = None) -> Any:
     """The checkpoint's tokenizer, checked against the checkpoint: an entry count that fits the LLM's vocabulary
-    and BOS/EOS tokens (a cut or foreign tokenizer.model loads, then tokenises everything wrong)."""
+    and BOS/EOS tokens (a cut or foreign tokenizer.model loads, then tokenises everything wrong).
+
+    config: the model's config as loaded (transformers' tokenizer loader reads config.json otherwise, and reads an
+    original Video-LLaVA one as a LLaVA-1.5 config, warning about its legacy rope_scaling field)."""
     if not any((path / name).is_file() for name in ("tokenizer.model", "tokenizer.json")):
         raise CheckpointError(f"{path} has no tokenizer.model or tokenizer.json: copy the tokenizer files from the checkpoint.")
+    for name in TOKENIZER_JSON_FILES:
+        if (path / name).is_file():
+            read_json(path / name)
     try:
         with quiet_transformers():  # its fallbacks print misleading advice (install tiktoken) for a damaged file
-            tokenizer = AutoTokenizer.from_pretrained(path)
-    except (ImportError, ValueError, OSError, RuntimeError) as err:
+            tokenizer = AutoTokenizer.from_pretrained(path, config=config)
+    except Exception as err:  # noqa: BLE001  (the tokenizers library raises plain Exception for a damaged file)
         raise CheckpointError(_unreadable_tokenizer(path, err)) from err
     damaged = f"{_tokenizer_file(path)} is damaged or does not belong to this checkpoint: re-download it"
     declares_bos = tokenizer.bos_token is not None  # Qwen's tokenizers declare none
@@ -102,7 +113,15 @@ def _unreadable_tokenizer(path: Path, err: Exception) -> str:
 
 def generation_defaults(path: Path) -> GenerationConfig:
     """The checkpoint's generation_config.json (sampling's top_p/top_k come from it), else transformers' defaults."""
-    return GenerationConfig.from_pretrained(path) if (path / "generation_config.json").is_file() else GenerationConfig()
+    file = path / "generation_config.json"
+    if not file.is_file():
+        return GenerationConfig()
+    read_json(file)
+    try:
+        return GenerationConfig.from_pretrained(path)
+    except (ValueError, TypeError, OSError) as err:  # values transformers refuses (a top_p of "high")
+        reason = " ".join(str(err).split())[:300]
+        raise CheckpointError(f"{file} is not a generation config transformers can read ({reason}): re-download it.") from err
 
 
 def neutral_generation_config(text_config: Any) -> GenerationConfig:

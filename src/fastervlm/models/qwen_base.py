@@ -27,6 +27,7 @@ from transformers import AutoImageProcessor
 from fastervlm.errors import CheckpointError, FasterVLMError
 from fastervlm.frame_times import FrameTimes
 from fastervlm.models.base import Modality, PromptPiece, VisualSlot
+from fastervlm.models.checkpoint import qwen_vl_parts
 from fastervlm.models.hf_base import HFAdapter, write_json
 from fastervlm.models.qwen_frames import FrameSettings, even_frames, patchify, prepare_frames, read_frame_settings
 from fastervlm.models.qwen_stream import QwenStream
@@ -46,6 +47,7 @@ class QwenAdapter(HFAdapter):
     seconds_per_position: ClassVar[bool] = False
     """Videos: t advances by tokens_per_second per second (Qwen2.5-VL) rather than 1 per slot."""
     slot_per_frame: ClassVar[bool] = False
+    checkpoint_parts = staticmethod(qwen_vl_parts)
     frame_settings: FrameSettings
     path: Path
 

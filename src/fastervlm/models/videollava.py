@@ -22,7 +22,8 @@ from transformers.models.clip.modeling_clip import CLIPAttention
 
 from fastervlm.errors import CheckpointError
 from fastervlm.models.base import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, EagerExtraction, ModelAdapter, PromptPiece,
-                                   VisualSlot, read_config, register_adapter)
+                                   VisualSlot, register_adapter)
+from fastervlm.models.checkpoint import LLAMA_SIZES, Part, check_parts, read_config, unbuildable_config
 from fastervlm.models.grid_stream import GridStream
 from fastervlm.models.languagebind import LanguageBindVideoTower, load_video_tower
 from fastervlm.models.languagebind_reference import eager_tower_pass, feature_select
@@ -37,6 +38,12 @@ SYSTEM_PROMPT = (
     "The assistant gives helpful, detailed, and polite answers to the human's questions."
 )
 PROJECTOR_PREFIX = "model.mm_projector."
+CHECKPOINT_PARTS = (Part(None, (*LLAMA_SIZES, "max_position_embeddings", "mm_hidden_size"), {
+    "model.embed_tokens.weight": ("vocab_size", "hidden_size"),
+    f"{PROJECTOR_PREFIX}0.weight": ("hidden_size", "mm_hidden_size"),
+}),)
+"""The flat Llama config.json of an original checkpoint, with the tensors that show its widths (the tower's copies
+in the shards are not read)."""
 
 
 def languagebind_transform(frames: np.ndarray, size: int = 224, flip: bool = False) -> torch.Tensor:
@@ -162,6 +169,7 @@ class VideoLlavaAdapter(ModelAdapter):
         video_tower: str | Path | None = None,
     ) -> VideoLlavaAdapter:
         config = read_config(path)
+        check_parts(path, config, CHECKPOINT_PARTS)
         dtype = dtype or default_dtype(config.get("torch_dtype") or config.get("dtype"), device)
         tower = load_video_tower(_tower_dir(path, config, video_tower), device=device, dtype=dtype)
         if config.get("mm_hidden_size") != tower.config.hidden_size:
@@ -173,7 +181,7 @@ class VideoLlavaAdapter(ModelAdapter):
         with no_init_weights():  # every weight is loaded (strictly) just below
             projector = build_projector(config).to(device=device, dtype=dtype)
         load_into(projector, load_prefix(path, PROJECTOR_PREFIX, strip=True), path)
-        tokenizer = load_tokenizer(path, vocab_size=llm.config.vocab_size)
+        tokenizer = load_tokenizer(path, vocab_size=llm.config.vocab_size, config=llm.config)
         return cls(llm, projector.eval(), tower, tokenizer, config, generation_defaults(path))
 
     def preprocess(self, frames: np.ndarray, *, flip: bool = False) -> torch.Tensor:
@@ -226,8 +234,13 @@ def llama_config(config: dict[str, Any], **overrides: Any) -> LlamaConfig:
 
 def _load_llama(path: Path, config: dict[str, Any], device: torch.device, dtype: torch.dtype) -> LlamaForCausalLM:
     """transformers' own Llama from the checkpoint's shards; the projector and tower copies in them are skipped."""
+    from huggingface_hub.errors import StrictDataclassError
+
     weight_files(path)  # a clear error when the weights are missing
-    llama = llama_config(config)
+    try:
+        llama = llama_config(config)
+    except (ValueError, TypeError, StrictDataclassError) as err:  # another field of the wrong type (rms_norm_eps: "x")
+        raise unbuildable_config(path, err) from err
     with quiet_transformers():  # the skipped mm_projector / tower keys are expected, not news
         llm, info = LlamaForCausalLM.from_pretrained(
             path, config=llama, dtype=dtype, attn_implementation="sdpa", output_loading_info=True, **placement(device)

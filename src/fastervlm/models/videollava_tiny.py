@@ -29,8 +29,9 @@ from safetensors.torch import save_file
 
 from fastervlm.models.base import TinySizes
 
-GENERATOR_VERSION = 3
-"""Bump when the generated files change, so that cached tiny checkpoints are rewritten (3: the tiny marker)."""
+GENERATOR_VERSION = 4
+"""Bump when the generated files change, so that cached tiny checkpoints are rewritten (3: the tiny marker; 4: config.json
+carries the real checkpoint's `rope_scaling: null`)."""
 LLM_DIR = "Video-LLaVA-7B"
 TOWER_DIR = "LanguageBind_Video_merge"
 
@@ -127,7 +128,7 @@ def llm_config(spec: TinySpec, tower_path: str) -> dict:
         "architectures": ["LlavaLlamaForCausalLM"], "model_type": "llava", "hidden_size": spec.llm_width,
         "intermediate_size": spec.llm_intermediate, "num_hidden_layers": spec.llm_layers,
         "num_attention_heads": spec.llm_heads, "num_key_value_heads": spec.llm_heads, "hidden_act": "silu",
-        "rms_norm_eps": 1e-5, "vocab_size": spec.vocab_size, "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-5, "vocab_size": spec.vocab_size, "max_position_embeddings": 4096, "rope_scaling": None,
         "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "tie_word_embeddings": False,
         "initializer_range": 0.02, "torch_dtype": "bfloat16", "use_cache": True,
         "mm_hidden_size": spec.vision_width, "mm_projector_type": "mlp2x_gelu", "mm_vision_select_layer": -2,

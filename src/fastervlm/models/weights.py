@@ -7,7 +7,10 @@ to a text model: in both cases only one prefix is wanted, and reading the rest w
 from __future__ import annotations
 
 import json
+import pickle
 import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -23,23 +26,60 @@ _LAYOUTS = (
 )
 
 
+LEGACY_TORCH_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
+"""How a .bin file in torch's pre-1.6 format starts (its magic number, pickled); newer ones are zip archives."""
+
+
 def check_weight_file(file: Path) -> None:
     """A clear error for a truncated or damaged weight file, from its header alone (safetensors: the header must
-    cover the whole file; .bin: the zip's central directory, at its end, must be there); cheap even for GBs."""
+    cover the whole file; .bin: the zip's central directory, at its end, must be there, or the file must start as
+    torch's legacy format does); cheap even for GBs."""
     try:
         if file.suffix == ".safetensors":
             with safe_open(str(file), framework="pt"):
                 return
-        if zipfile.is_zipfile(file) or _starts_as_zip(file):
+        start = _start(file, len(LEGACY_TORCH_MAGIC))
+        if zipfile.is_zipfile(file) or start.startswith(b"PK\x03\x04"):  # a cut zip still starts as one
             zipfile.ZipFile(file).close()
+        elif start != LEGACY_TORCH_MAGIC:
+            raise CheckpointError(f"{file} is damaged or incomplete (neither a zip archive nor torch's legacy format; "
+                                  f"it starts with {start[:8].hex()}): re-download it.")
     except (SafetensorError, zipfile.BadZipFile, OSError) as err:
         raise CheckpointError(f"{file} is damaged or incomplete ({err}): re-download it.") from err
 
 
-def _starts_as_zip(file: Path) -> bool:
-    """A zip file cut short (its central directory gone) still starts with a zip signature."""
+def _start(file: Path, size: int) -> bytes:
     with open(file, "rb") as handle:
-        return handle.read(4) == b"PK\x03\x04"
+        return handle.read(size)
+
+
+@contextmanager
+def unreadable_as_damaged(file: Path) -> Iterator[None]:
+    """torch.load's errors for a .bin file whose contents are damaged (it opens as a zip, its pickle does not
+    read) as one line naming the file."""
+    try:
+        yield
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        first = (str(err).splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{file} is damaged or incomplete ({type(err).__name__}: {first}): re-download it.") from err
+
+
+def tensor_shapes(file: Path, keep: Callable[[str], bool]) -> Iterator[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of the tensors in `file` whose name `keep` accepts, without reading their data: the
+    safetensors header, or a zip-format .bin loaded onto the meta device (a legacy .bin cannot be, and gives none)."""
+    if file.suffix == ".safetensors":
+        with safe_open(str(file), framework="pt") as handle:
+            for name in handle.keys():
+                if keep(name):
+                    yield name, tuple(handle.get_slice(name).get_shape())
+        return
+    if not zipfile.is_zipfile(file):
+        return
+    with unreadable_as_damaged(file):
+        state = torch.load(file, map_location="meta", mmap=True, weights_only=True)
+    for name, tensor in state.items():
+        if keep(name) and isinstance(tensor, torch.Tensor):
+            yield name, tuple(tensor.shape)
 
 
 def weight_files(directory: Path) -> list[Path]:
@@ -89,7 +129,8 @@ def load_prefix(directory: Path, prefix: str, *, strip: bool = False) -> dict[st
                 found.update({k: handle.get_tensor(k) for k in handle.keys() if k.startswith(prefix)})
         else:
             # transformers' reader memory-maps zip-format files and also reads the legacy (pre-1.6) format
-            state = load_state_dict(file, map_location="cpu", weights_only=True)
+            with unreadable_as_damaged(file):
+                state = load_state_dict(file, map_location="cpu", weights_only=True)
             found.update({k: v for k, v in state.items() if k.startswith(prefix)})
     if not found:
         raise CheckpointError(f"no weights named {prefix}* in {directory}: is this the right checkpoint folder?")
@@ -100,8 +141,11 @@ def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], source: P
     """Strict load with an error that lists what the checkpoint lacks or has in excess."""
     try:
         result = module.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # shape mismatches
-        raise CheckpointError(f"{source} has tensors of other shapes than its config.json describes: {err}") from err
+    except RuntimeError as err:  # shape mismatches, one line per tensor: the first says enough
+        lines = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
+        first = lines[0] if lines else str(err).splitlines()[0]
+        raise CheckpointError(f"{source} has tensors of other shapes than its config.json describes ({len(lines)} "
+                              f"tensors; the first: {first}): use the config.json that came with these weights.") from err
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
             f"{source} does not fit the {type(module).__name__} its config describes: "
