@@ -40,7 +40,7 @@ def test_a_run_records_its_batch_size_and_a_resumed_one_keeps_it(tmp_path: Path)
 def test_the_default_is_recorded_too(tmp_path: Path) -> None:
     write_benchmark(tmp_path / "data", IDS)
     run = _predict(tmp_path, FakePipeline(tmp_path), None)
-    assert run.config()["batch_size"] == 4  # grouped.default_batch_size on the CPU in fp32
+    assert run.config()["batch_size"] == 8  # grouped.default_batch_size on the CPU in fp32
 
 
 def test_another_batch_size_is_refused(tmp_path: Path) -> None:

@@ -119,7 +119,7 @@ def test_configurations_of_one_pass_share_decoding_and_encoding(tmp_path: Path) 
 
 
 def test_the_default_batch_size_depends_on_the_device() -> None:
-    assert default_batch_size("cpu") == default_batch_size("cpu", torch.float32) == 4
+    assert default_batch_size("cpu") == default_batch_size("cpu", torch.float32) == 8
     assert default_batch_size("cuda:1") == default_batch_size("cuda", torch.float32) == 8
     assert default_batch_size("cuda", torch.float16) == default_batch_size("cuda:0", torch.bfloat16) == 1
 

@@ -121,10 +121,11 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_scale_arguments(parser: argparse.ArgumentParser) -> None:
     from fastervlm.eval.grouped import CPU_BATCH_SIZE, CUDA_BATCH_SIZE, HALF_PRECISION_BATCH_SIZE  # no torch
 
-    group = parser.add_argument_group("speed (greedy predictions are the same whatever these are, in fp32)")
+    group = parser.add_argument_group("speed (greedy predictions do not depend on these, but for the batch size at a near-tie)")
     group.add_argument("--batch-size", type=int, metavar="N",
                        help=f"questions per generate call, from one video or several (default: {CPU_BATCH_SIZE} on the "
-                       f"CPU and {CUDA_BATCH_SIZE} on a GPU in fp32, where greedy answers do not depend on it; "
+                       f"CPU and {CUDA_BATCH_SIZE} on a GPU in fp32, where a greedy answer differs from one at a time only at "
+                       "a near-tie, docs/evaluation.md; "
                        f"{HALF_PRECISION_BATCH_SIZE} in fp16/bf16, where a batch flips some greedy answers; sampled "
                        "answers always depend on it; a kill loses at most the batch in flight)")
     group.add_argument("--frame-cache", choices=["on", "off"], default="on",
