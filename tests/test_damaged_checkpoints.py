@@ -217,3 +217,20 @@ def test_a_qwen2_5_vl_config_with_its_text_sizes_at_the_top_loads_and_is_checked
     assert fastervlm.load(folder, device="cpu").adapter.family == "qwen2-5-vl-hf"
     _edit(folder / "config.json", lambda c: c | {"hidden_size": 128})
     _refused(folder, "says hidden_size = 128, but ", "embed_tokens.weight")
+
+
+@pytest.mark.parametrize("family, name, text, expected", [
+    ("qwen2_5_vl", "video_preprocessor_config.json", "{", "video_preprocessor_config.json is not valid JSON"),
+    ("qwen3_vl", "video_preprocessor_config.json", "[]", "video_preprocessor_config.json holds a JSON list"),
+    ("qwen2_5_vl", "video_preprocessor_config.json", '{"max_pixels": -5}', "has max_pixels = -5, not a positive"),
+    ("qwen3_vl", "video_preprocessor_config.json", '{"patch_size": "16"}', 'has patch_size = "16", not a positive'),
+    ("qwen3_vl", "video_preprocessor_config.json", '{"size": 5}', "has size = 5, not an object"),
+    ("qwen2_5_vl", "video_preprocessor_config.json", '{"min_pixels": 900, "max_pixels": 800}',
+     "has min_pixels 900 above max_pixels 800"),
+    ("qwen2_5_vl", "chat_template.json", "{", "chat_template.json is not valid JSON"),
+    ("qwen3_vl", "tokenizer_config.json", "{", "tokenizer_config.json is not valid JSON"),
+])
+def test_a_damaged_qwen_side_file_is_named(transformers_copy, family: str, name: str, text: str, expected: str) -> None:
+    folder = transformers_copy(family)
+    (folder / name).write_text(text)
+    _refused(folder, str(folder / name), expected)

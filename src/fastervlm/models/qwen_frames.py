@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from fastervlm.errors import CheckpointError, MediaError
+from fastervlm.models.checkpoint import read_json
 
 VIDEO_PROCESSOR_FILES = ("video_preprocessor_config.json", "preprocessor_config.json")
 """Where transformers reads a Qwen video processor's settings: its own file, else the image processor's."""
@@ -111,24 +112,38 @@ def read_frame_settings(path: Path, defaults: FrameSettings) -> FrameSettings:
         file = path / name
         if not file.is_file():
             continue
-        try:
-            saved: dict[str, Any] = json.loads(file.read_text())
-        except json.JSONDecodeError as err:
-            raise CheckpointError(f"{file} is not valid JSON ({err}); re-download the checkpoint.") from err
+        saved = read_json(file, fix="re-download the checkpoint")
         size = saved.get("size") or {}
+        if not isinstance(size, dict):
+            raise CheckpointError(f"{file} has size = {json.dumps(size)}, not an object with shortest_edge and "
+                                  "longest_edge: re-download the checkpoint.")
         changes = {key: saved[key] for key in ("patch_size", "temporal_patch_size", "merge_size", "resample",
                                                "rescale_factor", "max_video_tokens") if key in saved}
         changes.update({key: tuple(saved[key]) for key in ("image_mean", "image_std") if key in saved})
         changes["cap_pixels_per_frame"] = bool(saved.get("cap_pixels_per_frame"))
         min_pixels = saved.get("min_pixels", size.get("shortest_edge", defaults.min_pixels))
         max_pixels = saved.get("max_pixels", size.get("longest_edge", defaults.max_pixels))
-        settings = replace(defaults, min_pixels=int(min_pixels), max_pixels=int(max_pixels), **changes)
+        _check_sizes(file, {**changes, "min_pixels": min_pixels, "max_pixels": max_pixels})
+        settings = replace(defaults, min_pixels=min_pixels, max_pixels=max_pixels, **changes)
         if settings.resample not in _RESAMPLE:
             raise CheckpointError(f"{file} asks for resample {settings.resample}; fastervlm resizes Qwen-VL frames "
                                   "with bicubic (3) or bilinear (2) interpolation only.")
         return settings
     raise CheckpointError(f"{path} has none of {', '.join(VIDEO_PROCESSOR_FILES)}: copy the checkpoint's "
                           "preprocessor files.")
+
+
+def _check_sizes(file: Path, values: dict[str, Any]) -> None:
+    """The sizes a video processor file gives must be positive whole numbers (a number as text would fail deep in
+    the resize, or be used silently)."""
+    for key in ("patch_size", "temporal_patch_size", "merge_size", "max_video_tokens", "min_pixels", "max_pixels"):
+        value = values.get(key)
+        if key in values and value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise CheckpointError(f"{file} has {key} = {json.dumps(value)}, not a positive whole number: "
+                                  "re-download the checkpoint.")
+    if values["min_pixels"] > values["max_pixels"]:
+        raise CheckpointError(f"{file} has min_pixels {values['min_pixels']} above max_pixels {values['max_pixels']}: "
+                              "re-download the checkpoint.")
 
 
 def prepare_frames(frames: np.ndarray, settings: FrameSettings) -> torch.Tensor:
