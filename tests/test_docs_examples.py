@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from doc_blocks import ROOT, Block, blocks, command_lines, is_placeholder, run_bash, run_python, sandbox, split_command
 
-DOCS = {name: ROOT / "docs" / name for name in ("evaluation.md", "flops.md", "transformers.md", "web.md")}
+DOCS = {name: ROOT / "docs" / name for name in ("evaluation.md", "flops.md", "transformers.md", "web.md", "benchmark.md",
+                                                "methods.md", "vllm.md", "lmms-eval.md")}
 RUN_HERE = {("evaluation.md", "bash"), ("evaluation.md", "python"), ("evaluation.md", "toml"), ("flops.md", "python")}
 """The unmarked blocks this file runs."""
 RUN_ELSEWHERE = {("web.md", "python"): ("test_web_server.py", "test_the_docs_api_example_runs_as_written")}
