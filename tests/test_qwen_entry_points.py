@@ -56,10 +56,15 @@ def test_answer_command(path: Path, synthetic_video: Path, capsys: pytest.Captur
 
 
 @pytest.mark.parametrize("method, settings", [("none", {}), ("fastervlm", {"keep": 2, "score": "received"}),
-                                              ("pool", {"keep": 2}), ("fastv", {"keep": 1})])
+                                              ("pool", {"keep": 2}), ("vidcom2", {"keep": 2}), ("fastv", {"keep": 1})])
 def test_eval_predict_answers_as_each_item_alone(path: Path, data_root: Path, tmp_path: Path, method: str,
                                                  settings: dict) -> None:
+    """Grouped, batched across videos whose grids differ, each video's prompt prefix shared: the same answers as
+    each item alone with its prompt prefilled whole (share_prefix=False)."""
+    from fastervlm.llm import TransformersLLM
+
     pipeline = fastervlm.load(path, device="cpu")
+    whole = fastervlm.Pipeline(pipeline.adapter, pipeline.path, TransformersLLM(pipeline.adapter, share_prefix=False))
     pruner = pipeline.pruner(method, **settings)
     loaded = load_items(BENCHMARKS["msvd"], data_root)
     run = prepare_run(pipeline, loaded, data_root, pruner, SHORT, out=tmp_path)
@@ -67,13 +72,15 @@ def test_eval_predict_answers_as_each_item_alone(path: Path, data_root: Path, tm
     assert (summary.done, summary.errors, summary.tower_runs) == (5, 0, 3)
     records, grids = run.predictions(), set()
     for item in loaded.items:
-        frames = pipeline.frames(video=video_path(loaded.benchmark, data_root, item))
-        (alone,) = pipeline.run([frames], [item.question], pruner, SHORT)
+        frames = whole.frames(video=video_path(loaded.benchmark, data_root, item))
+        (alone,) = whole.run([frames], [item.question], pruner, SHORT)
         record = records[item.id]
         assert (record["pred"], record["output_ids"], record["tokens_per_frame"], record["visual_tokens"]) == (
             alone.text, alone.output_ids, alone.tokens_per_frame, alone.visual_tokens)
         grids.add(alone.grid)
     assert len(grids) == 3  # three video shapes, three grids: batches mixed them
+    shared = [record["prefix_tokens"] for record in records.values()]
+    assert all(shared) if method != "fastv" else not any(shared)  # FastV prefills whole prompts
 
 
 def test_eval_predict_command(path: Path, data_root: Path, tmp_path: Path) -> None:
