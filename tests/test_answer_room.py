@@ -80,3 +80,21 @@ def test_eval_predict_records_it_as_that_items_error(tiny_pipeline, synthetic_vi
     assert (summary.done, summary.errors) == (2, 1)
     assert records["long"]["pred"] is None and "its answer may take up to 50 more" in records["long"]["error"]
     assert all(records[i]["pred"] is not None and len(records[i]["output_ids"]) <= ROOM + 10 for i in ("short", "also short"))
+
+
+def test_with_multi_axis_positions_the_room_counts_from_the_next_position() -> None:
+    """Qwen2.5-VL's temporal positions can reach past the prompt's length: the answer's first token takes the
+    position after the largest one, so the room is counted from there, not from the token count."""
+    from types import SimpleNamespace
+
+    from fastervlm.prompts import Prompt, check_answer_room
+
+    adapter = SimpleNamespace(max_context=100, family="qwen2-5-vl-hf")
+    # 5 text tokens, 3 video tokens whose temporal positions jumped ahead, 2 text tokens continuing after them
+    positions = torch.tensor([0, 1, 2, 3, 4, 70, 70, 70, 71, 72]).expand(3, -1)
+    prompt = Prompt(torch.zeros(10, 4), positions, torch.zeros(10, dtype=torch.bool), 8, None)
+    assert prompt.next_position == 73
+    check_answer_room(adapter, [prompt], 27)  # positions 73..99: it fits; 28 would need position 100
+    with pytest.raises(PromptTooLongError) as err:
+        check_answer_room(adapter, [prompt], 28)
+    assert "lower max_new_tokens (--max-new-tokens) to 27 or less" in str(err.value)
