@@ -58,35 +58,37 @@ def generation_settings(gen_kwargs: Mapping[str, Any]) -> tuple[GenerationSettin
 
     Greedy unless `do_sample` with a temperature other than 0 (the checkpoint's top_p / top_k then apply, as in
     `fastervlm answer --sample`); `until` cuts the text; beam search is refused (fastervlm decodes one beam)."""
-    beams = _number(gen_kwargs, "num_beams", int, 1)
+    beams = _number(gen_kwargs, "num_beams", 1, whole=True)
     if beams > 1:
         raise FasterVLMError(f"the task asks for beam search (num_beams={beams}); fastervlm decodes greedily or by "
                              "sampling: set num_beams: 1 in the task's generation_kwargs (or pass --gen_kwargs "
                              "num_beams=1).")
-    temperature = _number(gen_kwargs, "temperature", float, 0.0)
+    temperature = _number(gen_kwargs, "temperature", 0.0)
     sample = bool(gen_kwargs.get("do_sample")) and temperature != 0  # 0: greedy; nan or below 0 refused below
     if sample and any(gen_kwargs.get(key) not in (None, 1.0, 0) for key in ("top_p", "top_k")):
         warnings.warn("the task's top_p / top_k are not applied: fastervlm samples with the checkpoint's own "
                       "(generation_config.json).", stacklevel=2)
-    tokens = _number(gen_kwargs, "max_new_tokens", int, GenerationSettings.max_new_tokens)
+    tokens = _number(gen_kwargs, "max_new_tokens", GenerationSettings.max_new_tokens, whole=True)
     settings = GenerationSettings(max_new_tokens=tokens, sample=sample,
                                   temperature=temperature if sample else GenerationSettings.temperature)
     until = gen_kwargs.get("until") or ()
     return settings, (until,) if isinstance(until, str) else tuple(until)
 
 
-def _number(gen_kwargs: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:
-    """gen_kwargs[key] as `kind` (default when absent or empty); a value that is not one is named with the fix."""
+def _number(gen_kwargs: Mapping[str, Any], key: str, default: Any, *, whole: bool = False) -> Any:
+    """gen_kwargs[key] as a number (an int where `whole`; default when absent or empty); a value that is not one is
+    named with the fix."""
     value = gen_kwargs.get(key)
     if value in (None, ""):
         return default
     try:
-        if isinstance(value, bool) or (kind is int and float(value) != int(float(value))):
+        number = float(value)  # TypeError for a list, ValueError for text
+        if isinstance(value, bool) or (whole and not number.is_integer()):
             raise ValueError(value)
-        return kind(float(value)) if kind is int else kind(value)
-    except (TypeError, ValueError, OverflowError):
-        raise FasterVLMError(f"the task's generation_kwargs {key}={value!r} is not a {'whole ' if kind is int else ''}"
+    except (TypeError, ValueError):
+        raise FasterVLMError(f"the task's generation_kwargs {key}={value!r} is not a {'whole ' if whole else ''}"
                              f"number: fix it in the task's YAML (or pass --gen_kwargs {key}=...).") from None
+    return int(number) if whole else number
 
 
 def batch_size(value: int | str | None, default: int) -> int:

@@ -24,6 +24,11 @@ VISION_SIZES = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_at
 """The sizes a CLIP/SigLIP-style vision tower is built from."""
 
 
+def positive_whole_number(value: Any) -> bool:
+    """What a size in a config file must be: an int (JSON's true is not one) of at least 1."""
+    return not isinstance(value, bool) and isinstance(value, int) and value >= 1
+
+
 def read_json(file: Path, *, fix: str = "re-download it") -> dict[str, Any]:
     """The JSON object in `file`; a CheckpointError naming the file when it is not readable, not JSON, or not an
     object (a list, a number)."""
@@ -99,7 +104,7 @@ def _sizes(part: Part, config: dict[str, Any], source: Path, defaults: Defaults 
         if name not in section:
             continue
         value = section[name]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not positive_whole_number(value):
             raise CheckpointError(f"{source} has {_dotted(part.section, name)} = {json.dumps(value)}, not a positive "
                                   f"whole number: {_CONFIG_FIX}")
         found[name] = value

@@ -22,7 +22,7 @@ from transformers.models.clip.modeling_clip import CLIPAttention, CLIPMLP, CLIPV
 
 from fastervlm.errors import CheckpointError, FasterVLMError
 from fastervlm.models.base import feature_layer_index
-from fastervlm.models.checkpoint import VISION_SIZES, Part, check_parts, read_config
+from fastervlm.models.checkpoint import VISION_SIZES, Part, check_parts, positive_whole_number, read_config
 from fastervlm.models.weights import load_into, load_prefix
 
 WEIGHT_PREFIX = "vision_model."
@@ -135,14 +135,13 @@ class LanguageBindVideoTower(nn.Module):
 
 def vision_config_from_dict(vision: dict, source: str = "vision_config") -> CLIPVisionConfig:
     """A CLIPVisionConfig with every size read from the tower's vision_config (nothing assumed)."""
-    needed = ["hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size"]
-    missing = [key for key in needed if key not in vision]
+    missing = [key for key in VISION_SIZES if key not in vision]
     if missing:
         raise CheckpointError(f"{source} lacks {', '.join(missing)}; re-download the tower.")
     if vision.get("add_time_attn") and "num_frames" not in vision:
         raise CheckpointError(f"{source} sets add_time_attn but not num_frames; re-download the tower.")
     frames = vision.get("num_frames", 1)
-    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
+    if not positive_whole_number(frames):
         raise CheckpointError(f"{source} has num_frames = {frames!r}, not a positive whole number; re-download the tower.")
     return CLIPVisionConfig(**{k: v for k, v in vision.items() if k not in ("architectures", "model_type")})
 

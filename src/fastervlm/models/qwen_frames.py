@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from fastervlm.errors import CheckpointError, MediaError
-from fastervlm.models.checkpoint import read_json
+from fastervlm.models.checkpoint import positive_whole_number, read_json
 
 VIDEO_PROCESSOR_FILES = ("video_preprocessor_config.json", "preprocessor_config.json")
 """Where transformers reads a Qwen video processor's settings: its own file, else the image processor's."""
@@ -138,7 +138,7 @@ def _check_sizes(file: Path, values: dict[str, Any]) -> None:
     the resize, or be used silently)."""
     for key in ("patch_size", "temporal_patch_size", "merge_size", "max_video_tokens", "min_pixels", "max_pixels"):
         value = values.get(key)
-        if key in values and value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if key in values and value is not None and not positive_whole_number(value):
             raise CheckpointError(f"{file} has {key} = {json.dumps(value)}, not a positive whole number: "
                                   "re-download the checkpoint.")
     if values["min_pixels"] > values["max_pixels"]:
