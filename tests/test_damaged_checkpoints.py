@@ -234,3 +234,20 @@ def test_a_damaged_qwen_side_file_is_named(transformers_copy, family: str, name:
     folder = transformers_copy(family)
     (folder / name).write_text(text)
     _refused(folder, str(folder / name), expected)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_a_null_in_the_video_processor_file_means_the_default(transformers_copy, family: str) -> None:
+    """As transformers reads it: a null setting is unset (it was a TypeError from comparing None, or a None
+    patch size used silently)."""
+    from fastervlm.models.base import adapter_for
+    from fastervlm.models.qwen_frames import read_frame_settings
+
+    folder = transformers_copy(family)
+    file = folder / "video_preprocessor_config.json"
+    saved = json.loads(file.read_text())
+    defaults = adapter_for(folder).frame_defaults
+    stock = read_frame_settings(folder, defaults)
+    nulled = {key: None for key in ("min_pixels", "max_pixels", "patch_size", "max_video_tokens") if key not in saved}
+    file.write_text(json.dumps(saved | nulled))
+    assert nulled and read_frame_settings(folder, defaults) == stock

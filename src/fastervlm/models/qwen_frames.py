@@ -112,7 +112,9 @@ def read_frame_settings(path: Path, defaults: FrameSettings) -> FrameSettings:
         file = path / name
         if not file.is_file():
             continue
-        saved = read_json(file, fix="re-download the checkpoint")
+        # null means unset, as transformers' video processors read it: the class default applies
+        saved = {key: value for key, value in read_json(file, fix="re-download the checkpoint").items()
+                 if value is not None}
         size = saved.get("size") or {}
         if not isinstance(size, dict):
             raise CheckpointError(f"{file} has size = {json.dumps(size)}, not an object with shortest_edge and "
@@ -138,7 +140,7 @@ def _check_sizes(file: Path, values: dict[str, Any]) -> None:
     the resize, or be used silently)."""
     for key in ("patch_size", "temporal_patch_size", "merge_size", "max_video_tokens", "min_pixels", "max_pixels"):
         value = values.get(key)
-        if key in values and value is not None and not positive_whole_number(value):
+        if key in values and not positive_whole_number(value):
             raise CheckpointError(f"{file} has {key} = {json.dumps(value)}, not a positive whole number: "
                                   "re-download the checkpoint.")
     if values["min_pixels"] > values["max_pixels"]:
