@@ -12,7 +12,8 @@ How a batch of prompts runs with a vision-stage method (or none):
    which gives each row's first token;
 3. decode: one token per row per step, greedy (argmax) or sampled (transformers' temperature / top-k / top-p
    warpers, then a multinomial draw, as `generate` does), until every row has ended or `max_new_tokens`.
-Every answer goes through 1-3 whether its prefix is shared or not, so sharing changes no number.
+Every answer goes through 1-3 whether other questions share its prefix or not, so the grouping changes no number;
+`share_prefix=False` prefills whole prompts instead (tests hold the two to the same answers).
 An LLM-stage method (FastV) decides at layer K from the last prompt token, so the layers from K on depend on the
 question: its prompts are left-padded and prefilled whole, with the method attached to the decoder.
 """

@@ -1,9 +1,10 @@
 """Media in, arrays out: video/image decoding (PyAV, decord optional) and frame sampling; no model code (each
 model adapter preprocesses the frames its own way).
 
-Frames are sampled as the original Video-LLaVA code samples them: `floor(linspace(0, n-1, F))` over frames numbered in decode order,
-as decord numbers them, and converted to rgb24 exactly as decord does. Decoding keeps only the sampled frames, so
-a long video never sits in memory. Every unusable file raises `MediaError` naming the file and the fix.
+Frames are sampled as the original Video-LLaVA code samples them: `floor(linspace(0, n-1, F))` over frames
+numbered in decode order, as decord numbers them, and converted to rgb24 exactly as decord does. Decoding keeps
+only the sampled frames, so a long video never sits in memory. Every unusable file raises `MediaError` naming the
+file and the fix.
 
 Seeking (the default pyav backend): one demux pass, no decoding, reads every packet's pts; frame i is the decoder's
 i-th output, i.e. the frame with the i-th smallest pts. For each sampled frame we seek to the last keyframe before
